@@ -1,0 +1,293 @@
+//! The API server: routes HTTP requests on the unix socket to the agent.
+
+use super::types::*;
+use crate::agent::Agent;
+use crate::cluster::model::{Network, View};
+use crate::cluster::registry::{Mutation, Outcome};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+type Reply = Response<Full<Bytes>>;
+
+/// Binds the socket (replacing a stale one) and serves until the process ends.
+pub async fn serve(path: &Path, agent: Arc<Agent>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A live agent on this socket would answer; a dead one left a file.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another mesh-agent is serving {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tracing::info!(socket = %path.display(), "API listening");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let agent = agent.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&agent, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "API connection ended with an error");
+            }
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
+        format!("{{\"error\":\"cannot encode the answer: {e}\"}}").into_bytes()
+    });
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+    json(status, &ErrorOut { error: msg.into() })
+}
+
+/// Maps an error line to a status: refusals are the caller's to fix.
+fn refused(msg: String) -> Reply {
+    let status = if msg.contains("not found") {
+        StatusCode::NOT_FOUND
+    } else if msg.contains("already")
+        || msg.contains("in use")
+        || msg.contains("overlaps")
+        || msg.contains("attached")
+    {
+        StatusCode::CONFLICT
+    } else if msg.contains("did not answer") || msg.contains("no Ready node") {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error(status, msg)
+}
+
+async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Reply> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &nodes(&agent.view())),
+        (Method::GET, ["v1", "cluster", "join-token"]) => json(
+            StatusCode::OK,
+            &JoinTokenOut {
+                token: agent.cluster.join_token(),
+            },
+        ),
+        (Method::GET, ["v1", "networks"]) => {
+            let view = agent.view();
+            let list: Vec<NetworkOut> = view
+                .networks
+                .values()
+                .map(|n| network_out(agent, &view, n, false))
+                .collect();
+            json(StatusCode::OK, &list)
+        }
+        (Method::POST, ["v1", "networks"]) => {
+            let b: NetworkCreate = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let m = Mutation::CreateNetwork {
+                name: b.name,
+                driver: b.driver,
+                subnet: b.subnet,
+                gateway: b.gateway,
+            };
+            match agent.cluster.mutate(m).await {
+                Ok(Outcome::Network(n)) => json(
+                    StatusCode::CREATED,
+                    &network_out(agent, &agent.view(), &n, false),
+                ),
+                Ok(other) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("unexpected answer {other:?}"),
+                ),
+                Err(e) => refused(e),
+            }
+        }
+        (Method::GET, ["v1", "networks", name]) => {
+            let view = agent.view();
+            match view.find_network(name) {
+                Some(n) => json(StatusCode::OK, &network_out(agent, &view, n, true)),
+                None => error(StatusCode::NOT_FOUND, format!("network {name} not found")),
+            }
+        }
+        (Method::DELETE, ["v1", "networks", name]) => match agent
+            .cluster
+            .mutate(Mutation::RemoveNetwork {
+                name: name.to_string(),
+            })
+            .await
+        {
+            Ok(_) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+            Err(e) => refused(e),
+        },
+        (Method::GET, ["v1", "containers"]) => {
+            json(StatusCode::OK, &agent.containers(&agent.view()))
+        }
+        (Method::POST, ["v1", "containers", "attach"]) => match body::<AttachRequest>(req).await {
+            Ok(b) => match agent.attach(b).await {
+                Ok(out) => json(StatusCode::OK, &out),
+                Err(e) => refused(e),
+            },
+            Err(r) => r,
+        },
+        (Method::POST, ["v1", "containers", "detach"]) => match body::<DetachRequest>(req).await {
+            Ok(b) => match agent.detach(b).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
+                Err(e) => refused(e),
+            },
+            Err(r) => r,
+        },
+        (Method::POST, ["v1", "endpoints"]) => {
+            let b: StaticEndpointAdd = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let mac = match b.mac.parse() {
+                Ok(m) => m,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
+            };
+            match agent
+                .cluster
+                .mutate(Mutation::AddStaticEndpoint {
+                    network: b.network.clone(),
+                    ip: b.ip,
+                    mac,
+                    vtep: b.vtep,
+                })
+                .await
+            {
+                Ok(_) => json(
+                    StatusCode::CREATED,
+                    &StaticEndpointOut {
+                        network: b.network,
+                        ip: b.ip,
+                        mac: b.mac,
+                        vtep: b.vtep,
+                    },
+                ),
+                Err(e) => refused(e),
+            }
+        }
+        (Method::POST, ["v1", "endpoints", "rm"]) => match body::<StaticEndpointRm>(req).await {
+            Ok(b) => match agent
+                .cluster
+                .mutate(Mutation::RemoveStaticEndpoint {
+                    network: b.network,
+                    ip: b.ip,
+                })
+                .await
+            {
+                Ok(_) => json(StatusCode::OK, &serde_json::json!({})),
+                Err(e) => refused(e),
+            },
+            Err(r) => r,
+        },
+        (Method::GET, ["v1", "stats"]) => {
+            let m: serde_json::Map<String, serde_json::Value> = agent
+                .dataplane
+                .counters
+                .snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            json(StatusCode::OK, &m)
+        }
+        (_, _) => error(
+            StatusCode::NOT_FOUND,
+            format!("no such API endpoint: {} {path}", req.method()),
+        ),
+    }
+}
+
+fn nodes(view: &View) -> Vec<NodeOut> {
+    view.nodes
+        .iter()
+        .map(|n| NodeOut {
+            id: n.id.clone(),
+            hostname: n.record.hostname.clone(),
+            address: n.record.address,
+            status: if n.ready { "Ready" } else { "Down" }.into(),
+            is_self: n.id == view.self_id,
+        })
+        .collect()
+}
+
+fn network_out(agent: &Agent, view: &View, n: &Network, detail: bool) -> NetworkOut {
+    let (containers, endpoints) = if detail {
+        (
+            agent
+                .containers(view)
+                .into_iter()
+                .filter(|c| c.network == n.name)
+                .collect(),
+            view.statics
+                .iter()
+                .filter(|s| s.network_id == n.id)
+                .map(|s| StaticEndpointOut {
+                    network: n.name.clone(),
+                    ip: s.ip,
+                    mac: s.mac.to_string(),
+                    vtep: s.vtep,
+                })
+                .collect(),
+        )
+    } else {
+        (vec![], vec![])
+    };
+    NetworkOut {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        driver: n.driver.clone(),
+        vni: n.vni,
+        subnet: n.subnet.to_string(),
+        gateway: n.gateway,
+        containers,
+        endpoints,
+    }
+}

@@ -1,0 +1,119 @@
+//! mesh-agent: one per host. Flags in, library calls out.
+
+use clap::Parser;
+use mesh::agent::Agent;
+use mesh::cluster::{Cluster, ClusterConfig};
+use mesh::io::{udp::Underlay, Dataplane};
+use mesh::tables::{Tables, TablesCell};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "The mesh dataplane and control agent for one host"
+)]
+struct Args {
+    /// This host's address on the underlay: VXLAN, gossip and joins use it.
+    #[arg(long, value_name = "IP")]
+    advertise_addr: Ipv4Addr,
+    /// A member to join through (HOST or HOST:PORT); repeat for more.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    join: Vec<String>,
+    /// The cluster's token, from `meshctl cluster join-token` on a member.
+    #[arg(long, value_name = "TOKEN")]
+    join_token: Option<String>,
+    /// The API socket.
+    #[arg(long, value_name = "PATH", default_value = mesh::api::DEFAULT_SOCKET)]
+    api: PathBuf,
+    /// Where the node ID, the token and the attachments are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/mesh-agent")]
+    state_dir: PathBuf,
+    /// UDP (gossip) and TCP (joins, cluster requests) port.
+    #[arg(long, default_value_t = 7946)]
+    gossip_port: u16,
+    /// UDP port of the VXLAN underlay.
+    #[arg(long, default_value_t = 4789)]
+    vxlan_port: u16,
+    /// Upstream resolvers for the embedded DNS (used once DNS lands).
+    #[arg(long, value_name = "IP[:PORT]")]
+    dns_upstream: Vec<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(format!("cannot start the runtime: {e}")),
+    };
+    if let Err(e) = rt.block_on(run(args)) {
+        fail(e);
+    }
+}
+
+fn fail(msg: String) -> ! {
+    eprintln!("mesh-agent: error: {msg}");
+    std::process::exit(1);
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let underlay_mtu = mesh::netns::mtu_of_address(args.advertise_addr).ok_or_else(|| {
+        format!(
+            "no interface here has the address {} (--advertise-addr must be this host's)",
+            args.advertise_addr
+        )
+    })?;
+    let underlay = Underlay::bind(SocketAddrV4::new(args.advertise_addr, args.vxlan_port))
+        .map_err(|e| {
+            format!(
+                "cannot bind the VXLAN socket {}:{}: {e}",
+                args.advertise_addr, args.vxlan_port
+            )
+        })?;
+    let config = ClusterConfig {
+        advertise: args.advertise_addr,
+        gossip_port: args.gossip_port,
+        vxlan_port: args.vxlan_port,
+        joins: args.join.clone(),
+        join_token: args.join_token.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    let cluster = Cluster::start(config, hostname)
+        .await
+        .map_err(|e| e.to_string())?;
+    let dataplane = Dataplane::spawn(underlay, Arc::new(TablesCell::new(Tables::default())))
+        .map_err(|e| e.to_string())?;
+    let agent = Agent::new(cluster, dataplane, underlay_mtu);
+    tokio::spawn(agent.clone().run());
+    let api = args.api.clone();
+    let server = tokio::spawn(async move { mesh::api::server::serve(&api, agent).await });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let result = tokio::select! {
+        r = server => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("API socket {}: {e}", args.api.display())),
+            Err(e) => Err(format!("API server stopped: {e}")),
+        },
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    };
+    let _ = std::fs::remove_file(&args.api);
+    tracing::info!("mesh-agent stopping");
+    result
+}

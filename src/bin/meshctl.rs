@@ -1,0 +1,403 @@
+//! meshctl: the command line for a mesh-agent. Flags in, API calls out.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh::api::client::Client;
+use mesh::api::types::*;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Control a mesh cluster through a mesh-agent"
+)]
+struct Cli {
+    /// The agent's API socket.
+    #[arg(long, env = "MESH_API", value_name = "PATH", default_value = mesh::api::DEFAULT_SOCKET, global = true)]
+    api: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// The cluster itself.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Containers attached to networks.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Static endpoints behind VTEPs that run no agent.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List nodes; '*' marks this one.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Print the token a joining agent needs.
+    JoinToken,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create an overlay network; prints its ID.
+    Create {
+        #[arg(long, default_value = "overlay")]
+        driver: String,
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<String>,
+        #[arg(long, value_name = "IP")]
+        gateway: Option<Ipv4Addr>,
+        name: String,
+    },
+    /// List networks.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one network as JSON.
+    Inspect {
+        name: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+    },
+    /// Remove a network.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCmd {
+    /// Give a network namespace an interface on a network; prints the IP.
+    Attach {
+        #[arg(long, value_name = "NAME|PATH")]
+        netns: String,
+        #[arg(long, value_name = "NET")]
+        network: String,
+        #[arg(long, value_name = "SVC")]
+        service: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        #[arg(long, value_name = "N")]
+        weight: Option<u32>,
+    },
+    /// Remove a namespace's interface on a network.
+    Detach {
+        #[arg(long, value_name = "NAME|PATH")]
+        netns: String,
+        #[arg(long, value_name = "NET")]
+        network: String,
+    },
+    /// List the containers of every host.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// Register an endpoint behind a VTEP that runs no agent.
+    Add {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        vtep: Ipv4Addr,
+    },
+    /// Remove a static endpoint.
+    Rm {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+    },
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, as every meshctl error.
+            let text = e.to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {}", e.lines().next().unwrap_or("failed"));
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let c = Client::new(cli.api);
+    match cli.command {
+        Command::Node(NodeCmd::Ls { format }) => {
+            let nodes: Vec<NodeOut> = c.get("/v1/nodes").await?;
+            if format == Format::Json {
+                return print_json(&nodes);
+            }
+            let rows = nodes
+                .iter()
+                .map(|n| {
+                    let id = if n.is_self {
+                        format!("{} *", n.id)
+                    } else {
+                        n.id.clone()
+                    };
+                    vec![
+                        id,
+                        n.hostname.clone(),
+                        n.address.to_string(),
+                        n.status.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "HOSTNAME", "ADDRESS", "STATUS"], rows);
+        }
+        Command::Cluster(ClusterCmd::JoinToken) => {
+            let t: JoinTokenOut = c.get("/v1/cluster/join-token").await?;
+            println!("{}", t.token);
+        }
+        Command::Network(cmd) => network(&c, cmd).await?,
+        Command::Container(cmd) => container(&c, cmd).await?,
+        Command::Endpoint(EndpointCmd::Add {
+            network,
+            ip,
+            mac,
+            vtep,
+        }) => {
+            let _: StaticEndpointOut = c
+                .post(
+                    "/v1/endpoints",
+                    &StaticEndpointAdd {
+                        network,
+                        ip,
+                        mac,
+                        vtep,
+                    },
+                )
+                .await?;
+            println!("{ip}");
+        }
+        Command::Endpoint(EndpointCmd::Rm { network, ip }) => {
+            let _: serde_json::Value = c
+                .post("/v1/endpoints/rm", &StaticEndpointRm { network, ip })
+                .await?;
+            println!("{ip}");
+        }
+    }
+    Ok(())
+}
+
+async fn network(c: &Client, cmd: NetworkCmd) -> Result<(), String> {
+    match cmd {
+        NetworkCmd::Create {
+            driver,
+            subnet,
+            gateway,
+            name,
+        } => {
+            let n: NetworkOut = c
+                .post(
+                    "/v1/networks",
+                    &NetworkCreate {
+                        name,
+                        driver,
+                        subnet,
+                        gateway,
+                    },
+                )
+                .await?;
+            println!("{}", n.id);
+        }
+        NetworkCmd::Ls { format } => {
+            let list: Vec<NetworkOut> = c.get("/v1/networks").await?;
+            if format == Format::Json {
+                return print_json(&list);
+            }
+            let rows = list
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.id.clone(),
+                        n.name.clone(),
+                        n.driver.clone(),
+                        n.vni.to_string(),
+                        n.subnet.clone(),
+                        n.gateway.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &["NETWORK ID", "NAME", "DRIVER", "VNI", "SUBNET", "GATEWAY"],
+                rows,
+            );
+        }
+        NetworkCmd::Inspect { name, format: _ } => {
+            let n: NetworkOut = c
+                .get(&format!("/v1/networks/{}", path_segment(&name)?))
+                .await?;
+            print_json(&n)?;
+        }
+        NetworkCmd::Rm { name } => {
+            let _: serde_json::Value = c
+                .delete(&format!("/v1/networks/{}", path_segment(&name)?))
+                .await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+async fn container(c: &Client, cmd: ContainerCmd) -> Result<(), String> {
+    match cmd {
+        ContainerCmd::Attach {
+            netns,
+            network,
+            service,
+            name,
+            ip,
+            ifname,
+            weight,
+        } => {
+            let req = AttachRequest {
+                netns,
+                network,
+                service,
+                name,
+                ip,
+                ifname: Some(ifname),
+                weight,
+            };
+            let out: AttachOut = c.post("/v1/containers/attach", &req).await?;
+            println!("{}", out.ip);
+        }
+        ContainerCmd::Detach { netns, network } => {
+            let _: serde_json::Value = c
+                .post(
+                    "/v1/containers/detach",
+                    &DetachRequest {
+                        netns: netns.clone(),
+                        network,
+                    },
+                )
+                .await?;
+            println!("{netns}");
+        }
+        ContainerCmd::Ls { format } => {
+            let list: Vec<ContainerOut> = c.get("/v1/containers").await?;
+            if format == Format::Json {
+                return print_json(&list);
+            }
+            let rows = list
+                .iter()
+                .map(|x| {
+                    let addr = x.address.map_or_else(|| "-".into(), |a| a.to_string());
+                    vec![
+                        x.name.clone(),
+                        x.netns.clone(),
+                        x.network.clone(),
+                        x.ip.to_string(),
+                        x.mac.clone(),
+                        addr,
+                    ]
+                })
+                .collect();
+            table(
+                &["NAME", "NETNS", "NETWORK", "IP", "MAC", "NODE ADDRESS"],
+                rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Names go into URL paths: refuse what would change the path.
+fn path_segment(s: &str) -> Result<&str, String> {
+    if s.is_empty() || s.contains(['/', '?', '#', '%', ' ']) {
+        return Err(format!("invalid name '{s}'"));
+    }
+    Ok(s)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,346 @@
+//! What the cluster replicates, and the merged view every host computes.
+//!
+//! Each node's gossip key/value store holds:
+//! - `node`: the node's own record ([`NodeRecord`]);
+//! - `ep:NETID:IP`: each container attached on that node ([`ContainerEndpoint`]);
+//! - `obj:net:ID` and `obj:sep:NETID:IP`: cluster-wide objects (networks and
+//!   static endpoints) as [`Versioned`] values. Every node copies the newest
+//!   version of every object into its own store, so objects outlive the node
+//!   that wrote them; a removal is a tombstone with a higher version.
+//!
+//! [`View::build`] merges all of that into one value. It is a pure function of
+//! the nodes' key/values and liveness, so it is tested without a network.
+
+use super::ipam::Subnet;
+use crate::wire::Mac;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+pub const KEY_NODE: &str = "node";
+pub const PREFIX_ENDPOINT: &str = "ep:";
+pub const PREFIX_OBJECT: &str = "obj:";
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub hostname: String,
+    pub address: Ipv4Addr,
+    pub vxlan_port: u16,
+}
+
+/// An overlay network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    pub vni: u32,
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+}
+
+/// An endpoint behind a VTEP that runs no agent (`meshctl endpoint add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticEndpoint {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub vtep: Ipv4Addr,
+}
+
+/// A cluster-wide object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Object {
+    Network(Network),
+    StaticEndpoint(StaticEndpoint),
+}
+
+/// An object with its version; `object: None` is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub version: u64,
+    pub object: Option<Object>,
+}
+
+impl Object {
+    pub fn key(&self) -> String {
+        match self {
+            Object::Network(n) => network_key(&n.id),
+            Object::StaticEndpoint(s) => static_key(&s.network_id, s.ip),
+        }
+    }
+}
+
+pub fn network_key(id: &str) -> String {
+    format!("{PREFIX_OBJECT}net:{id}")
+}
+
+pub fn static_key(network_id: &str, ip: Ipv4Addr) -> String {
+    format!("{PREFIX_OBJECT}sep:{network_id}:{ip}")
+}
+
+pub fn endpoint_key(network_id: &str, ip: Ipv4Addr) -> String {
+    format!("{PREFIX_ENDPOINT}{network_id}:{ip}")
+}
+
+/// A container attached on some node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerEndpoint {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub name: String,
+    pub netns: String,
+    #[serde(default)]
+    pub node_id: String,
+}
+
+/// A node as the view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    pub record: NodeRecord,
+    pub ready: bool,
+}
+
+/// One node's gossip state, as input to [`View::build`].
+pub struct NodeInput<'a> {
+    pub id: &'a str,
+    pub live: bool,
+    pub key_values: Vec<(&'a str, &'a str)>,
+}
+
+/// The merged picture of the cluster on this host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    pub self_id: String,
+    pub nodes: Vec<NodeView>,
+    /// Live networks by ID.
+    pub networks: BTreeMap<String, Network>,
+    pub statics: Vec<StaticEndpoint>,
+    /// Containers on Ready nodes.
+    pub containers: Vec<ContainerEndpoint>,
+    /// The newest version of every object key, tombstones included.
+    pub objects: BTreeMap<String, Versioned>,
+}
+
+impl View {
+    pub fn build(self_id: &str, nodes: &[NodeInput<'_>]) -> View {
+        let mut v = View {
+            self_id: self_id.to_string(),
+            ..View::default()
+        };
+        for n in nodes {
+            let mut record = None;
+            for (k, val) in &n.key_values {
+                if *k == KEY_NODE {
+                    record = serde_json::from_str::<NodeRecord>(val).ok();
+                } else if k.starts_with(PREFIX_OBJECT) {
+                    let Ok(obj) = serde_json::from_str::<Versioned>(val) else {
+                        continue;
+                    };
+                    match v.objects.get(*k) {
+                        Some(cur) if cur.version >= obj.version => {}
+                        _ => {
+                            v.objects.insert(k.to_string(), obj);
+                        }
+                    }
+                }
+            }
+            if let Some(record) = record {
+                v.nodes.push(NodeView {
+                    id: n.id.to_string(),
+                    record,
+                    ready: n.live || n.id == self_id,
+                });
+            }
+        }
+        for obj in v.objects.values() {
+            match &obj.object {
+                Some(Object::Network(net)) => {
+                    v.networks.insert(net.id.clone(), net.clone());
+                }
+                Some(Object::StaticEndpoint(s)) => v.statics.push(s.clone()),
+                None => {}
+            }
+        }
+        for n in nodes {
+            let ready = v.nodes.iter().any(|nv| nv.id == n.id && nv.ready);
+            if !ready {
+                continue;
+            }
+            for (k, val) in &n.key_values {
+                if !k.starts_with(PREFIX_ENDPOINT) {
+                    continue;
+                }
+                if let Ok(mut ep) = serde_json::from_str::<ContainerEndpoint>(val) {
+                    ep.node_id = n.id.to_string();
+                    v.containers.push(ep);
+                }
+            }
+        }
+        v.nodes.sort_by(|a, b| {
+            a.record
+                .address
+                .cmp(&b.record.address)
+                .then(a.id.cmp(&b.id))
+        });
+        v.containers
+            .sort_by(|a, b| (&a.network_id, a.ip).cmp(&(&b.network_id, b.ip)));
+        v
+    }
+
+    pub fn network_by_name(&self, name: &str) -> Option<&Network> {
+        self.networks.values().find(|n| n.name == name)
+    }
+
+    /// A network by name, or by ID (or a unique ID prefix), as Docker accepts.
+    pub fn find_network(&self, name_or_id: &str) -> Option<&Network> {
+        self.network_by_name(name_or_id).or_else(|| {
+            let mut m = self
+                .networks
+                .values()
+                .filter(|n| n.id.starts_with(name_or_id));
+            match (m.next(), m.next()) {
+                (Some(n), None) if !name_or_id.is_empty() => Some(n),
+                _ => None,
+            }
+        })
+    }
+
+    /// The node every allocation goes through: the Ready node with the lowest ID.
+    pub fn leader(&self) -> Option<&NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| n.ready)
+            .min_by(|a, b| a.id.cmp(&b.id))
+    }
+
+    pub fn node(&self, id: &str) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The highest object version known, for the next write.
+    pub fn max_version(&self) -> u64 {
+        self.objects.values().map(|o| o.version).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(last: u8) -> String {
+        serde_json::to_string(&NodeRecord {
+            hostname: "h".into(),
+            address: Ipv4Addr::new(192, 168, 100, last),
+            vxlan_port: 4789,
+        })
+        .unwrap()
+    }
+
+    fn net(id: &str, name: &str, vni: u32) -> Network {
+        Network {
+            id: id.into(),
+            name: name.into(),
+            driver: "overlay".into(),
+            vni,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+        }
+    }
+
+    fn versioned(version: u64, object: Option<Object>) -> String {
+        serde_json::to_string(&Versioned { version, object }).unwrap()
+    }
+
+    #[test]
+    fn newest_version_wins_and_tombstones_hide() {
+        let a_node = rec(116);
+        let b_node = rec(117);
+        let old = versioned(1, Some(Object::Network(net("n1", "demo", 4096))));
+        let gone = versioned(2, None);
+        let other = versioned(3, Some(Object::Network(net("n2", "web", 4097))));
+        let key1 = network_key("n1");
+        let key2 = network_key("n2");
+        let nodes = [
+            NodeInput {
+                id: "a",
+                live: true,
+                key_values: vec![("node", &a_node), (&key1, &old), (&key2, &other)],
+            },
+            NodeInput {
+                id: "b",
+                live: true,
+                key_values: vec![("node", &b_node), (&key1, &gone)],
+            },
+        ];
+        let v = View::build("a", &nodes);
+        assert_eq!(v.networks.len(), 1);
+        assert_eq!(v.network_by_name("web").unwrap().vni, 4097);
+        assert_eq!(v.objects[&key1].version, 2);
+        assert_eq!(v.max_version(), 3);
+    }
+
+    #[test]
+    fn containers_of_down_nodes_leave_the_view() {
+        let a_node = rec(116);
+        let b_node = rec(117);
+        let ep = serde_json::to_string(&ContainerEndpoint {
+            network_id: "n1".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            mac: Mac::for_ip(Ipv4Addr::new(10, 0, 0, 2)),
+            name: "c1".into(),
+            netns: "c1".into(),
+            node_id: String::new(),
+        })
+        .unwrap();
+        let k = endpoint_key("n1", Ipv4Addr::new(10, 0, 0, 2));
+        let up = [
+            NodeInput {
+                id: "a",
+                live: true,
+                key_values: vec![("node", &a_node)],
+            },
+            NodeInput {
+                id: "b",
+                live: true,
+                key_values: vec![("node", &b_node), (&k, &ep)],
+            },
+        ];
+        let v = View::build("a", &up);
+        assert_eq!(v.containers.len(), 1);
+        assert_eq!(v.containers[0].node_id, "b");
+        let down = [
+            NodeInput {
+                id: "a",
+                live: true,
+                key_values: vec![("node", &a_node)],
+            },
+            NodeInput {
+                id: "b",
+                live: false,
+                key_values: vec![("node", &b_node), (&k, &ep)],
+            },
+        ];
+        let v = View::build("a", &down);
+        assert!(v.containers.is_empty());
+        assert!(!v.node("b").unwrap().ready);
+        assert_eq!(v.leader().unwrap().id, "a");
+    }
+
+    #[test]
+    fn find_network_by_name_or_unique_id_prefix() {
+        let mut v = View::default();
+        v.networks
+            .insert("abc123".into(), net("abc123", "demo", 4096));
+        v.networks
+            .insert("abd456".into(), net("abd456", "web", 4097));
+        assert_eq!(v.find_network("demo").unwrap().id, "abc123");
+        assert_eq!(v.find_network("abd").unwrap().name, "web");
+        assert!(v.find_network("ab").is_none());
+        assert!(v.find_network("").is_none());
+    }
+}

@@ -1,0 +1,505 @@
+//! Cluster-wide changes, decided by the leader.
+//!
+//! Every change that must be unique across the cluster (a network's name, VNI
+//! and subnet; a container's IP) goes through one node, the leader, which
+//! decides it with [`plan`] under its allocation lock. `plan` is pure: given the
+//! current view and the IPs promised but not yet visible, it checks the request
+//! and says which objects to write. Two hosts asking at the same moment are
+//! simply served one after the other.
+
+use super::ipam::{self, Subnet};
+use super::model::{Network, Object, StaticEndpoint, Versioned, View};
+use crate::wire::Mac;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+/// A change a host asks the leader for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Mutation {
+    CreateNetwork {
+        name: String,
+        driver: String,
+        subnet: Option<String>,
+        gateway: Option<Ipv4Addr>,
+    },
+    RemoveNetwork {
+        name: String,
+    },
+    /// An IP for a container about to be attached: the given one if free, else the lowest free.
+    ReserveIp {
+        network: String,
+        ip: Option<Ipv4Addr>,
+    },
+    AddStaticEndpoint {
+        network: String,
+        ip: Ipv4Addr,
+        mac: Mac,
+        vtep: Ipv4Addr,
+    },
+    RemoveStaticEndpoint {
+        network: String,
+        ip: Ipv4Addr,
+    },
+}
+
+/// What the leader answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Network(Network),
+    Removed { key: String },
+    Ip { network_id: String, ip: Ipv4Addr },
+    StaticEndpoint(StaticEndpoint),
+}
+
+/// The leader's decision: the answer and the objects to write.
+#[derive(Debug)]
+pub struct Plan {
+    pub outcome: Outcome,
+    pub writes: Vec<(String, Versioned)>,
+}
+
+/// Checks `m` against `view` and decides it. `reserved` holds IPs promised to
+/// attaches that the view does not show yet; `version` is the version for any
+/// object written; `new_id` the ID a new object gets.
+pub fn plan(
+    view: &View,
+    reserved: &HashSet<(String, Ipv4Addr)>,
+    m: &Mutation,
+    version: u64,
+    new_id: &str,
+) -> Result<Plan, String> {
+    match m {
+        Mutation::CreateNetwork {
+            name,
+            driver,
+            subnet,
+            gateway,
+        } => create_network(
+            view,
+            name,
+            driver,
+            subnet.as_deref(),
+            *gateway,
+            version,
+            new_id,
+        ),
+        Mutation::RemoveNetwork { name } => {
+            let net = view
+                .find_network(name)
+                .ok_or_else(|| format!("network {name} not found"))?;
+            let attached = view
+                .containers
+                .iter()
+                .filter(|c| c.network_id == net.id)
+                .count();
+            if attached > 0 {
+                return Err(format!(
+                    "network {} has {attached} attached container(s): detach them first",
+                    net.name
+                ));
+            }
+            let mut writes = vec![(
+                super::model::network_key(&net.id),
+                Versioned {
+                    version,
+                    object: None,
+                },
+            )];
+            for s in view.statics.iter().filter(|s| s.network_id == net.id) {
+                writes.push((
+                    super::model::static_key(&s.network_id, s.ip),
+                    Versioned {
+                        version,
+                        object: None,
+                    },
+                ));
+            }
+            Ok(Plan {
+                outcome: Outcome::Removed {
+                    key: net.name.clone(),
+                },
+                writes,
+            })
+        }
+        Mutation::ReserveIp { network, ip } => {
+            let net = view
+                .find_network(network)
+                .ok_or_else(|| format!("network {network} not found"))?;
+            let taken = taken_ips(view, reserved, &net.id);
+            let ip = match ip {
+                Some(ip) => {
+                    check_host_ip(net, *ip)?;
+                    if taken.contains(ip) {
+                        return Err(format!(
+                            "address {ip} is already in use on network {}",
+                            net.name
+                        ));
+                    }
+                    *ip
+                }
+                None => ipam::next_ip(&net.subnet, net.gateway, &taken).ok_or_else(|| {
+                    format!(
+                        "network {} has no free address left in {}",
+                        net.name, net.subnet
+                    )
+                })?,
+            };
+            Ok(Plan {
+                outcome: Outcome::Ip {
+                    network_id: net.id.clone(),
+                    ip,
+                },
+                writes: vec![],
+            })
+        }
+        Mutation::AddStaticEndpoint {
+            network,
+            ip,
+            mac,
+            vtep,
+        } => {
+            let net = view
+                .find_network(network)
+                .ok_or_else(|| format!("network {network} not found"))?;
+            check_host_ip(net, *ip)?;
+            if taken_ips(view, reserved, &net.id).contains(ip) {
+                return Err(format!(
+                    "address {ip} is already in use on network {}",
+                    net.name
+                ));
+            }
+            if mac.is_group() || *mac == Mac::ZERO {
+                return Err(format!("MAC {mac} is not a unicast address"));
+            }
+            let s = StaticEndpoint {
+                network_id: net.id.clone(),
+                ip: *ip,
+                mac: *mac,
+                vtep: *vtep,
+            };
+            let obj = Object::StaticEndpoint(s.clone());
+            Ok(Plan {
+                outcome: Outcome::StaticEndpoint(s),
+                writes: vec![(
+                    obj.key(),
+                    Versioned {
+                        version,
+                        object: Some(obj),
+                    },
+                )],
+            })
+        }
+        Mutation::RemoveStaticEndpoint { network, ip } => {
+            let net = view
+                .find_network(network)
+                .ok_or_else(|| format!("network {network} not found"))?;
+            if !view
+                .statics
+                .iter()
+                .any(|s| s.network_id == net.id && s.ip == *ip)
+            {
+                return Err(format!("no static endpoint {ip} on network {}", net.name));
+            }
+            let key = super::model::static_key(&net.id, *ip);
+            Ok(Plan {
+                outcome: Outcome::Removed { key: key.clone() },
+                writes: vec![(
+                    key,
+                    Versioned {
+                        version,
+                        object: None,
+                    },
+                )],
+            })
+        }
+    }
+}
+
+fn create_network(
+    view: &View,
+    name: &str,
+    driver: &str,
+    subnet: Option<&str>,
+    gateway: Option<Ipv4Addr>,
+    version: u64,
+    id: &str,
+) -> Result<Plan, String> {
+    check_name(name)?;
+    if driver != "overlay" {
+        return Err(format!(
+            "driver '{driver}' is not supported: mesh networks use the overlay driver"
+        ));
+    }
+    if view.network_by_name(name).is_some() {
+        return Err(format!("network with name {name} already exists"));
+    }
+    let taken: Vec<Subnet> = view.networks.values().map(|n| n.subnet).collect();
+    let subnet = match subnet {
+        Some(s) => {
+            let s: Subnet = s.parse()?;
+            if let Some(other) = view.networks.values().find(|n| n.subnet.overlaps(&s)) {
+                return Err(format!(
+                    "subnet {s} overlaps {} of network {}",
+                    other.subnet, other.name
+                ));
+            }
+            s
+        }
+        None => {
+            ipam::carve_default(&taken).ok_or("no free /24 left in 10.0.0.0/8: pass --subnet")?
+        }
+    };
+    let gateway = match gateway {
+        Some(g) if !subnet.contains(g) || subnet.is_reserved(g) => {
+            return Err(format!(
+                "gateway {g} is not a host address of subnet {subnet}"
+            ));
+        }
+        Some(g) => g,
+        None => subnet.first_host(),
+    };
+    let vni = ipam::next_vni(view.networks.values().map(|n| n.vni)).ok_or("no free VNI left")?;
+    let net = Network {
+        id: id.to_string(),
+        name: name.to_string(),
+        driver: driver.to_string(),
+        vni,
+        subnet,
+        gateway,
+    };
+    let obj = Object::Network(net.clone());
+    Ok(Plan {
+        outcome: Outcome::Network(net),
+        writes: vec![(
+            obj.key(),
+            Versioned {
+                version,
+                object: Some(obj),
+            },
+        )],
+    })
+}
+
+/// Names as Docker allows them: a letter or digit, then letters, digits, `_.-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid name '{name}': use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"))
+    }
+}
+
+fn check_host_ip(net: &Network, ip: Ipv4Addr) -> Result<(), String> {
+    if !net.subnet.contains(ip) || net.subnet.is_reserved(ip) {
+        return Err(format!(
+            "address {ip} is not a host address of network {} ({})",
+            net.name, net.subnet
+        ));
+    }
+    if ip == net.gateway {
+        return Err(format!(
+            "address {ip} is the gateway of network {}",
+            net.name
+        ));
+    }
+    Ok(())
+}
+
+fn taken_ips(
+    view: &View,
+    reserved: &HashSet<(String, Ipv4Addr)>,
+    network_id: &str,
+) -> HashSet<Ipv4Addr> {
+    view.containers
+        .iter()
+        .filter(|c| c.network_id == network_id)
+        .map(|c| c.ip)
+        .chain(
+            view.statics
+                .iter()
+                .filter(|s| s.network_id == network_id)
+                .map(|s| s.ip),
+        )
+        .chain(
+            reserved
+                .iter()
+                .filter(|(n, _)| n == network_id)
+                .map(|(_, ip)| *ip),
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(view: &mut View, p: &Plan) {
+        for (k, v) in &p.writes {
+            view.objects.insert(k.clone(), v.clone());
+            match &v.object {
+                Some(Object::Network(n)) => {
+                    view.networks.insert(n.id.clone(), n.clone());
+                }
+                Some(Object::StaticEndpoint(s)) => view.statics.push(s.clone()),
+                None => {
+                    view.networks
+                        .retain(|id, _| super::super::model::network_key(id) != *k);
+                }
+            }
+        }
+    }
+
+    fn create(name: &str, subnet: Option<&str>) -> Mutation {
+        Mutation::CreateNetwork {
+            name: name.into(),
+            driver: "overlay".into(),
+            subnet: subnet.map(Into::into),
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn networks_get_distinct_vnis_and_subnets() {
+        let mut v = View::default();
+        let none = HashSet::new();
+        let mut seen = vec![];
+        for i in 0..5 {
+            let p = plan(
+                &v,
+                &none,
+                &create(&format!("n{i}"), None),
+                i + 1,
+                &format!("id{i}"),
+            )
+            .unwrap();
+            apply(&mut v, &p);
+            let Outcome::Network(n) = p.outcome else {
+                panic!("not a network")
+            };
+            seen.push(n);
+        }
+        let vnis: HashSet<u32> = seen.iter().map(|n| n.vni).collect();
+        assert_eq!(vnis.len(), 5);
+        assert!(vnis.iter().all(|v| *v >= 4096));
+        for a in &seen {
+            for b in &seen {
+                assert!(a.id == b.id || !a.subnet.overlaps(&b.subnet));
+            }
+        }
+        assert_eq!(seen[0].gateway, Ipv4Addr::new(10, 0, 0, 1));
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut v = View::default();
+        let none = HashSet::new();
+        let p = plan(&v, &none, &create("demo", Some("10.20.0.0/16")), 1, "a").unwrap();
+        apply(&mut v, &p);
+        for (m, want) in [
+            (create("demo", None), "already exists"),
+            (create("other", Some("10.20.5.0/24")), "overlaps"),
+            (create("bad name", None), "invalid name"),
+            (create("x", Some("10.1.0.0/33")), "invalid subnet"),
+            (
+                Mutation::RemoveNetwork {
+                    name: "nope".into(),
+                },
+                "not found",
+            ),
+            (
+                Mutation::ReserveIp {
+                    network: "demo".into(),
+                    ip: Some(Ipv4Addr::new(10, 21, 0, 1)),
+                },
+                "not a host address",
+            ),
+            (
+                Mutation::ReserveIp {
+                    network: "demo".into(),
+                    ip: Some(Ipv4Addr::new(10, 20, 0, 1)),
+                },
+                "gateway",
+            ),
+        ] {
+            let e = plan(&v, &none, &m, 2, "b").unwrap_err();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+        assert_eq!(v.networks.len(), 1);
+    }
+
+    #[test]
+    fn reserved_and_attached_ips_are_not_handed_out_twice() {
+        let mut v = View::default();
+        let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+        apply(&mut v, &p);
+        let mut reserved = HashSet::new();
+        for want in [2u8, 3, 4] {
+            let p = plan(
+                &v,
+                &reserved,
+                &Mutation::ReserveIp {
+                    network: "demo".into(),
+                    ip: None,
+                },
+                2,
+                "",
+            )
+            .unwrap();
+            let Outcome::Ip { ip, network_id } = p.outcome else {
+                panic!("not an ip")
+            };
+            assert_eq!(ip, Ipv4Addr::new(10, 0, 0, want));
+            reserved.insert((network_id, ip));
+        }
+        let e = plan(
+            &v,
+            &reserved,
+            &Mutation::ReserveIp {
+                network: "demo".into(),
+                ip: Some(Ipv4Addr::new(10, 0, 0, 3)),
+            },
+            2,
+            "",
+        )
+        .unwrap_err();
+        assert!(e.contains("already in use"));
+    }
+
+    #[test]
+    fn a_network_with_containers_is_not_removed() {
+        let mut v = View::default();
+        let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+        apply(&mut v, &p);
+        v.containers.push(super::super::model::ContainerEndpoint {
+            network_id: "n".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            mac: Mac::ZERO,
+            name: "c".into(),
+            netns: "c".into(),
+            node_id: "a".into(),
+        });
+        let e = plan(
+            &v,
+            &HashSet::new(),
+            &Mutation::RemoveNetwork {
+                name: "demo".into(),
+            },
+            2,
+            "",
+        )
+        .unwrap_err();
+        assert!(e.contains("detach them first"));
+    }
+}

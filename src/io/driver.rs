@@ -1,0 +1,317 @@
+//! The dataplane thread: the loop that moves frames between the container
+//! TAPs and the underlay socket through the pipeline.
+//!
+//! One thread, epoll over every fd. Each wake-up does bounded work: at most
+//! [`BATCH`] frames per ready fd, then the next fd, so one busy container
+//! cannot starve the others. Buffers and `mmsghdr` scratch are allocated once
+//! when the thread starts. The control side talks to the thread through a
+//! command channel plus an eventfd to wake it, and publishes new tables through
+//! the [`TablesCell`], checked once per wake-up.
+
+use super::{tap, udp};
+use crate::pipeline::{Counters, Input, Packet, Pipeline, Verdict, HEADROOM};
+use crate::tables::{PortId, TablesCell};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Frames handled per fd per wake-up, and datagrams per system call.
+pub const BATCH: usize = 64;
+/// Bytes per buffer: headroom plus the largest datagram or frame we accept.
+const BUF_LEN: usize = HEADROOM + 65536;
+
+const TOKEN_WAKE: u64 = 0;
+const TOKEN_UNDERLAY: u64 = 1;
+const TOKEN_PORT_BASE: u64 = 2;
+
+/// Errors starting or commanding the dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("dataplane setup failed: {0}")]
+    Setup(std::io::Error),
+    #[error("the dataplane thread has stopped; restart mesh-agent")]
+    Stopped,
+    #[error("cannot add port {0} to the dataplane: {1}")]
+    AddPort(PortId, std::io::Error),
+}
+
+enum Command {
+    AddPort {
+        id: PortId,
+        fd: OwnedFd,
+        done: oneshot::Sender<Result<(), std::io::Error>>,
+    },
+    RemovePort {
+        id: PortId,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The control side's handle on the dataplane thread.
+pub struct Dataplane {
+    commands: mpsc::Sender<Command>,
+    wake: Arc<OwnedFd>,
+    pub counters: Arc<Counters>,
+    pub tables: Arc<TablesCell>,
+}
+
+impl Dataplane {
+    /// Starts the dataplane thread over `underlay`.
+    pub fn spawn(
+        underlay: udp::Underlay,
+        tables: Arc<TablesCell>,
+    ) -> Result<Dataplane, DataplaneError> {
+        // SAFETY: plain syscalls; fds owned right away.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(DataplaneError::Setup(std::io::Error::last_os_error()));
+        }
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(DataplaneError::Setup(std::io::Error::last_os_error()));
+        }
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
+        epoll_add(&ep, wake.as_raw_fd(), TOKEN_WAKE).map_err(DataplaneError::Setup)?;
+        epoll_add(&ep, underlay.raw_fd(), TOKEN_UNDERLAY).map_err(DataplaneError::Setup)?;
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let mut thread = DriverThread {
+            ep,
+            wake: wake.clone(),
+            commands: rx,
+            underlay,
+            ports: Vec::new(),
+            tables: tables.clone(),
+            generation: 0,
+            pipeline: Pipeline::new(tables.load().1, counters.clone()),
+            bufs: vec![vec![0u8; BUF_LEN]; BATCH],
+            meta: vec![(0, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            scratch: udp::Batch::new(BATCH),
+            pending: Vec::with_capacity(BATCH),
+        };
+        std::thread::Builder::new()
+            .name("dataplane".into())
+            .spawn(move || thread.run())
+            .map_err(DataplaneError::Setup)?;
+        Ok(Dataplane {
+            commands: tx,
+            wake,
+            counters,
+            tables,
+        })
+    }
+
+    fn send(&self, c: Command) -> Result<(), DataplaneError> {
+        self.commands.send(c).map_err(|_| DataplaneError::Stopped)?;
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to an eventfd we own.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        Ok(())
+    }
+
+    /// Hands a TAP fd to the dataplane as port `id`.
+    pub async fn add_port(&self, id: PortId, fd: OwnedFd) -> Result<(), DataplaneError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::AddPort { id, fd, done })?;
+        wait.await
+            .map_err(|_| DataplaneError::Stopped)?
+            .map_err(|e| DataplaneError::AddPort(id, e))
+    }
+
+    /// Closes port `id`'s TAP (the interface disappears) once the dataplane
+    /// has let go of it.
+    pub async fn remove_port(&self, id: PortId) -> Result<(), DataplaneError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::RemovePort { id, done })?;
+        wait.await.map_err(|_| DataplaneError::Stopped)
+    }
+}
+
+fn epoll_add(ep: &OwnedFd, fd: i32, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid epoll fd and event struct.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+struct DriverThread {
+    ep: OwnedFd,
+    wake: Arc<OwnedFd>,
+    commands: mpsc::Receiver<Command>,
+    underlay: udp::Underlay,
+    /// TAP fds indexed by port id.
+    ports: Vec<Option<OwnedFd>>,
+    tables: Arc<TablesCell>,
+    generation: u64,
+    pipeline: Pipeline,
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<(usize, SocketAddrV4)>,
+    scratch: udp::Batch,
+    /// Datagrams waiting for the next sendmmsg: (buffer index, start, end, VTEP).
+    pending: Vec<(usize, usize, usize, SocketAddrV4)>,
+}
+
+impl DriverThread {
+    fn run(&mut self) {
+        // SAFETY: epoll_event is plain old data.
+        let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; 64];
+        loop {
+            // SAFETY: events has room for 64 entries.
+            let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), 64, 1000) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "dataplane epoll_wait failed; the dataplane stops");
+                return;
+            }
+            let g = self.tables.generation();
+            if g != self.generation {
+                let (g, t) = self.tables.load();
+                self.generation = g;
+                self.pipeline.set_tables(t);
+            }
+            for ev in events.iter().take(n as usize) {
+                match ev.u64 {
+                    TOKEN_WAKE => {
+                        if !self.handle_commands() {
+                            return;
+                        }
+                    }
+                    TOKEN_UNDERLAY => self.rx_underlay(),
+                    t => self.rx_tap((t - TOKEN_PORT_BASE) as PortId),
+                }
+            }
+        }
+    }
+
+    /// Applies queued commands; false when the control side is gone.
+    fn handle_commands(&mut self) -> bool {
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes from our eventfd resets it.
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::AddPort { id, fd, done }) => {
+                    let r = epoll_add(&self.ep, fd.as_raw_fd(), TOKEN_PORT_BASE + u64::from(id));
+                    if r.is_ok() {
+                        let i = id as usize;
+                        if self.ports.len() <= i {
+                            self.ports.resize_with(i + 1, || None);
+                        }
+                        self.ports[i] = Some(fd);
+                    }
+                    let _ = done.send(r);
+                }
+                Ok(Command::RemovePort { id, done }) => {
+                    if let Some(fd) = self.ports.get_mut(id as usize).and_then(Option::take) {
+                        // SAFETY: removing a registered fd; closing it follows.
+                        unsafe {
+                            libc::epoll_ctl(
+                                self.ep.as_raw_fd(),
+                                libc::EPOLL_CTL_DEL,
+                                fd.as_raw_fd(),
+                                std::ptr::null_mut(),
+                            )
+                        };
+                        drop(fd);
+                    }
+                    let _ = done.send(());
+                }
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn rx_tap(&mut self, port: PortId) {
+        let now = Instant::now();
+        let mut next = 0;
+        for _ in 0..BATCH {
+            let Some(Some(fd)) = self.ports.get(port as usize) else {
+                return;
+            };
+            let buf = &mut self.bufs[next];
+            let n = match tap::read(fd, &mut buf[HEADROOM..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(port, error = %e, "TAP read failed");
+                    break;
+                }
+            };
+            let mut pkt = Packet::new(buf, HEADROOM, n);
+            match self.pipeline.process(now, Input::Tap(port), &mut pkt) {
+                Verdict::ToTap(p) => write_tap(&self.ports, p, pkt.bytes()),
+                Verdict::ToUnderlay(dst) => {
+                    self.pending.push((next, pkt.start, pkt.end, dst));
+                    next += 1;
+                }
+                Verdict::Drop(_) => {}
+            }
+        }
+        self.flush();
+    }
+
+    fn rx_underlay(&mut self) {
+        let now = Instant::now();
+        let got = match self.underlay.recv_batch(
+            &mut self.scratch,
+            &mut self.bufs,
+            HEADROOM,
+            &mut self.meta,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "underlay recvmmsg failed");
+                return;
+            }
+        };
+        for i in 0..got {
+            let (len, from) = self.meta[i];
+            let mut pkt = Packet::new(&mut self.bufs[i], HEADROOM, len);
+            match self.pipeline.process(now, Input::Underlay(from), &mut pkt) {
+                Verdict::ToTap(p) => write_tap(&self.ports, p, pkt.bytes()),
+                Verdict::ToUnderlay(dst) => self.pending.push((i, pkt.start, pkt.end, dst)),
+                Verdict::Drop(_) => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// Sends every pending datagram in as few sendmmsg calls as possible.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut out: [(&[u8], SocketAddrV4); BATCH] =
+            [(&[], SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+        let n = self.pending.len().min(BATCH);
+        for (o, &(i, s, e, dst)) in out.iter_mut().zip(self.pending.iter()) {
+            *o = (&self.bufs[i][s..e], dst);
+        }
+        let (_, err) = self.underlay.send_batch(&mut self.scratch, &out[..n]);
+        if let Some(e) = err {
+            tracing::debug!(error = %e, "underlay sendmmsg failed");
+        }
+        self.pending.clear();
+    }
+}
+
+fn write_tap(ports: &[Option<OwnedFd>], port: PortId, frame: &[u8]) {
+    if let Some(Some(fd)) = ports.get(port as usize) {
+        if let Err(e) = tap::write(fd, frame) {
+            tracing::debug!(port, error = %e, "TAP write failed");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The I/O edge: the only code that owns file descriptors.
+//!
+//! - [`tap`]: container TAP devices, opened inside the container's namespace.
+//! - [`udp`]: the underlay VXLAN socket, read and written in batches
+//!   (`recvmmsg`/`sendmmsg`).
+//! - [`driver`]: the dataplane thread: epoll over the TAPs and the socket,
+//!   bounded work per wake-up, buffers allocated once.
+
+pub mod driver;
+pub mod tap;
+pub mod udp;
+
+pub use driver::{Dataplane, DataplaneError};

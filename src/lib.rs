@@ -1,0 +1,34 @@
+//! mesh: a userspace overlay and routing-mesh dataplane.
+//!
+//! # A packet's journey
+//!
+//! 1. A container writes an Ethernet frame to its `eth0`, a TAP device that the
+//!    agent owns; [`io::tap`] reads it into a buffer with headroom in front.
+//! 2. [`pipeline::process`](pipeline::Pipeline::process) classifies it: ARP is
+//!    answered from the [`tables`] ([`pipeline::arp`]); unicast is switched by
+//!    destination MAC ([`pipeline::switch`]).
+//! 3. A frame for another host gets a VXLAN header in place ([`pipeline::encap`])
+//!    and [`io::udp`] sends it, in batches, to that host's VTEP.
+//! 4. The receiving agent reads the datagram, checks the sender is a member and
+//!    the VNI is served, strips the header and writes the frame to the
+//!    destination container's TAP.
+//!
+//! # Layout
+//!
+//! - [`wire`]: zero-copy views of each header (Ethernet, ARP, IPv4, L4, VXLAN).
+//! - [`pipeline`]: the sans-IO packet core: `process(now, input, &mut out)`.
+//! - [`tables`]: read-mostly snapshots the pipeline looks up.
+//! - [`io`]: the only code with file descriptors: TAPs, the UDP socket, the driver thread.
+//! - [`netns`]: entering a namespace on a dedicated thread; link/addr/route verbs.
+//! - [`cluster`]: gossip membership (chitchat), replicated state, allocation of VNIs, subnets, IPs.
+//! - [`api`]: HTTP/JSON over a unix socket, and the client `meshctl` uses.
+//! - [`agent`]: the control side that ties them together on one host.
+
+pub mod agent;
+pub mod api;
+pub mod cluster;
+pub mod io;
+pub mod netns;
+pub mod pipeline;
+pub mod tables;
+pub mod wire;

@@ -1,0 +1,93 @@
+//! Entering network namespaces, and the few link/addr/route verbs the agent
+//! needs inside them, named like `ip` verbs.
+//!
+//! `setns` changes the calling thread only, so [`run_in`] does the work on a
+//! dedicated short-lived thread and hands back what it opened (a TAP fd keeps
+//! working after the thread is gone); a tokio worker never changes namespace.
+//!
+//! The verbs use the classic `SIOCSIF*`/`SIOCADDRT` ioctls on a socket opened
+//! inside the namespace: for one interface with one address and one default
+//! route that is all the kernel needs, and it spares us a netlink stack.
+
+mod ioctl;
+
+pub use ioctl::{
+    addr_add, link_exists, link_set_mac, link_set_mtu, link_set_up, mtu_of_address,
+    route_add_default,
+};
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Errors from entering a namespace or configuring a link in it.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "network namespace {0} not found (create it with `ip netns add NAME`, or pass its path)"
+    )]
+    NotFound(String),
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot enter network namespace {path}: {source} (mesh-agent needs CAP_SYS_ADMIN)")]
+    Enter {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("the namespace thread died")]
+    ThreadDied,
+}
+
+/// The path of a namespace given as `NAME` (under /var/run/netns) or as a path.
+pub fn resolve(name_or_path: &str) -> PathBuf {
+    if name_or_path.contains('/') {
+        PathBuf::from(name_or_path)
+    } else {
+        Path::new("/var/run/netns").join(name_or_path)
+    }
+}
+
+/// The name of a named namespace (for /etc/netns/NAME), or None for a path.
+pub fn name_of(name_or_path: &str) -> Option<&str> {
+    (!name_or_path.contains('/')).then_some(name_or_path)
+}
+
+/// Runs `work` on a new thread inside the network namespace at `path`.
+pub fn run_in<T, F>(path: &Path, work: F) -> Result<T, NetnsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
+{
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(NetnsError::NotFound(shown));
+    }
+    let ns = File::open(path).map_err(|source| NetnsError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            // SAFETY: setns on an fd we own; it affects only this thread,
+            // which ends when `work` returns.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(NetnsError::Enter {
+                    path: shown,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            work()
+        })
+        .map_err(|e| {
+            NetnsError::Config(format!("cannot start a thread to enter the namespace: {e}"))
+        })?
+        .join()
+        .map_err(|_| NetnsError::ThreadDied)?
+}

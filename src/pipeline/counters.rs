@@ -1,0 +1,107 @@
+//! Packet counters. Each dataplane thread owns one [`Counters`] and is its only
+//! writer, so a bump is a plain load and store (no locked read-modify-write on
+//! the hot path); the control side reads them for `meshctl` at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the pipeline dropped a frame. Every drop has a reason and a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// A header did not parse (too short, bad fixed field, bad length).
+    Malformed,
+    /// VXLAN from an address that is neither a cluster member nor a static VTEP.
+    NotMember,
+    /// VXLAN for a VNI we do not serve.
+    UnknownVni,
+    /// A frame from a port that the tables do not know (being attached or detached).
+    UnknownPort,
+    /// A container sent with a source MAC other than its own.
+    Spoofed,
+    /// Broadcast or multicast that is not an ARP request: we never flood.
+    Flood,
+    /// ARP that we do not answer: a reply, or a request for an unknown address.
+    ArpIgnored,
+    /// Unicast to a MAC that no endpoint of the network has.
+    UnknownDestination,
+    /// Routed traffic (to the gateway MAC) with no route yet.
+    NoRoute,
+    /// An ethertype we do not carry (IPv6 for now).
+    UnsupportedProtocol,
+    /// A frame would go back where it came from.
+    Hairpin,
+    /// The buffer had no room in front for the VXLAN header.
+    NoHeadroom,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 12] = [
+        DropReason::Malformed,
+        DropReason::NotMember,
+        DropReason::UnknownVni,
+        DropReason::UnknownPort,
+        DropReason::Spoofed,
+        DropReason::Flood,
+        DropReason::ArpIgnored,
+        DropReason::UnknownDestination,
+        DropReason::NoRoute,
+        DropReason::UnsupportedProtocol,
+        DropReason::Hairpin,
+        DropReason::NoHeadroom,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NotMember => "not_member",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::Spoofed => "spoofed",
+            DropReason::Flood => "flood",
+            DropReason::ArpIgnored => "arp_ignored",
+            DropReason::UnknownDestination => "unknown_destination",
+            DropReason::NoRoute => "no_route",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::Hairpin => "hairpin",
+            DropReason::NoHeadroom => "no_headroom",
+        }
+    }
+}
+
+/// Counters of one dataplane thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub from_tap: AtomicU64,
+    pub from_underlay: AtomicU64,
+    pub to_tap: AtomicU64,
+    pub to_underlay: AtomicU64,
+    pub arp_replies: AtomicU64,
+    pub drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// Adds one to a counter that only this thread writes.
+#[inline]
+pub fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// A name -> value list for the API.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("from_tap", self.from_tap.load(Ordering::Relaxed)),
+            ("from_underlay", self.from_underlay.load(Ordering::Relaxed)),
+            ("to_tap", self.to_tap.load(Ordering::Relaxed)),
+            ("to_underlay", self.to_underlay.load(Ordering::Relaxed)),
+            ("arp_replies", self.arp_replies.load(Ordering::Relaxed)),
+        ];
+        for r in DropReason::ALL {
+            v.push((r.name(), self.dropped(r)));
+        }
+        v
+    }
+}

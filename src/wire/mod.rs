@@ -1,0 +1,70 @@
+//! Zero-copy views of each header on the packet path.
+//!
+//! Each view is built with a checked constructor (`new_checked`) that verifies
+//! the buffer is long enough and the fixed fields make sense; after that no
+//! accessor can panic. Emitters write into a caller-owned buffer in place, so
+//! the pipeline never allocates per packet. Parse and emit are mirror images
+//! and are tested against the same byte arrays.
+
+pub mod arp;
+pub mod ethernet;
+pub mod ipv4;
+pub mod l4;
+pub mod vxlan;
+
+pub use ethernet::Mac;
+
+/// Why a header view refused a buffer. Every variant is a drop reason, never a panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("buffer shorter than the header")]
+    Truncated,
+    #[error("a fixed field has a value this header never carries")]
+    BadField,
+    #[error("a protocol we do not handle")]
+    Unsupported,
+}
+
+/// Internet checksum (RFC 1071) over `data`, folded, not yet complemented.
+pub fn checksum_fold(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+    }
+    if let [last] = chunks.remainder() {
+        sum = sum.wrapping_add(u32::from(*last) << 8);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// The one's-complement checksum of `data`, ready to store in a header.
+pub fn checksum(data: &[u8]) -> u16 {
+    !(checksum_fold(0, data) as u16)
+}
+
+/// Reads a big-endian u16 at `at`; callers have checked the length.
+#[inline]
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_rfc1071_example() {
+        // RFC 1071 section 3 example: 0001 f203 f4f5 f6f7 -> sum 0xddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(checksum_fold(0, &data), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn checksum_of_odd_length_pads_with_zero() {
+        assert_eq!(checksum_fold(0, &[0x12, 0x34, 0x56]), 0x1234 + 0x5600);
+    }
+}
