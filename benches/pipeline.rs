@@ -1,0 +1,101 @@
+//! ns per frame through the sans-IO pipeline: classify + encap of a 1500-byte
+//! frame to a remote container, decap + deliver of one from the underlay, and
+//! an ARP reply. No kernel involved: this is the packet core's own cost.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use mesh::pipeline::{Counters, Input, Packet, Pipeline, Verdict, HEADROOM};
+use mesh::tables::{Endpoint, Location, NetworkTable, Port, Tables};
+use mesh::wire::{arp, ethernet, ipv4, vxlan, vxlan::Vni, Mac};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+
+const FRAME: usize = 1514;
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, last)
+}
+
+/// A network of 200 endpoints (some local, most remote), like a busy host.
+fn tables() -> Tables {
+    let vni = Vni::new(4096).expect("24-bit");
+    let mut net = NetworkTable::new(vni, ip(1));
+    let mut t = Tables::default();
+    for last in 2..202u8 {
+        let location = if last < 10 {
+            Location::Local(u32::from(last))
+        } else {
+            Location::Remote(SocketAddrV4::new(Ipv4Addr::new(192, 168, 100, 100 + last % 20), 4789))
+        };
+        net.insert(Endpoint { ip: ip(last), mac: Mac::for_ip(ip(last)), location });
+        if last < 10 {
+            t.ports.insert(u32::from(last), Port { vni, ip: ip(last), mac: Mac::for_ip(ip(last)) });
+        }
+    }
+    for h in 100..120u8 {
+        t.peers.insert(Ipv4Addr::new(192, 168, 100, h), 4789);
+    }
+    t.networks.insert(vni, net);
+    t
+}
+
+fn tcp_frame(src: u8, dst: u8) -> Vec<u8> {
+    let mut f = vec![0u8; FRAME];
+    ethernet::emit(&mut f, Mac::for_ip(ip(dst)), Mac::for_ip(ip(src)), ethernet::ethertype::IPV4).expect("room");
+    let r = ipv4::Repr { src: ip(src), dst: ip(dst), protocol: ipv4::protocol::TCP, ttl: 64, ident: 7, dont_fragment: true, payload_len: FRAME - 34 };
+    r.emit(&mut f[14..]).expect("room");
+    f[14 + 20 + 12] = 0x50;
+    f
+}
+
+fn bench(c: &mut Criterion) {
+    let mut p = Pipeline::new(Arc::new(tables()), Arc::new(Counters::default()));
+    let now = Instant::now();
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(1));
+
+    let frame = tcp_frame(2, 150);
+    let mut buf = vec![0u8; HEADROOM + FRAME];
+    g.bench_function("classify+encap 1500B", |b| {
+        b.iter(|| {
+            buf[HEADROOM..].copy_from_slice(&frame[..]);
+            let mut pkt = Packet::new(&mut buf, HEADROOM, FRAME);
+            let v = p.process(now, Input::Tap(2), &mut pkt);
+            debug_assert!(matches!(v, Verdict::ToUnderlay(_)));
+            black_box(v)
+        })
+    });
+
+    let mut datagram = vec![0u8; vxlan::HEADER_LEN];
+    vxlan::emit(&mut datagram, Vni::new(4096).expect("24-bit")).expect("room");
+    datagram.extend_from_slice(&tcp_frame(150, 3));
+    let from = SocketAddrV4::new(Ipv4Addr::new(192, 168, 100, 110), 4789);
+    let mut buf = vec![0u8; HEADROOM + datagram.len()];
+    g.bench_function("decap+deliver 1500B", |b| {
+        b.iter(|| {
+            buf[HEADROOM..].copy_from_slice(&datagram);
+            let mut pkt = Packet::new(&mut buf, HEADROOM, datagram.len());
+            let v = p.process(now, Input::Underlay(from), &mut pkt);
+            debug_assert!(matches!(v, Verdict::ToTap(3)));
+            black_box(v)
+        })
+    });
+
+    let mut request = vec![0u8; 42];
+    ethernet::emit(&mut request, Mac::BROADCAST, Mac::for_ip(ip(2)), ethernet::ethertype::ARP).expect("room");
+    arp::Repr { operation: arp::OP_REQUEST, sender_mac: Mac::for_ip(ip(2)), sender_ip: ip(2), target_mac: Mac::ZERO, target_ip: ip(150) }
+        .emit(&mut request[14..])
+        .expect("room");
+    let mut buf = vec![0u8; HEADROOM + 42];
+    g.bench_function("arp reply", |b| {
+        b.iter(|| {
+            buf[HEADROOM..].copy_from_slice(&request);
+            let mut pkt = Packet::new(&mut buf, HEADROOM, 42);
+            black_box(p.process(now, Input::Tap(2), &mut pkt))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
