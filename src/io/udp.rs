@@ -200,7 +200,7 @@ mod tests {
         let (sent, err) = a.send_batch(&mut scratch, &out);
         assert_eq!((sent, err.is_none()), (5, true));
         let mut bufs = vec![vec![0u8; 2048]; 8];
-        let mut meta = vec![(0, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); 8];
+        let mut meta = [(0, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); 8];
         let mut got = 0;
         for _ in 0..100 {
             got += b

@@ -105,11 +105,11 @@ impl Pipeline {
         let verdict = match input {
             Input::Tap(port) => {
                 bump(&self.counters.from_tap);
-                self.from_tap(port, pkt)
+                self.on_tap(port, pkt)
             }
             Input::Underlay(src) => {
                 bump(&self.counters.from_underlay);
-                self.from_underlay(src, pkt)
+                self.on_underlay(src, pkt)
             }
         };
         match verdict {
@@ -128,7 +128,7 @@ impl Pipeline {
         }
     }
 
-    fn from_tap(&mut self, port: PortId, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> {
+    fn on_tap(&mut self, port: PortId, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> {
         let tables = &*self.tables;
         let me = tables.ports.get(&port).ok_or(DropReason::UnknownPort)?;
         let net = tables.networks.get(&me.vni).ok_or(DropReason::UnknownVni)?;
@@ -152,7 +152,7 @@ impl Pipeline {
         }
     }
 
-    fn from_underlay(
+    fn on_underlay(
         &mut self,
         src: SocketAddrV4,
         pkt: &mut Packet<'_>,
