@@ -7,16 +7,67 @@
 //! [`TablesCell`]; the dataplane checks a generation counter once per batch and
 //! only then takes the lock to clone the `Arc`, so readers never lock per packet.
 //!
-//! Hashers: every key here (VNIs, IPs and MACs of endpoints) is assigned by the
-//! cluster, not chosen by a packet; a lookup with a key from the wire can only
-//! miss, so the default SipHash is more than enough and collision floods do not
-//! apply (the conntrack table, which is keyed by wire 5-tuples, is different).
+//! Hashers: every key stored here (VNIs, IPs and MACs of endpoints, VTEP
+//! addresses) is assigned by the cluster, never inserted because of a packet.
+//! A lookup with a key from the wire costs at most the probe length of what is
+//! stored, which no sender controls, so a fast unkeyed hash ([`FastHash`]) is
+//! safe here. The conntrack table, filled from wire 5-tuples, needs a keyed one.
 
 use crate::wire::{vxlan::Vni, Mac};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// A multiply-rotate hash (the one rustc uses) for keys the cluster assigns.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A map keyed by cluster-assigned values.
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// Index of a container port (a TAP owned by the agent) in the dataplane.
 pub type PortId = u32;
@@ -44,8 +95,8 @@ pub struct NetworkTable {
     pub vni: Vni,
     pub gateway_ip: Ipv4Addr,
     pub gateway_mac: Mac,
-    pub by_ip: HashMap<Ipv4Addr, Endpoint>,
-    pub by_mac: HashMap<Mac, Location>,
+    pub by_ip: FastMap<Ipv4Addr, Endpoint>,
+    pub by_mac: FastMap<Mac, Location>,
 }
 
 impl NetworkTable {
@@ -54,8 +105,8 @@ impl NetworkTable {
             vni,
             gateway_ip,
             gateway_mac: Mac::for_gateway(gateway_ip),
-            by_ip: HashMap::new(),
-            by_mac: HashMap::new(),
+            by_ip: FastMap::default(),
+            by_mac: FastMap::default(),
         }
     }
 
@@ -85,10 +136,10 @@ pub struct Port {
 /// One immutable snapshot of everything the pipeline looks up.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
-    pub networks: HashMap<Vni, NetworkTable>,
-    pub ports: HashMap<PortId, Port>,
+    pub networks: FastMap<Vni, NetworkTable>,
+    pub ports: FastMap<PortId, Port>,
     /// VTEPs we accept VXLAN from, and the UDP port each listens on.
-    pub peers: HashMap<Ipv4Addr, u16>,
+    pub peers: FastMap<Ipv4Addr, u16>,
 }
 
 /// The published snapshot plus a generation counter for cheap change checks.
