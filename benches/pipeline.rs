@@ -25,11 +25,25 @@ fn tables() -> Tables {
         let location = if last < 10 {
             Location::Local(u32::from(last))
         } else {
-            Location::Remote(SocketAddrV4::new(Ipv4Addr::new(192, 168, 100, 100 + last % 20), 4789))
+            Location::Remote(SocketAddrV4::new(
+                Ipv4Addr::new(192, 168, 100, 100 + last % 20),
+                4789,
+            ))
         };
-        net.insert(Endpoint { ip: ip(last), mac: Mac::for_ip(ip(last)), location });
+        net.insert(Endpoint {
+            ip: ip(last),
+            mac: Mac::for_ip(ip(last)),
+            location,
+        });
         if last < 10 {
-            t.ports.insert(u32::from(last), Port { vni, ip: ip(last), mac: Mac::for_ip(ip(last)) });
+            t.ports.insert(
+                u32::from(last),
+                Port {
+                    vni,
+                    ip: ip(last),
+                    mac: Mac::for_ip(ip(last)),
+                },
+            );
         }
     }
     for h in 100..120u8 {
@@ -41,8 +55,22 @@ fn tables() -> Tables {
 
 fn tcp_frame(src: u8, dst: u8) -> Vec<u8> {
     let mut f = vec![0u8; FRAME];
-    ethernet::emit(&mut f, Mac::for_ip(ip(dst)), Mac::for_ip(ip(src)), ethernet::ethertype::IPV4).expect("room");
-    let r = ipv4::Repr { src: ip(src), dst: ip(dst), protocol: ipv4::protocol::TCP, ttl: 64, ident: 7, dont_fragment: true, payload_len: FRAME - 34 };
+    ethernet::emit(
+        &mut f,
+        Mac::for_ip(ip(dst)),
+        Mac::for_ip(ip(src)),
+        ethernet::ethertype::IPV4,
+    )
+    .expect("room");
+    let r = ipv4::Repr {
+        src: ip(src),
+        dst: ip(dst),
+        protocol: ipv4::protocol::TCP,
+        ttl: 64,
+        ident: 7,
+        dont_fragment: true,
+        payload_len: FRAME - 34,
+    };
     r.emit(&mut f[14..]).expect("room");
     f[14 + 20 + 12] = 0x50;
     f
@@ -82,10 +110,22 @@ fn bench(c: &mut Criterion) {
     });
 
     let mut request = vec![0u8; 42];
-    ethernet::emit(&mut request, Mac::BROADCAST, Mac::for_ip(ip(2)), ethernet::ethertype::ARP).expect("room");
-    arp::Repr { operation: arp::OP_REQUEST, sender_mac: Mac::for_ip(ip(2)), sender_ip: ip(2), target_mac: Mac::ZERO, target_ip: ip(150) }
-        .emit(&mut request[14..])
-        .expect("room");
+    ethernet::emit(
+        &mut request,
+        Mac::BROADCAST,
+        Mac::for_ip(ip(2)),
+        ethernet::ethertype::ARP,
+    )
+    .expect("room");
+    arp::Repr {
+        operation: arp::OP_REQUEST,
+        sender_mac: Mac::for_ip(ip(2)),
+        sender_ip: ip(2),
+        target_mac: Mac::ZERO,
+        target_ip: ip(150),
+    }
+    .emit(&mut request[14..])
+    .expect("room");
     let mut buf = vec![0u8; HEADROOM + 42];
     g.bench_function("arp reply", |b| {
         b.iter(|| {

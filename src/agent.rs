@@ -48,7 +48,6 @@ pub struct Agent {
     pub container_mtu: u32,
     state_dir: PathBuf,
     local: Mutex<BTreeMap<PortId, Attachment>>,
-    view: std::sync::RwLock<Arc<View>>,
 }
 
 impl Agent {
@@ -60,13 +59,13 @@ impl Agent {
             container_mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
             state_dir,
             local: Mutex::new(BTreeMap::new()),
-            view: std::sync::RwLock::new(Arc::new(View::default())),
         })
     }
 
-    /// The latest view the control loop saw.
-    pub fn view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The cluster as this host sees it now. Built fresh on each call (it is
+    /// cheap), so a command sees the effect of the one before it.
+    pub async fn view(&self) -> View {
+        self.cluster.view().await
     }
 
     /// Runs the control loop forever.
@@ -84,24 +83,22 @@ impl Agent {
                     self.cluster.config.vxlan_port,
                 ));
                 drop(local);
-                *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view.clone());
                 last = Some(view);
             }
             tokio::time::sleep(TICK).await;
         }
     }
 
-    /// Reads the view afresh, publishes it and rebuilds the tables now.
-    async fn refresh(&self, local: &BTreeMap<PortId, Attachment>) -> Arc<View> {
-        let view = Arc::new(self.cluster.view().await);
-        self.dataplane.tables.publish(build_tables(
+    /// Rebuilds and publishes the tables now, from a fresh view.
+    async fn refresh(&self, local: &BTreeMap<PortId, Attachment>) {
+        let view = self.cluster.view().await;
+        let tables = build_tables(
             &view,
             local,
             &self.cluster.self_id,
             self.cluster.config.vxlan_port,
-        ));
-        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view.clone();
-        view
+        );
+        self.dataplane.tables.publish(tables);
     }
 
     /// `meshctl container attach`: gives the netns its interface on the network.
@@ -219,7 +216,7 @@ impl Agent {
 
     /// `meshctl container detach`: removes the interface and the endpoint.
     pub async fn detach(&self, req: DetachRequest) -> Result<(), String> {
-        let view = self.view();
+        let view = self.view().await;
         let mut local = self.local.lock().await;
         let found = local
             .values()

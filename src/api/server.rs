@@ -110,7 +110,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method().clone(), parts.as_slice()) {
-        (Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &nodes(&agent.view())),
+        (Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &nodes(&agent.view().await)),
         (Method::GET, ["v1", "cluster", "join-token"]) => json(
             StatusCode::OK,
             &JoinTokenOut {
@@ -118,7 +118,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             },
         ),
         (Method::GET, ["v1", "networks"]) => {
-            let view = agent.view();
+            let view = agent.view().await;
             let list: Vec<NetworkOut> = view
                 .networks
                 .values()
@@ -140,7 +140,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             match agent.cluster.mutate(m).await {
                 Ok(Outcome::Network(n)) => json(
                     StatusCode::CREATED,
-                    &network_out(agent, &agent.view(), &n, false),
+                    &network_out(agent, &agent.view().await, &n, false),
                 ),
                 Ok(other) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,7 +150,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             }
         }
         (Method::GET, ["v1", "networks", name]) => {
-            let view = agent.view();
+            let view = agent.view().await;
             match view.find_network(name) {
                 Some(n) => json(StatusCode::OK, &network_out(agent, &view, n, true)),
                 None => error(StatusCode::NOT_FOUND, format!("network {name} not found")),
@@ -167,7 +167,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             Err(e) => refused(e),
         },
         (Method::GET, ["v1", "containers"]) => {
-            json(StatusCode::OK, &agent.containers(&agent.view()))
+            json(StatusCode::OK, &agent.containers(&agent.view().await))
         }
         (Method::POST, ["v1", "containers", "attach"]) => match body::<AttachRequest>(req).await {
             Ok(b) => match agent.attach(b).await {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# attach.sh: container attach refusals leave nothing behind; detach and re-attach.
+#
+#   mt-c1 eth0          mt-c2 eth0          mt-dup (no eth0: every attach refused)
+#      | TAP               | TAP  detach/re-attach     mt-nosuch: never exists
+#   mt-h116 .116        mt-h117 .117        mt-h118 .118
+#   mesh-agent          mesh-agent          mesh-agent
+#      |                   |                   |          VXLAN UDP 4789
+#  +---+-------------------+-------------------+---+
+#  |       mt-br0 in mt-ul, 192.168.100.0/24       |
+#  +-----------------------------------------------+
+
+. "$(dirname "$0")/lib.sh"
+need_bins
+testbed_up
+start_cluster
+
+mctl 116 network create demo >/dev/null || die "setup: network create demo"
+wait_until 1 network_seen 118 demo || die "setup: demo not seen on .118"
+mk_container c1
+mk_container c2
+C1=$(attach 116 c1 demo) || die "setup: attach c1 on .116"
+C2=$(attach 117 c2 demo) || die "setup: attach c2 on .117"
+for id in 116 117 118; do wait_until 1 container_count "$id" 2 || die "setup: .$id does not list c1 and c2"; done
+check "ping c1 -> c2 before anything else" ping_ok mt-c1 "$C2"
+
+listing() { mctl "$1" container ls --format json | jq -cS 'sort_by(.network, .ip)'; }
+BEFORE=$(listing 116)
+unchanged() { local id; for id in 116 117 118; do [ "$(listing "$id")" = "$BEFORE" ] || return 1; done; }
+
+# --- refusals --------------------------------------------------------------------
+mk_container dup
+expect_error "attach on .118 with c1's IP $C1 (same network, other host) refused" \
+    attach 118 dup demo --ip "$C1"
+check_not "  ... mt-dup has no eth0" has_eth0 mt-dup
+expect_error "attach on .116 with c1's IP $C1 (same host) refused" attach 116 dup demo --ip "$C1"
+check_not "  ... mt-dup has no eth0" has_eth0 mt-dup
+expect_error "attach to an unknown network refused" attach 118 dup no-such-net
+check_not "  ... mt-dup has no eth0" has_eth0 mt-dup
+[ -e /run/netns/mt-nosuch ] && die "setup: a netns mt-nosuch exists already"
+expect_error "attach of a missing netns refused" attach 118 nosuch demo
+if [ -e /run/netns/mt-nosuch ]; then
+    NAMESPACES+=(mt-nosuch); fail "  ... attach created netns mt-nosuch"
+else pass "  ... and no netns mt-nosuch was created"; fi
+sleep 1                                     # anything half-applied would have spread by now
+check "after the refusals, container ls is unchanged on all hosts" unchanged
+
+# --- detach ------------------------------------------------------------------------
+check "detach c2 on .117" mctl 117 container detach --netns mt-c2 --network demo
+check_not "  ... mt-c2 has no eth0" has_eth0 mt-c2
+c2_gone() { local id; for id in 116 117 118; do ! containers "$id" c2 >/dev/null || return 1; done; }
+if wait_until 1 c2_gone; then pass "c2 gone from container ls on .116 .117 .118 (${WAITED} s)"
+else fail "c2 gone from container ls on .116 .117 .118 within 1 s"; fi
+check "ping c1 -> c2's old IP fails" ping_fails mt-c1 "$C2"
+expect_error "detach c2 again refused" mctl 117 container detach --netns mt-c2 --network demo
+
+# --- re-attach, with the IP it had --------------------------------------------------
+check "re-attach c2 on .117 with --ip $C2" test "$(attach 117 c2 demo --ip "$C2")" = "$C2"
+check "  ... mt-c2 has eth0 again" has_eth0 mt-c2
+check "  ... listed on .116 within 1 s" wait_until 1 container_count 116 2
+# c1 may still hold c2's old MAC in its ARP cache (stale, re-probed after ~5 s)
+# unless the agent gives the same IP the same MAC again.
+if wait_until 10 ping_ok mt-c1 "$C2"; then pass "ping c1 -> c2 after re-attach (${WAITED} s)"
+else fail "ping c1 -> c2 after re-attach within 10 s"; fi
+check "tcp c2 -> c1 after re-attach" tcp_ok mt-c2 mt-c1 "$C1"
+
+finish

@@ -1,0 +1,287 @@
+# shellcheck shell=bash disable=SC2034  # globals here are read by the scenarios
+# netns-tests/lib.sh: the test bed that every scenario sources.
+#
+#   mt-out        mt-h116          mt-h117          mt-h118        (mt-h119, mt-h120
+#   .10           .116             .117             .118            when a scenario
+#   eth0          eth0             eth0             eth0            adds them)
+#    |             |  mesh-agent    |  mesh-agent    |  mesh-agent
+#    |             |                |                |
+#  +-+-------------+----------------+----------------+-----------------+
+#  | mt-br0: bridge in netns mt-ul, 192.168.100.0/24, veth ends mt-h*  |
+#  +-------------------------------------------------------------------+
+#
+#   containers: netns mt-NAME (mk_container NAME); the agent on a host gives
+#   them eth0 on `meshctl container attach`; VXLAN/4789 runs between hosts.
+#
+# Nothing here touches the root netns except the unix sockets meshctl uses.
+# Every namespace is prefixed mt-, every process is tracked by pid, every wait
+# is bounded, and the EXIT trap removes all of it, also on failure.
+
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${MESH_BIN:-$REPO/target/release}
+export RUST_LOG=${RUST_LOG:-info} NO_COLOR=1      # logs go to files: no ANSI colours
+UNDERLAY=192.168.100
+SCENARIO=$(basename "$0" .sh)
+TMP=$(mktemp -d "/tmp/mt-$SCENARIO.XXXXXX")
+
+PASSES=0 FAILS=0
+NAMESPACES=() PIDS=()
+declare -A AGENT_PID=()
+
+# ---- results ----------------------------------------------------------------
+
+pass() { PASSES=$((PASSES + 1)); echo "PASS: $*"; }
+fail() { FAILS=$((FAILS + 1)); echo "FAIL: $*"; }
+die() { fail "$*"; exit 1; }                  # setup went wrong: stop here
+note() { echo "# $*"; }
+
+# check MSG CMD...: PASS if CMD succeeds; on failure print its output indented.
+check() {
+    local msg=$1; shift
+    if "$@" >"$TMP/check.out" 2>&1; then pass "$msg"; else
+        fail "$msg"; sed -n '1,8s/^/    /p' "$TMP/check.out"; fi
+}
+
+# check_not MSG CMD...: PASS if CMD fails.
+check_not() {
+    local msg=$1; shift
+    if "$@" >"$TMP/check.out" 2>&1; then
+        fail "$msg"; sed -n '1,8s/^/    /p' "$TMP/check.out"; else pass "$msg"; fi
+}
+
+# expect_error MSG CMD...: PASS if CMD exits non-zero with exactly one non-empty
+# line on stderr (the CLI's error contract). The line is shown either way.
+expect_error() {
+    local msg=$1 rc; shift
+    "$@" >"$TMP/err.out" 2>"$TMP/err.txt"; rc=$?
+    local lines; lines=$(grep -c . "$TMP/err.txt")
+    if [ "$rc" -ne 0 ] && [ "$lines" -eq 1 ]; then pass "$msg: $(head -c 200 "$TMP/err.txt")"
+    else fail "$msg (exit $rc, $lines stderr lines)"; sed -n '1,8s/^/    /p' "$TMP/err.txt"; fi
+}
+
+# wait_until TIMEOUT_S CMD...: retry CMD every 0.1 s until it succeeds (0) or
+# TIMEOUT_S (may be fractional) has passed (1). Sets WAITED to the seconds taken.
+WAITED=0
+wait_until() {
+    local limit_ms start rc elapsed; limit_ms=$(awk -v t="$1" 'BEGIN { print int(t * 1000) }'); shift
+    start=$(date +%s%3N)
+    while :; do
+        "$@" >/dev/null 2>&1; rc=$?
+        elapsed=$(($(date +%s%3N) - start))
+        if [ "$rc" -eq 0 ] || [ "$elapsed" -ge "$limit_ms" ]; then
+            WAITED=$(awk -v d="$elapsed" 'BEGIN { printf "%.2f", d / 1000 }')
+            return $((rc != 0))
+        fi
+        sleep 0.1
+    done
+}
+
+# ---- cleanup ----------------------------------------------------------------
+
+track() { PIDS+=("$@"); }                     # track PID...: stopped on exit
+
+# gone PID: the process has exited (a zombie counts as gone).
+gone() { ! grep -qs '^State:[[:space:]]*[^Z]' "/proc/$1/status"; }
+
+# stop_pid PID [SIG]: SIG (default TERM), up to 3 s to go, then KILL, then reap.
+# Only ever pids this script started.
+stop_pid() {
+    local pid=$1
+    gone "$pid" || kill "-${2:-TERM}" "$pid" 2>/dev/null
+    wait_until 3 gone "$pid" || kill -KILL "$pid" 2>/dev/null
+    wait "$pid"
+    return 0
+} 2>/dev/null                                 # also bash's "Killed" job notice
+
+cleanup() {
+    local rc=$? pid ns log
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    for ns in "${NAMESPACES[@]}"; do           # stragglers inside our own namespaces
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+    done
+    if [ "$rc" -ne 0 ] || [ "$FAILS" -gt 0 ]; then
+        for log in "$TMP"/*.log; do
+            [ -s "$log" ] || continue
+            echo "# ---- tail of $(basename "$log") ----"; tail -n 25 "$log" | sed 's/^/#   /'
+        done
+    fi
+    for ns in "${NAMESPACES[@]}"; do
+        ip netns del "$ns" 2>/dev/null
+        rm -rf "/etc/netns/$ns"               # resolv.conf an agent may have left
+    done
+    if [ -n "${MT_KEEP_TMP:-}" ]; then echo "# kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# finish: last line of a scenario; exit status says whether anything failed.
+finish() {
+    echo "# $SCENARIO: $PASSES passed, $FAILS failed"
+    [ "$FAILS" -eq 0 ]
+    exit $?
+}
+
+# ---- namespaces and the underlay ---------------------------------------------
+
+# mk_ns NAME [noipv6]: a fresh netns with lo up (IPv6 off with noipv6, to keep
+# the underlay quiet).
+mk_ns() {
+    local ns=$1
+    ip netns add "$ns" || die "setup: ip netns add $ns (left over? ip netns del $ns)"
+    NAMESPACES+=("$ns")
+    if [ "${2:-}" = noipv6 ]; then
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    fi
+    ip -n "$ns" link set lo up
+}
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }   # nsx NS CMD...
+
+# underlay_up: netns mt-ul with the bridge mt-br0 all hosts plug into.
+underlay_up() {
+    mk_ns mt-ul noipv6
+    ip -n mt-ul link add mt-br0 type bridge
+    ip -n mt-ul link set mt-br0 up
+}
+
+# add_host NS ADDR [MTU]: netns NS with eth0 = ADDR/24, plugged into the underlay.
+# The veth is created inside mt-ul with its peer straight in NS: no link ever
+# lives in the root netns.
+add_host() {
+    local ns=$1 addr=$2 mtu=${3:-1500}
+    mk_ns "$ns" noipv6
+    ip -n mt-ul link add "$ns" mtu "$mtu" type veth peer name eth0 netns "$ns" mtu "$mtu" ||
+        die "setup: veth for $ns"
+    ip -n mt-ul link set "$ns" master mt-br0 up
+    ip -n "$ns" addr add "$addr/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+
+# testbed_up [IDS...]: the underlay, hosts mt-hID at .ID (default 116 117 118)
+# and the outside client mt-out at .10.
+testbed_up() {
+    local ids=("$@") id
+    [ $# -gt 0 ] || ids=(116 117 118)
+    underlay_up
+    for id in "${ids[@]}"; do add_host "mt-h$id" "$UNDERLAY.$id"; done
+    add_host mt-out "$UNDERLAY.10"
+}
+
+# ---- agents -----------------------------------------------------------------
+
+need_bins() {
+    local b
+    for b in mesh-agent meshctl; do
+        [ -x "$BIN/$b" ] || die "setup: $BIN/$b not found (cargo build --release, or set MESH_BIN)"
+    done
+}
+
+# mctl ID ARGS...: meshctl against the agent of host .ID (bounded to 10 s).
+mctl() { local id=$1; shift; timeout 10 "$BIN/meshctl" --api "$TMP/h$id.sock" "$@"; }
+
+api_up() { mctl "$1" node ls >/dev/null 2>&1; }
+
+# start_agent ID [ARGS...]: mesh-agent in mt-hID, log in $TMP/hID.log; waits
+# (10 s at most) until its API answers.
+start_agent() {
+    local id=$1; shift
+    need_bins
+    mkdir -p "$TMP/h$id"
+    ip netns exec "mt-h$id" "$BIN/mesh-agent" --advertise-addr "$UNDERLAY.$id" \
+        --api "$TMP/h$id.sock" --state-dir "$TMP/h$id" "$@" 2>>"$TMP/h$id.log" </dev/null &
+    AGENT_PID[$id]=$!; track $!
+    wait_until 10 api_up "$id" || die "setup: agent on .$id: API not up within 10 s"
+}
+
+# kill_agent ID [SIG]: stop the agent of host .ID (default KILL: a crash).
+kill_agent() { stop_pid "${AGENT_PID[$1]}" "${2:-KILL}"; unset "AGENT_PID[$1]"; }
+
+# node_statuses ID: "ADDRESS STATUS" lines from node ls on .ID, sorted.
+node_statuses() { mctl "$1" node ls --format json | jq -r '.[] | "\(.address) \(.status)"' | sort; }
+
+# ready_count ID N: node ls on .ID shows exactly N nodes, all Ready.
+ready_count() {
+    local s; s=$(mctl "$1" node ls --format json) || return 1
+    [ "$(jq '[.[] | select(.status == "Ready")] | length' <<<"$s")" -eq "$2" ] &&
+        [ "$(jq length <<<"$s")" -eq "$2" ]
+}
+
+# start_cluster [IDS...]: found on the first (default .116), join the rest with
+# its token, wait (15 s at most) until every host sees all of them Ready.
+TOKEN=
+start_cluster() {
+    local ids=("$@") founder id
+    [ $# -gt 0 ] || ids=(116 117 118)
+    founder=${ids[0]}
+    start_agent "$founder"
+    TOKEN=$(mctl "$founder" cluster join-token) || die "setup: cluster join-token"
+    for id in "${ids[@]:1}"; do
+        start_agent "$id" --join "$UNDERLAY.$founder" --join-token "$TOKEN"
+    done
+    for id in "${ids[@]}"; do
+        wait_until 15 ready_count "$id" "${#ids[@]}" ||
+            die "setup: .$id does not see ${#ids[@]} Ready nodes: $(node_statuses "$id" | tr '\n' ' ')"
+    done
+}
+
+# network_field ID NET FIELD: one field of `network inspect NET` on .ID.
+network_field() { mctl "$1" network inspect "$2" | jq -er ".$3"; }
+
+# network_seen ID NET: network ls on .ID lists NET.
+network_seen() { mctl "$1" network ls --format json | jq -e --arg n "$2" 'any(.[]; .name == $n)' >/dev/null; }
+
+# ---- containers -------------------------------------------------------------
+
+# mk_container NAME: an empty netns mt-NAME (lo left down: attach brings it up).
+mk_container() { ip netns add "mt-$1" || die "setup: ip netns add mt-$1"; NAMESPACES+=("mt-$1"); }
+
+# attach ID NAME NET [ARGS...]: attach mt-NAME to NET through the agent on .ID;
+# prints the IP it got.
+attach() {
+    local id=$1 name=$2 net=$3; shift 3
+    mctl "$id" container attach --netns "mt-$name" --network "$net" --name "$name" "$@"
+}
+
+# containers ID [NAME]: container ls on .ID as JSON (one NAME's object with NAME).
+containers() {
+    if [ $# -eq 1 ]; then mctl "$1" container ls --format json
+    else mctl "$1" container ls --format json | jq -e --arg n "$2" '.[] | select(.name == $n)'; fi
+}
+
+# container_count ID N: container ls on .ID shows N containers.
+container_count() { [ "$(mctl "$1" container ls --format json | jq length)" -eq "$2" ]; }
+
+has_eth0() { ip -n "$1" link show eth0 >/dev/null 2>&1; }   # has_eth0 NS
+
+# ---- traffic (only ever inside our own namespaces) ---------------------------
+
+# ping_ok NS IP: one echo answered, up to 3 tries (the first may wait on ARP).
+ping_ok() {
+    for _ in 1 2 3; do ip netns exec "$1" ping -n -q -c 1 -W 2 "$2" >/dev/null 2>&1 && return 0; done
+    return 1
+}
+
+# ping_fails NS IP: none of 3 echoes answered.
+ping_fails() { ! ip netns exec "$1" ping -n -q -c 3 -i 0.2 -W 1 "$2" >/dev/null 2>&1; }
+
+# listening NS PORT: a TCP listener on PORT in NS.
+listening() { ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q .; }
+
+# tcp_ok SRC_NS DST_NS DST_IP: a line sent with nc from SRC arrives at an nc
+# listener on DST_IP in DST (Debian netcat-openbsd: `nc -l ADDR PORT`, -N to
+# send FIN at EOF). Everything bounded by timeout.
+tcp_ok() {
+    local src=$1 dst=$2 ip=$3 port=$((20000 + RANDOM % 20000)) lpid
+    local out="$TMP/nc.$port" msg="mesh $src to $dst $RANDOM"
+    ip netns exec "$dst" timeout 10 nc -n -l "$ip" "$port" >"$out" 2>/dev/null </dev/null &
+    lpid=$!; track "$lpid"
+    if ! wait_until 3 listening "$dst" "$port"; then stop_pid "$lpid"; echo "no listener"; return 1; fi
+    echo "$msg" | ip netns exec "$src" timeout 8 nc -n -N -w 3 "$ip" "$port" >/dev/null
+    wait_until 5 gone "$lpid"
+    stop_pid "$lpid"
+    grep -qxF "$msg" "$out" || { echo "payload did not arrive: got '$(head -c 100 "$out")'"; return 1; }
+}
