@@ -9,8 +9,11 @@
 //! the [`TablesCell`], checked once per wake-up.
 
 use super::{tap, udp};
-use crate::pipeline::{Counters, Input, Packet, Pipeline, Verdict, HEADROOM};
+use crate::pipeline::coalesce::Coalescer;
+use crate::pipeline::counters::bump;
+use crate::pipeline::{offload, Counters, DropReason, Input, Packet, Pipeline, Verdict, HEADROOM};
 use crate::tables::{PortId, TablesCell};
+use crate::wire::virtio::{self, VnetHeader};
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc;
@@ -22,6 +25,11 @@ use tokio::sync::oneshot;
 pub const BATCH: usize = 64;
 /// Bytes per buffer: headroom plus the largest datagram or frame we accept.
 const BUF_LEN: usize = HEADROOM + 65536;
+/// Room for one super-frame cut into datagrams: 64 KB of payload plus a copy
+/// of the headers for each of up to 64 KB / 500 B segments.
+const SEGMENTS_LEN: usize = 65536 + 132 * 160;
+/// Flows coalesced at once per batch.
+const COALESCE_SLOTS: usize = 8;
 
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_UNDERLAY: u64 = 1;
@@ -89,9 +97,11 @@ impl Dataplane {
             generation: 0,
             pipeline: Pipeline::new(tables.load().1, counters.clone()),
             bufs: vec![vec![0u8; BUF_LEN]; BATCH],
-            meta: vec![(0, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            meta: vec![udp::Received::EMPTY; BATCH],
             scratch: udp::Batch::new(BATCH),
             pending: Vec::with_capacity(BATCH),
+            segments: vec![0u8; SEGMENTS_LEN],
+            coalescer: Coalescer::new(COALESCE_SLOTS),
         };
         std::thread::Builder::new()
             .name("dataplane".into())
@@ -154,10 +164,13 @@ struct DriverThread {
     generation: u64,
     pipeline: Pipeline,
     bufs: Vec<Vec<u8>>,
-    meta: Vec<(usize, SocketAddrV4)>,
+    meta: Vec<udp::Received>,
     scratch: udp::Batch,
     /// Datagrams waiting for the next sendmmsg: (buffer index, start, end, VTEP).
     pending: Vec<(usize, usize, usize, SocketAddrV4)>,
+    /// A super-frame cut into datagrams, back to back.
+    segments: Vec<u8>,
+    coalescer: Coalescer,
 }
 
 impl DriverThread {
@@ -242,7 +255,8 @@ impl DriverThread {
                 return;
             };
             let buf = &mut self.bufs[next];
-            let n = match tap::read(fd, &mut buf[HEADROOM..]) {
+            // The virtio-net header lands in the headroom, the frame at HEADROOM.
+            let n = match tap::read(fd, &mut buf[HEADROOM - virtio::HEADER_LEN..]) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
@@ -250,10 +264,38 @@ impl DriverThread {
                     break;
                 }
             };
-            let mut pkt = Packet::new(buf, HEADROOM, n);
+            let Ok(vnet) = VnetHeader::parse(&buf[HEADROOM - virtio::HEADER_LEN..HEADROOM]) else {
+                continue;
+            };
+            let mut pkt = Packet::new(buf, HEADROOM, n.saturating_sub(virtio::HEADER_LEN));
             match self.pipeline.process(now, Input::Tap(port), &mut pkt) {
-                Verdict::ToTap(p) => write_tap(&self.ports, p, pkt.bytes()),
+                // Another container here takes the frame as it came, offloads and all.
+                Verdict::ToTap(p) => write_tap(&self.ports, p, &vnet, pkt.bytes()),
+                Verdict::ToUnderlay(dst)
+                    if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
+                {
+                    let (start, end) = (pkt.start, pkt.end);
+                    self.flush();
+                    self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
+                }
+                Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
+                    bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
+                }
                 Verdict::ToUnderlay(dst) => {
+                    if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
+                        // The frame starts after the VXLAN header now.
+                        let frame = &mut pkt.bytes_mut()[crate::wire::vxlan::HEADER_LEN..];
+                        if offload::complete_checksum(
+                            frame,
+                            usize::from(vnet.csum_start),
+                            usize::from(vnet.csum_offset),
+                        )
+                        .is_err()
+                        {
+                            bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
+                            continue;
+                        }
+                    }
                     self.pending.push((next, pkt.start, pkt.end, dst));
                     next += 1;
                 }
@@ -261,6 +303,31 @@ impl DriverThread {
             }
         }
         self.flush();
+    }
+
+    /// Cuts the encapsulated super-frame in `bufs[i][start..end]` into
+    /// datagrams and sends them as one GSO message (or as few as allowed).
+    fn send_super_frame(
+        &mut self,
+        i: usize,
+        start: usize,
+        end: usize,
+        mss: usize,
+        dst: SocketAddrV4,
+    ) {
+        match offload::segment_tcp4(&self.bufs[i][start..end], mss, &mut self.segments) {
+            Ok((size, total)) => {
+                if let Err(e) = self.underlay.send_segments(
+                    &mut self.scratch,
+                    &self.segments[..total],
+                    size,
+                    dst,
+                ) {
+                    tracing::debug!(error = %e, "underlay GSO send failed");
+                }
+            }
+            Err(r) => bump(&self.pipeline.counters().drops[r as usize]),
+        }
     }
 
     fn rx_underlay(&mut self) {
@@ -277,15 +344,32 @@ impl DriverThread {
                 return;
             }
         };
+        let ports = &self.ports;
+        let mut sink = |p: PortId, v: &VnetHeader, frame: &[u8]| write_tap(ports, p, v, frame);
         for i in 0..got {
-            let (len, from) = self.meta[i];
-            let mut pkt = Packet::new(&mut self.bufs[i], HEADROOM, len);
-            match self.pipeline.process(now, Input::Underlay(from), &mut pkt) {
-                Verdict::ToTap(p) => write_tap(&self.ports, p, pkt.bytes()),
-                Verdict::ToUnderlay(dst) => self.pending.push((i, pkt.start, pkt.end, dst)),
-                Verdict::Drop(_) => {}
+            let m = self.meta[i];
+            let segment = m.segment.max(1);
+            // One slot may hold several datagrams of `segment` bytes (UDP GRO).
+            let mut at = 0;
+            while at < m.len {
+                let len = segment.min(m.len - at);
+                let mut pkt = Packet::new(&mut self.bufs[i], HEADROOM + at, len);
+                match self
+                    .pipeline
+                    .process(now, Input::Underlay(m.from), &mut pkt)
+                {
+                    Verdict::ToTap(p) => {
+                        if !self.coalescer.offer(p, pkt.bytes(), &mut sink) {
+                            sink(p, &VnetHeader::default(), pkt.bytes());
+                        }
+                    }
+                    Verdict::ToUnderlay(dst) => self.pending.push((i, pkt.start, pkt.end, dst)),
+                    Verdict::Drop(_) => {}
+                }
+                at += len;
             }
         }
+        self.coalescer.flush(&mut sink);
         self.flush();
     }
 
@@ -308,9 +392,9 @@ impl DriverThread {
     }
 }
 
-fn write_tap(ports: &[Option<OwnedFd>], port: PortId, frame: &[u8]) {
+fn write_tap(ports: &[Option<OwnedFd>], port: PortId, vnet: &VnetHeader, frame: &[u8]) {
     if let Some(Some(fd)) = ports.get(port as usize) {
-        if let Err(e) = tap::write(fd, frame) {
+        if let Err(e) = tap::write(fd, vnet, frame) {
             tracing::debug!(port, error = %e, "TAP write failed");
         }
     }

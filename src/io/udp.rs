@@ -1,43 +1,93 @@
 //! The underlay socket: VXLAN datagrams to and from other hosts' VTEPs.
 //!
-//! One UDP socket bound to ADVERTISE_ADDR:4789. Reads use `recvmmsg` and
-//! writes `sendmmsg`, so a batch of datagrams costs one system call. The
-//! scratch arrays for both are allocated once ([`Batch`]); the datagrams stay in
-//! the caller's buffers (VXLAN header written in their headroom).
+//! One UDP socket bound to ADVERTISE_ADDR:4789, with the kernel's UDP offloads:
+//! - receive: `UDP_GRO`, so one `recvmmsg` slot may hold many same-sized
+//!   datagrams back to back (the control message says their size);
+//! - send: `UDP_SEGMENT` (GSO), so the datagrams cut from one TCP super-frame
+//!   leave in one message and cross the host as one buffer. Where the kernel
+//!   refuses GSO, sending falls back for good to one datagram per slot.
+//!
+//! Plain datagrams go out with `sendmmsg`. The scratch arrays for all of it
+//! are allocated once ([`Batch`]); the datagrams stay in the caller's buffers.
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 
+/// Most segments in one GSO message (the kernel's limit is 64 or 128).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes in one UDP message: an IPv4 packet is at most 64 KB.
+const MAX_UDP_PAYLOAD: usize = 65507;
+/// Bytes of control-message room per slot.
+const CTRL_LEN: usize = 64;
+
 /// The VXLAN socket.
 pub struct Underlay {
     sock: Socket,
+    gso: bool,
+    gro: bool,
+}
+
+/// One received message: its length, sender, and the size of each datagram
+/// in it when the kernel coalesced several (`UDP_GRO`), else its length.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub from: SocketAddrV4,
+    pub segment: usize,
+}
+
+impl Received {
+    pub const EMPTY: Received = Received {
+        len: 0,
+        from: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        segment: 0,
+    };
 }
 
 impl Underlay {
-    /// Binds ADDR:PORT with large kernel buffers. Sends block (back-pressure
-    /// into the TAP reads); receives never do.
+    /// Binds ADDR:PORT with large kernel buffers and the offloads the kernel
+    /// grants. Sends block (back-pressure into the TAP reads); receives never do.
     pub fn bind(addr: SocketAddrV4) -> std::io::Result<Underlay> {
         let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         // Best effort: the kernel caps these at net.core.[rw]mem_max.
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);
         sock.bind(&SocketAddr::V4(addr).into())?;
-        Ok(Underlay { sock })
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option value.
+        let gro = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&one as *const libc::c_int).cast(),
+                4,
+            )
+        } == 0;
+        if !gro {
+            tracing::warn!(
+                "the kernel refused UDP_GRO on the VXLAN socket; receiving one datagram per slot"
+            );
+        }
+        Ok(Underlay {
+            sock,
+            gso: true,
+            gro,
+        })
     }
 
     pub fn raw_fd(&self) -> i32 {
         self.sock.as_raw_fd()
     }
 
-    /// Receives up to `bufs.len()` datagrams, each into `bufs[i][offset..]`.
-    /// Fills `meta[i]` with length and sender; returns how many arrived.
+    /// Receives up to `bufs.len()` messages, each into `bufs[i][offset..]`.
     pub fn recv_batch(
         &self,
         scratch: &mut Batch,
         bufs: &mut [Vec<u8>],
         offset: usize,
-        meta: &mut [(usize, SocketAddrV4)],
+        meta: &mut [Received],
     ) -> std::io::Result<usize> {
         let n = bufs.len().min(meta.len()).min(scratch.capacity);
         scratch.reset();
@@ -50,10 +100,10 @@ impl Underlay {
             });
         }
         for i in 0..n {
-            scratch.push_hdr(i);
+            scratch.push_hdr(i, i, 1, self.gro);
         }
-        // SAFETY: hdrs point into iovs/addrs and the caller's buffers, all
-        // alive and unmoved for the call.
+        // SAFETY: hdrs point into iovs/addrs/ctrl and the caller's buffers,
+        // all alive and unmoved for the call.
         let got = unsafe {
             libc::recvmmsg(
                 self.sock.as_raw_fd(),
@@ -73,14 +123,19 @@ impl Underlay {
         }
         let got = got as usize;
         for (i, m) in meta.iter_mut().enumerate().take(got) {
-            *m = (scratch.hdrs[i].msg_len as usize, scratch.addr_at(i));
+            let len = scratch.hdrs[i].msg_len as usize;
+            let segment = scratch.gro_size(i).filter(|s| *s > 0).unwrap_or(len);
+            *m = Received {
+                len,
+                from: scratch.addr_at(i),
+                segment,
+            };
         }
         Ok(got)
     }
 
-    /// Sends every datagram in `out` (a byte slice and its VTEP) with as few
-    /// `sendmmsg` calls as the kernel allows. Returns how many were sent; the
-    /// rest failed with the returned error.
+    /// Sends every datagram in `out` with as few `sendmmsg` calls as the
+    /// kernel allows. Returns how many were sent, and the error that stopped it.
     pub fn send_batch(
         &self,
         scratch: &mut Batch,
@@ -98,8 +153,101 @@ impl Underlay {
                 scratch.addrs[i] = sockaddr_of(*dst);
             }
             for i in 0..n {
-                scratch.push_hdr(i);
+                scratch.push_hdr(i, i, 1, false);
             }
+            match self.sendmmsg(scratch, n) {
+                Ok(r) => sent += r,
+                Err(e) => return (sent, Some(e)),
+            }
+        }
+        (sent, None)
+    }
+
+    /// Sends `data`, datagrams of `segment` bytes back to back (the last may
+    /// be shorter), to `dst`: as GSO messages where the kernel allows it.
+    pub fn send_segments(
+        &mut self,
+        scratch: &mut Batch,
+        data: &[u8],
+        segment: usize,
+        dst: SocketAddrV4,
+    ) -> std::io::Result<()> {
+        if segment == 0 {
+            return Ok(());
+        }
+        if self.gso {
+            match self.send_gso(scratch, data, segment, dst) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    tracing::warn!(error = %e, "the kernel refused UDP GSO; sending one datagram per slot from now on");
+                    self.gso = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut at = 0;
+        while at < data.len() {
+            let n = data[at..].len().div_ceil(segment).min(scratch.capacity);
+            scratch.reset();
+            for (i, d) in data[at..].chunks(segment).take(n).enumerate() {
+                scratch.iovs.push(libc::iovec {
+                    iov_base: d.as_ptr() as *mut _,
+                    iov_len: d.len(),
+                });
+                scratch.addrs[i] = sockaddr_of(dst);
+            }
+            for i in 0..n {
+                scratch.push_hdr(i, i, 1, false);
+            }
+            let sent = self.sendmmsg(scratch, n)?;
+            at += (sent * segment).min(data.len() - at);
+        }
+        Ok(())
+    }
+
+    fn send_gso(
+        &self,
+        scratch: &mut Batch,
+        data: &[u8],
+        segment: usize,
+        dst: SocketAddrV4,
+    ) -> std::io::Result<()> {
+        let per_message = (MAX_UDP_PAYLOAD / segment).clamp(1, MAX_GSO_SEGMENTS) * segment;
+        let mut at = 0;
+        while at < data.len() {
+            scratch.reset();
+            let mut n = 0;
+            for chunk in data[at..].chunks(per_message).take(scratch.capacity) {
+                scratch.iovs.push(libc::iovec {
+                    iov_base: chunk.as_ptr() as *mut _,
+                    iov_len: chunk.len(),
+                });
+                scratch.addrs[n] = sockaddr_of(dst);
+                n += 1;
+            }
+            for i in 0..n {
+                let seg = (scratch.iovs[i].iov_len > segment).then_some(segment as u16);
+                scratch.push_hdr(i, i, 1, false);
+                if let Some(s) = seg {
+                    scratch.set_segment(i, s);
+                }
+            }
+            let sent = self.sendmmsg(scratch, n)?;
+            let bytes: usize = scratch.iovs[..sent].iter().map(|v| v.iov_len).sum();
+            at += bytes;
+        }
+        Ok(())
+    }
+
+    /// One sendmmsg over the first `n` prepared headers; a call that sends
+    /// nothing is an error, so callers always make progress or stop.
+    fn sendmmsg(&self, scratch: &mut Batch, n: usize) -> std::io::Result<usize> {
+        loop {
             // SAFETY: as in recv_batch; the kernel only reads the buffers.
             let r = unsafe {
                 libc::sendmmsg(
@@ -114,13 +262,10 @@ impl Underlay {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                return (sent, Some(e));
+                return Err(e);
             }
-            // A short count means the next datagram failed; skip it rather
-            // than loop on it forever (it is counted by the caller).
-            sent += (r as usize).max(1);
+            return Ok((r as usize).max(1));
         }
-        (sent.min(out.len()), None)
     }
 }
 
@@ -130,6 +275,7 @@ pub struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+    ctrl: Vec<[u64; CTRL_LEN / 8]>,
 }
 
 // SAFETY: the raw pointers inside only ever point at memory owned by the
@@ -144,6 +290,7 @@ impl Batch {
             iovs: Vec::with_capacity(capacity),
             // SAFETY: sockaddr_in is plain old data.
             addrs: vec![unsafe { std::mem::zeroed() }; capacity],
+            ctrl: vec![[0u64; CTRL_LEN / 8]; capacity],
         }
     }
 
@@ -152,14 +299,58 @@ impl Batch {
         self.iovs.clear();
     }
 
-    fn push_hdr(&mut self, i: usize) {
+    /// Header `i` over `iov_count` iovecs from `first_iov`; with `ctrl`, room
+    /// for the kernel's control messages.
+    fn push_hdr(&mut self, i: usize, first_iov: usize, iov_count: usize, ctrl: bool) {
         // SAFETY: msghdr is plain old data; zero is a valid start.
         let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
         h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
         h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        h.msg_hdr.msg_iov = &mut self.iovs[i];
-        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_iov = &mut self.iovs[first_iov];
+        h.msg_hdr.msg_iovlen = iov_count;
+        if ctrl {
+            h.msg_hdr.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CTRL_LEN;
+        }
         self.hdrs.push(h);
+    }
+
+    /// Adds a `UDP_SEGMENT` control message to header `i`.
+    fn set_segment(&mut self, i: usize, segment: u16) {
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE of 2 bytes (24) fits in CTRL_LEN; the pointers
+        // come from the CMSG macros over that buffer.
+        unsafe {
+            h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+            let c = libc::CMSG_FIRSTHDR(h);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+            std::ptr::copy_nonoverlapping(segment.to_ne_bytes().as_ptr(), libc::CMSG_DATA(c), 2);
+        }
+    }
+
+    /// The `UDP_GRO` segment size the kernel reported for message `i`.
+    fn gro_size(&self, i: usize) -> Option<usize> {
+        let h = &self.hdrs[i].msg_hdr;
+        if h.msg_control.is_null() || h.msg_controllen == 0 {
+            return None;
+        }
+        // SAFETY: the kernel filled msg_control with msg_controllen bytes of
+        // control messages; the CMSG macros walk them within that length.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                    let mut v = [0u8; 4];
+                    std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c), v.as_mut_ptr(), 4);
+                    return usize::try_from(i32::from_ne_bytes(v)).ok();
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
     }
 
     fn addr_at(&self, i: usize) -> SocketAddrV4 {
@@ -186,36 +377,68 @@ fn sockaddr_of(a: SocketAddrV4) -> libc::sockaddr_in {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_batch_round_trips_over_loopback() {
+    fn pair() -> (Underlay, Underlay, SocketAddrV4) {
         let a = Underlay::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
         let b = Underlay::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
         let b_addr = match b.sock.local_addr().unwrap().as_socket() {
             Some(SocketAddr::V4(v4)) => v4,
             _ => unreachable!("bound to IPv4"),
         };
+        (a, b, b_addr)
+    }
+
+    /// Receives until `want` bytes of datagrams arrived; returns each
+    /// datagram, split by the reported segment size.
+    fn receive(b: &Underlay, want: usize) -> Vec<Vec<u8>> {
+        let mut scratch = Batch::new(8);
+        let mut bufs = vec![vec![0u8; 70_000]; 8];
+        let mut meta = [Received::EMPTY; 8];
+        let mut out = vec![];
+        let mut total = 0;
+        for _ in 0..200 {
+            let got = b
+                .recv_batch(&mut scratch, &mut bufs, 16, &mut meta)
+                .unwrap();
+            for i in 0..got {
+                let m = meta[i];
+                assert_eq!(m.from.ip(), &Ipv4Addr::LOCALHOST);
+                for d in bufs[i][16..16 + m.len].chunks(m.segment) {
+                    total += d.len();
+                    out.push(d.to_vec());
+                }
+            }
+            if total >= want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_round_trips_over_loopback() {
+        let (a, b, b_addr) = pair();
         let mut scratch = Batch::new(8);
         let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
         let out: Vec<(&[u8], SocketAddrV4)> = msgs.iter().map(|m| (&m[..], b_addr)).collect();
         let (sent, err) = a.send_batch(&mut scratch, &out);
         assert_eq!((sent, err.is_none()), (5, true));
-        let mut bufs = vec![vec![0u8; 2048]; 8];
-        let mut meta = [(0, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); 8];
-        let mut got = 0;
-        for _ in 0..100 {
-            got += b
-                .recv_batch(&mut scratch, &mut bufs[got..], 16, &mut meta[got..])
-                .unwrap();
-            if got == 5 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(got, 5);
-        for (i, (len, from)) in meta.iter().take(5).enumerate() {
-            assert_eq!(*len, 100 + i);
-            assert_eq!(from.ip(), &Ipv4Addr::LOCALHOST);
-            assert_eq!(bufs[i][16], i as u8);
+        assert_eq!(receive(&b, 510), msgs);
+    }
+
+    #[test]
+    fn segments_arrive_as_separate_datagrams_with_or_without_gso() {
+        for gso in [true, false] {
+            let (mut a, b, b_addr) = pair();
+            a.gso = gso;
+            let mut scratch = Batch::new(8);
+            // 70 datagrams of 1000 bytes and a last one of 10: two GSO messages.
+            let data: Vec<u8> = (0..70_010u32).map(|i| (i / 1000) as u8).collect();
+            a.send_segments(&mut scratch, &data, 1000, b_addr).unwrap();
+            let got = receive(&b, data.len());
+            assert_eq!(got.len(), 71, "gso={gso}");
+            assert!(got.iter().take(70).all(|d| d.len() == 1000));
+            assert_eq!(got.concat(), data);
         }
     }
 }

@@ -13,8 +13,10 @@
 //! 4. decap: on the receiving host, VXLAN header off, to the container's TAP
 
 pub mod arp;
+pub mod coalesce;
 pub mod counters;
 pub mod encap;
+pub mod offload;
 pub mod switch;
 
 pub use counters::{Counters, DropReason};

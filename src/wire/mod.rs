@@ -10,6 +10,7 @@ pub mod arp;
 pub mod ethernet;
 pub mod ipv4;
 pub mod l4;
+pub mod virtio;
 pub mod vxlan;
 
 pub use ethernet::Mac;
