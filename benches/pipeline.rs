@@ -3,8 +3,11 @@
 //! an ARP reply. No kernel involved: this is the packet core's own cost.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use mesh::pipeline::coalesce::Coalescer;
+use mesh::pipeline::offload::segment_tcp4;
 use mesh::pipeline::{Counters, Input, Packet, Pipeline, Verdict, HEADROOM};
 use mesh::tables::{Endpoint, Location, NetworkTable, Port, Tables};
+use mesh::wire::virtio::VnetHeader;
 use mesh::wire::{arp, ethernet, ipv4, vxlan, vxlan::Vni, Mac};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -54,7 +57,12 @@ fn tables() -> Tables {
 }
 
 fn tcp_frame(src: u8, dst: u8) -> Vec<u8> {
-    let mut f = vec![0u8; FRAME];
+    tcp_frame_len(src, dst, FRAME, 1)
+}
+
+/// A TCP/IPv4 frame of `len` bytes with sequence number `seq` and ACK set.
+fn tcp_frame_len(src: u8, dst: u8, len: usize, seq: u32) -> Vec<u8> {
+    let mut f = vec![0u8; len];
     ethernet::emit(
         &mut f,
         Mac::for_ip(ip(dst)),
@@ -69,10 +77,12 @@ fn tcp_frame(src: u8, dst: u8) -> Vec<u8> {
         ttl: 64,
         ident: 7,
         dont_fragment: true,
-        payload_len: FRAME - 34,
+        payload_len: len - 34,
     };
     r.emit(&mut f[14..]).expect("room");
+    f[38..42].copy_from_slice(&seq.to_be_bytes());
     f[14 + 20 + 12] = 0x50;
+    f[14 + 20 + 13] = 0x10;
     f
 }
 
@@ -132,6 +142,56 @@ fn bench(c: &mut Criterion) {
             buf[HEADROOM..].copy_from_slice(&request);
             let mut pkt = Packet::new(&mut buf, HEADROOM, 42);
             black_box(p.process(now, Input::Tap(2), &mut pkt))
+        })
+    });
+    g.finish();
+
+    // A 64 KB TSO super-frame: classify, encap, cut into 47 datagrams.
+    let mut g = c.benchmark_group("offload");
+    g.throughput(Throughput::Bytes(65_000));
+    const MSS: usize = 1396;
+    let super_frame = tcp_frame_len(2, 150, 34 + 20 + 65_000, 1);
+    let mut buf = vec![0u8; HEADROOM + super_frame.len()];
+    let mut segments = vec![0u8; 90_000];
+    g.bench_function("segment+encap 64KB", |b| {
+        b.iter(|| {
+            buf[HEADROOM..].copy_from_slice(&super_frame);
+            let mut pkt = Packet::new(&mut buf, HEADROOM, super_frame.len());
+            let v = p.process(now, Input::Tap(2), &mut pkt);
+            debug_assert!(matches!(v, Verdict::ToUnderlay(_)));
+            black_box(segment_tcp4(pkt.bytes(), MSS, &mut segments).expect("fits"))
+        })
+    });
+
+    // The same 64 KB arriving as 47 VXLAN datagrams in one GRO buffer:
+    // decap each, coalesce into one GSO frame for the TAP.
+    let mut gro = Vec::new();
+    let mut seq = 1u32;
+    let mut left = 65_000usize;
+    while left > 0 {
+        let n = left.min(MSS);
+        let mut d = vec![0u8; vxlan::HEADER_LEN];
+        vxlan::emit(&mut d, Vni::new(4096).expect("24-bit")).expect("room");
+        d.extend_from_slice(&tcp_frame_len(150, 3, 54 + n, seq));
+        gro.push(d);
+        seq = seq.wrapping_add(n as u32);
+        left -= n;
+    }
+    let mut bufs: Vec<Vec<u8>> = gro.iter().map(|d| vec![0u8; HEADROOM + d.len()]).collect();
+    let mut coalescer = Coalescer::new(8);
+    g.bench_function("decap+coalesce 64KB", |b| {
+        b.iter(|| {
+            let mut out = 0usize;
+            let mut sink = |_: u32, _: &VnetHeader, f: &[u8]| out += f.len();
+            for (d, buf) in gro.iter().zip(bufs.iter_mut()) {
+                buf[HEADROOM..].copy_from_slice(d);
+                let mut pkt = Packet::new(buf, HEADROOM, d.len());
+                if let Verdict::ToTap(port) = p.process(now, Input::Underlay(from), &mut pkt) {
+                    coalescer.offer(port, pkt.bytes(), &mut sink);
+                }
+            }
+            coalescer.flush(&mut sink);
+            black_box(out)
         })
     });
     g.finish();

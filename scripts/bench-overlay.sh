@@ -12,17 +12,29 @@
 #  |        mt-br0 in mt-ul, 192.168.100.0/24            |
 #  +-----------------------------------------------------+
 #
-#   (a) bare underlay   iperf3 .116 -> .117
-#   (b) kernel vxlan    iperf3 kc1 -> kc2, ping kc1 -> kc2
-#   (c) mesh            iperf3 c1 -> c2,   ping c1 -> c2
+#   (a) bare underlay   iperf3 .116 -> .117, one stream
+#   (b) kernel vxlan    iperf3 kc1 <-> kc2,  ping kc1 -> kc2
+#   (c) mesh            iperf3 c1 <-> c2,    ping c1 -> c2
+#
+#   (b) and (c) each run four iperf3 cases, kernel then mesh per case:
+#     1x-fwd  one stream, 1 -> 2          4x-fwd  -P 4, 1 -> 2
+#     1x-rev  one stream, 2 -> 1 (-R)     4x-rev  -P 4, 2 -> 1 (-R)
+#   Throughput is the receiver's sum (iperf3 -J end.sum_received). For every mesh
+#   measurement the CPU seconds (utime + stime from /proc/PID/stat, / CLK_TCK) used
+#   by both mesh-agent processes is shown next to it. ratio = mesh / kernel vxlan
+#   (throughput: higher is better; RTT: lower is better). The last lines are
+#   machine-readable, one per case:
+#     RESULT case=1x-fwd kernel=GBPS mesh=GBPS ratio=R cpu=S
+#     RESULT case=rtt kernel=MS mesh=MS ratio=R
 #
 # Usage: scripts/bench-overlay.sh [--smoke] [--kernel-only]
 #   DURATION=10 (seconds per iperf3 run); --smoke: 2 s runs, to keep the script working;
-#   --kernel-only: (a) and (b) only, no mesh binaries needed.
+#   --kernel-only: (a) and (b) only, no mesh binaries needed (mesh columns n/a).
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
 DURATION=${DURATION:-10}
+CLK_TCK=$(getconf CLK_TCK)
 MESH=1
 for arg in "$@"; do
     case $arg in
@@ -35,16 +47,22 @@ done
 
 testbed_up 116 117
 
-# iperf_gbps SERVER_NS SERVER_IP CLIENT_NS: one TCP stream for DURATION s; Gbit/s.
+# iperf_gbps SERVER_NS SERVER_IP CLIENT_NS [IPERF3_ARGS...]: TCP for DURATION s
+# (one stream unless -P N; client -> server unless -R); the receiver's sum in
+# Gbit/s. On failure iperf3's own error goes to stderr.
 iperf_gbps() {
-    local srv=$1 ip=$2 cli=$3 spid
+    local srv=$1 ip=$2 cli=$3 spid; shift 3
     ip netns exec "$srv" timeout $((DURATION + 20)) iperf3 -s -1 -B "$ip" >/dev/null 2>&1 </dev/null &
     spid=$!; track "$spid"
     wait_until 5 listening "$srv" 5201 || { stop_pid "$spid"; return 1; }
-    ip netns exec "$cli" timeout $((DURATION + 15)) iperf3 -c "$ip" -t "$DURATION" -J >"$TMP/iperf.json" 2>&1
+    ip netns exec "$cli" timeout $((DURATION + 15)) iperf3 -c "$ip" -t "$DURATION" -J "$@" \
+        >"$TMP/iperf.json" 2>&1 </dev/null
     wait_until 5 gone "$spid"; stop_pid "$spid"
     jq -e '.end.sum_received.bits_per_second / 1e9' "$TMP/iperf.json" 2>/dev/null |
-        awk '$1 > 0 { printf "%.2f\n", $1; ok = 1 } END { exit !ok }'
+        awk '$1 > 0 { printf "%.2f\n", $1; ok = 1 } END { exit !ok }' && return 0
+    local err; err=$(jq -r '.error // empty' "$TMP/iperf.json" 2>/dev/null) || err=$(cat "$TMP/iperf.json")
+    echo "    iperf3 -c $ip $*: ${err:0:200}" >&2
+    return 1
 }
 
 # rtt_ms NS IP: average RTT of 20 echoes 50 ms apart.
@@ -53,7 +71,45 @@ rtt_ms() {
         awk -F/ '/^rtt/ { print $5; ok = 1 } END { exit !ok }'
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f\n", a / b; else print "n/a" }'; }
+# ratio A B: A / B, or n/a unless both are positive numbers (0 = failed, n/a = not run).
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
+        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
+}
+
+# agent_ticks: utime + stime (clock ticks, all threads) of both mesh agents.
+# /proc/PID/stat: fields after "(comm) " are state ppid ... utime(12th) stime(13th).
+agent_ticks() {
+    local pid stat f t=0
+    for pid in "${MESH_PIDS[@]}"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+        read -ra f <<<"${stat##*) }"
+        t=$((t + f[11] + f[12]))
+    done
+    echo "$t"
+}
+
+# mesh_measure VAR CPUVAR LABEL CMD...: measure VAR LABEL CMD..., and CPUVAR =
+# CPU seconds both mesh agents used meanwhile (n/a if an agent is gone).
+mesh_measure() {
+    local cpuvar=$2 t0 t1; t0=$(agent_ticks) || t0=
+    measure "$1" "${@:3}"
+    t1=$(agent_ticks) || t1=
+    if [ -n "$t0" ] && [ -n "$t1" ]; then
+        printf -v "$cpuvar" %s "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')"
+    else printf -v "$cpuvar" n/a; fi
+}
+
+# agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
+# normally the tracked pid itself; else its mesh-agent child).
+agent_pid() {
+    local pid=${AGENT_PID[$1]} c
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-agent ] && { echo "$pid"; return 0; }
+    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        [ "$(cat "/proc/$c/comm" 2>/dev/null)" = mesh-agent ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
 
 # measure VAR LABEL CMD...: VAR=$(CMD), or a FAIL line and VAR=0.
 measure() {
@@ -90,28 +146,52 @@ if [ -n "$MESH" ]; then
     attach 116 c1 bench >/dev/null || die "setup: attach c1 on .116"
     C2=$(attach 117 c2 bench) || die "setup: attach c2 on .117"
     wait_until 5 ping_ok mt-c1 "$C2" || die "setup: mesh c1 -> c2 does not ping"
+    MESH_PIDS=()
+    for id in 116 117; do
+        pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
+        MESH_PIDS+=("$pid")
+    done
 fi
 
 # --- measure --------------------------------------------------------------------
+# Per case kernel vxlan first, then mesh, so both see the same machine load.
+CASES=(1x-fwd 1x-rev 4x-fwd 4x-rev)
+declare -A CASE_ARGS=([1x-fwd]="" [1x-rev]="-R" [4x-fwd]="-P 4" [4x-rev]="-P 4 -R")
+declare -A CASE_LABEL=([1x-fwd]="1 stream   c1->c2" [1x-rev]="1 stream   c2->c1 (-R)"
+                       [4x-fwd]="4 streams  c1->c2" [4x-rev]="4 streams  c2->c1 (-R)")
+declare -A KV=() MV=() CPU=()
+
 measure BARE "bare underlay iperf3" iperf_gbps mt-h117 "$UNDERLAY.117" mt-h116
-measure KVX "kernel vxlan iperf3" iperf_gbps mt-kc2 10.199.0.2 mt-kc1
+for c in "${CASES[@]}"; do
+    read -ra args <<<"${CASE_ARGS[$c]}"
+    measure "KV[$c]" "kernel vxlan iperf3 $c" iperf_gbps mt-kc2 10.199.0.2 mt-kc1 "${args[@]}"
+    if [ -n "$MESH" ]; then
+        mesh_measure "MV[$c]" "CPU[$c]" "mesh iperf3 $c" iperf_gbps mt-c2 "$C2" mt-c1 "${args[@]}"
+    else MV[$c]=n/a CPU[$c]=n/a; fi
+done
 measure KVX_RTT "kernel vxlan ping" rtt_ms mt-kc1 10.199.0.2
 if [ -n "$MESH" ]; then
-    measure MESH_GBPS "mesh iperf3" iperf_gbps mt-c2 "$C2" mt-c1
-    measure MESH_RTT "mesh ping" rtt_ms mt-c1 "$C2"
-fi
+    mesh_measure MESH_RTT RTT_CPU "mesh ping" rtt_ms mt-c1 "$C2"
+else MESH_RTT=n/a RTT_CPU=n/a; fi
+
+# with_unit VALUE UNIT: "VALUE UNIT", or n/a as is.
+with_unit() { if [ "$1" = n/a ]; then echo n/a; else echo "$1 $2"; fi; }
+row() { printf '  %-24s %-15s %-15s %-7s %s\n' "$@"; }
 
 echo
-echo "overlay throughput: iperf3 -t $DURATION, one TCP stream, across two hosts"
-printf '  %-34s %8s Gbit/s\n' "bare underlay   .116 -> .117" "$BARE" \
-                              "kernel vxlan    kc1 -> kc2" "$KVX"
-[ -n "$MESH" ] && printf '  %-34s %8s Gbit/s\n  %-34s %8s\n' \
-                              "mesh            c1 -> c2" "$MESH_GBPS" \
-                              "mesh / kernel vxlan" "$(ratio "$MESH_GBPS" "$KVX")"
-echo "ping RTT, average of 20 echoes 50 ms apart"
-printf '  %-34s %8s ms\n' "kernel vxlan    kc1 -> kc2" "$KVX_RTT"
-[ -n "$MESH" ] && printf '  %-34s %8s ms\n  %-34s %8s\n' \
-                              "mesh            c1 -> c2" "$MESH_RTT" \
-                              "mesh / kernel vxlan" "$(ratio "$MESH_RTT" "$KVX_RTT")"
+echo "overlay across two hosts: iperf3 TCP -t $DURATION (receiver sum), ping RTT (average"
+echo "of 20 echoes 50 ms apart); ratio = mesh / kernel vxlan"
+printf '  %-24s %s\n' "bare underlay .116->.117" "$(with_unit "$BARE" Gbit/s)   (1 stream, no overlay)"
+row case "kernel vxlan" mesh ratio "mesh agents CPU s"
+for c in "${CASES[@]}"; do
+    row "${CASE_LABEL[$c]}" "$(with_unit "${KV[$c]}" Gbit/s)" "$(with_unit "${MV[$c]}" Gbit/s)" \
+        "$(ratio "${MV[$c]}" "${KV[$c]}")" "${CPU[$c]}"
+done
+row "ping RTT   c1->c2" "$(with_unit "$KVX_RTT" ms)" "$(with_unit "$MESH_RTT" ms)" \
+    "$(ratio "$MESH_RTT" "$KVX_RTT")" "$RTT_CPU"
 echo
+for c in "${CASES[@]}"; do
+    echo "RESULT case=$c kernel=${KV[$c]} mesh=${MV[$c]} ratio=$(ratio "${MV[$c]}" "${KV[$c]}") cpu=${CPU[$c]}"
+done
+echo "RESULT case=rtt kernel=$KVX_RTT mesh=$MESH_RTT ratio=$(ratio "$MESH_RTT" "$KVX_RTT")"
 finish
