@@ -3,10 +3,10 @@
 //! an ARP reply. No kernel involved: this is the packet core's own cost.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use mesh::pipeline::coalesce::Coalescer;
+use mesh::pipeline::coalesce::{Coalescer, Part};
 use mesh::pipeline::offload::segment_tcp4;
 use mesh::pipeline::{Counters, Input, Packet, Pipeline, Verdict, HEADROOM};
-use mesh::tables::{Endpoint, Location, NetworkTable, Port, Tables};
+use mesh::tables::{Endpoint, Location, NetworkTable, Peer, Port, Tables};
 use mesh::wire::virtio::VnetHeader;
 use mesh::wire::{arp, ethernet, ipv4, vxlan, vxlan::Vni, Mac};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -50,7 +50,13 @@ fn tables() -> Tables {
         }
     }
     for h in 100..120u8 {
-        t.peers.insert(Ipv4Addr::new(192, 168, 100, h), 4789);
+        t.peers.insert(
+            Ipv4Addr::new(192, 168, 100, h),
+            Peer {
+                port: 4789,
+                agent: true,
+            },
+        );
     }
     t.networks.insert(vni, net);
     t
@@ -146,52 +152,66 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // A 64 KB TSO super-frame: classify, encap, cut into 47 datagrams.
+    // A 64 KB TSO super-frame: classify, encap, cut into 47 segments (only
+    // headers are written; the payload is sent from where it was read). The
+    // frame is placed once: processing it again rewrites the same headers.
     let mut g = c.benchmark_group("offload");
     g.throughput(Throughput::Bytes(65_000));
     const MSS: usize = 1396;
     let super_frame = tcp_frame_len(2, 150, 34 + 20 + 65_000, 1);
     let mut buf = vec![0u8; HEADROOM + super_frame.len()];
-    let mut segments = vec![0u8; 90_000];
-    g.bench_function("segment+encap 64KB", |b| {
-        b.iter(|| {
-            buf[HEADROOM..].copy_from_slice(&super_frame);
-            let mut pkt = Packet::new(&mut buf, HEADROOM, super_frame.len());
-            let v = p.process(now, Input::Tap(2), &mut pkt);
-            debug_assert!(matches!(v, Verdict::ToUnderlay(_)));
-            black_box(segment_tcp4(pkt.bytes(), MSS, &mut segments).expect("fits"))
-        })
-    });
+    buf[HEADROOM..].copy_from_slice(&super_frame);
+    let mut headers = vec![0u8; 128 * 142];
+    for (name, full) in [
+        ("segment+encap 64KB, to an agent", false),
+        ("segment+encap 64KB, full checksums", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut pkt = Packet::new(&mut buf, HEADROOM, super_frame.len());
+                let v = p.process(now, Input::Tap(2), &mut pkt);
+                debug_assert!(matches!(v, Verdict::ToUnderlay(_)));
+                black_box(segment_tcp4(pkt.bytes(), MSS, full, &mut headers).expect("fits"))
+            })
+        });
+    }
 
     // The same 64 KB arriving as 47 VXLAN datagrams in one GRO buffer:
-    // decap each, coalesce into one GSO frame for the TAP.
-    let mut gro = Vec::new();
+    // decap each, coalesce into one GSO frame for the TAP (headers only).
+    let mut gro = vec![0u8; HEADROOM];
+    let mut datagrams = vec![];
     let mut seq = 1u32;
     let mut left = 65_000usize;
     while left > 0 {
         let n = left.min(MSS);
+        let at = gro.len();
         let mut d = vec![0u8; vxlan::HEADER_LEN];
         vxlan::emit(&mut d, Vni::new(4096).expect("24-bit")).expect("room");
         d.extend_from_slice(&tcp_frame_len(150, 3, 54 + n, seq));
-        gro.push(d);
+        gro.extend_from_slice(&d);
+        datagrams.push((at, d.len()));
         seq = seq.wrapping_add(n as u32);
         left -= n;
     }
-    let mut bufs: Vec<Vec<u8>> = gro.iter().map(|d| vec![0u8; HEADROOM + d.len()]).collect();
     let mut coalescer = Coalescer::new(8);
     g.bench_function("decap+coalesce 64KB", |b| {
         b.iter(|| {
-            let mut out = 0usize;
-            let mut sink = |_: u32, _: &VnetHeader, f: &[u8]| out += f.len();
-            for (d, buf) in gro.iter().zip(bufs.iter_mut()) {
-                buf[HEADROOM..].copy_from_slice(d);
-                let mut pkt = Packet::new(buf, HEADROOM, d.len());
+            let mut parts = 0usize;
+            let mut sink = |_: u32, _: &VnetHeader, _: &[u8], p: &[Part]| parts += p.len();
+            for &(at, len) in &datagrams {
+                let mut pkt = Packet::new(&mut gro, at, len);
                 if let Verdict::ToTap(port) = p.process(now, Input::Underlay(from), &mut pkt) {
-                    coalescer.offer(port, pkt.bytes(), &mut sink);
+                    let here = Part {
+                        buf: 0,
+                        start: pkt.start as u32,
+                        len: pkt.len() as u32,
+                    };
+                    let (s, e) = (pkt.start, pkt.end);
+                    coalescer.offer(port, &gro[s..e], here, true, &mut sink);
                 }
             }
             coalescer.flush(&mut sink);
-            black_box(out)
+            black_box(parts)
         })
     });
     g.finish();

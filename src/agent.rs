@@ -13,7 +13,7 @@ use crate::cluster::Cluster;
 use crate::io::tap;
 use crate::io::Dataplane;
 use crate::netns;
-use crate::tables::{Endpoint, Location, NetworkTable, Port, PortId, Tables};
+use crate::tables::{Endpoint, Location, NetworkTable, Peer, Port, PortId, Tables};
 use crate::wire::{vxlan::Vni, Mac};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -310,7 +310,13 @@ pub fn build_tables(
         t.networks.insert(vni, NetworkTable::new(vni, net.gateway));
     }
     for node in view.nodes.iter().filter(|n| n.ready && n.id != self_id) {
-        t.peers.insert(node.record.address, node.record.vxlan_port);
+        t.peers.insert(
+            node.record.address,
+            Peer {
+                port: node.record.vxlan_port,
+                agent: true,
+            },
+        );
     }
     for c in &view.containers {
         let Some(vni) = vni_of.get(c.network_id.as_str()) else {
@@ -344,7 +350,10 @@ pub fn build_tables(
         let Some(vni) = vni_of.get(s.network_id.as_str()) else {
             continue;
         };
-        t.peers.entry(s.vtep).or_insert(vxlan_port);
+        t.peers.entry(s.vtep).or_insert(Peer {
+            port: vxlan_port,
+            agent: false,
+        });
         if let Some(net) = t.networks.get_mut(vni) {
             net.insert(Endpoint {
                 ip: s.ip,

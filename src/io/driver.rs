@@ -9,7 +9,7 @@
 //! the [`TablesCell`], checked once per wake-up.
 
 use super::{tap, udp};
-use crate::pipeline::coalesce::Coalescer;
+use crate::pipeline::coalesce::{Coalescer, Part, MAX_PARTS};
 use crate::pipeline::counters::bump;
 use crate::pipeline::{offload, Counters, DropReason, Input, Packet, Pipeline, Verdict, HEADROOM};
 use crate::tables::{PortId, TablesCell};
@@ -25,9 +25,9 @@ use tokio::sync::oneshot;
 pub const BATCH: usize = 64;
 /// Bytes per buffer: headroom plus the largest datagram or frame we accept.
 const BUF_LEN: usize = HEADROOM + 65536;
-/// Room for one super-frame cut into datagrams: 64 KB of payload plus a copy
-/// of the headers for each of up to 64 KB / 500 B segments.
-const SEGMENTS_LEN: usize = 65536 + 132 * 160;
+/// Room for the headers of one super-frame's segments: 128 segments (an MSS
+/// of 512 bytes) of at most 8 + 14 + 60 + 60 header bytes each.
+const SEGMENT_HEADERS_LEN: usize = 128 * 142;
 /// Flows coalesced at once per batch.
 const COALESCE_SLOTS: usize = 8;
 
@@ -100,7 +100,7 @@ impl Dataplane {
             meta: vec![udp::Received::EMPTY; BATCH],
             scratch: udp::Batch::new(BATCH),
             pending: Vec::with_capacity(BATCH),
-            segments: vec![0u8; SEGMENTS_LEN],
+            segment_headers: vec![0u8; SEGMENT_HEADERS_LEN],
             coalescer: Coalescer::new(COALESCE_SLOTS),
         };
         std::thread::Builder::new()
@@ -168,8 +168,8 @@ struct DriverThread {
     scratch: udp::Batch,
     /// Datagrams waiting for the next sendmmsg: (buffer index, start, end, VTEP).
     pending: Vec<(usize, usize, usize, SocketAddrV4)>,
-    /// A super-frame cut into datagrams, back to back.
-    segments: Vec<u8>,
+    /// The headers of a super-frame's segments, back to back.
+    segment_headers: Vec<u8>,
     coalescer: Coalescer,
 }
 
@@ -283,17 +283,20 @@ impl DriverThread {
                 }
                 Verdict::ToUnderlay(dst) => {
                     if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
-                        // The frame starts after the VXLAN header now.
-                        let frame = &mut pkt.bytes_mut()[crate::wire::vxlan::HEADER_LEN..];
-                        if offload::complete_checksum(
-                            frame,
-                            usize::from(vnet.csum_start),
-                            usize::from(vnet.csum_offset),
-                        )
-                        .is_err()
-                        {
-                            bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
-                            continue;
+                        if self.pipeline.peer_is_agent(*dst.ip()) {
+                            // Another agent hands it on as partial, as we got it.
+                            crate::wire::vxlan::set_csum_partial(pkt.bytes_mut());
+                        } else {
+                            // The frame starts after the VXLAN header now.
+                            let frame = &mut pkt.bytes_mut()[crate::wire::vxlan::HEADER_LEN..];
+                            let (start, offset) =
+                                (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
+                            if offload::complete_checksum(frame, start, offset).is_err() {
+                                bump(
+                                    &self.pipeline.counters().drops[DropReason::Malformed as usize],
+                                );
+                                continue;
+                            }
                         }
                     }
                     self.pending.push((next, pkt.start, pkt.end, dst));
@@ -306,7 +309,7 @@ impl DriverThread {
     }
 
     /// Cuts the encapsulated super-frame in `bufs[i][start..end]` into
-    /// datagrams and sends them as one GSO message (or as few as allowed).
+    /// segments and sends them scatter-gather: fresh headers, payload in place.
     fn send_super_frame(
         &mut self,
         i: usize,
@@ -315,13 +318,24 @@ impl DriverThread {
         mss: usize,
         dst: SocketAddrV4,
     ) {
-        match offload::segment_tcp4(&self.bufs[i][start..end], mss, &mut self.segments) {
-            Ok((size, total)) => {
-                if let Err(e) = self.underlay.send_segments(
+        let full_checksum = !self.pipeline.peer_is_agent(*dst.ip());
+        let datagram = &self.bufs[i][start..end];
+        let headers = &mut self.segment_headers;
+        match offload::segment_tcp4(datagram, mss, full_checksum, headers) {
+            Ok(seg) => {
+                let headers = &self.segment_headers;
+                let piece = |k: usize| {
+                    (
+                        &headers[k * seg.header_len..(k + 1) * seg.header_len],
+                        &datagram[seg.payload(k)],
+                    )
+                };
+                if let Err(e) = self.underlay.send_gather(
                     &mut self.scratch,
-                    &self.segments[..total],
-                    size,
+                    seg.count,
+                    seg.datagram_len(),
                     dst,
+                    piece,
                 ) {
                     tracing::debug!(error = %e, "underlay GSO send failed");
                 }
@@ -344,8 +358,6 @@ impl DriverThread {
                 return;
             }
         };
-        let ports = &self.ports;
-        let mut sink = |p: PortId, v: &VnetHeader, frame: &[u8]| write_tap(ports, p, v, frame);
         for i in 0..got {
             let m = self.meta[i];
             let segment = m.segment.max(1);
@@ -353,22 +365,44 @@ impl DriverThread {
             let mut at = 0;
             while at < m.len {
                 let len = segment.min(m.len - at);
-                let mut pkt = Packet::new(&mut self.bufs[i], HEADROOM + at, len);
-                match self
+                let datagram = HEADROOM + at;
+                at += len;
+                let mut pkt = Packet::new(&mut self.bufs[i], datagram, len);
+                let verdict = self
                     .pipeline
-                    .process(now, Input::Underlay(m.from), &mut pkt)
-                {
+                    .process(now, Input::Underlay(m.from), &mut pkt);
+                let (start, end) = (pkt.start, pkt.end);
+                match verdict {
                     Verdict::ToTap(p) => {
-                        if !self.coalescer.offer(p, pkt.bytes(), &mut sink) {
-                            sink(p, &VnetHeader::default(), pkt.bytes());
+                        let bufs = &self.bufs;
+                        let partial = crate::wire::vxlan::is_csum_partial(&bufs[i][datagram..]);
+                        let frame = &bufs[i][start..end];
+                        let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
+                            write_parts(&self.ports, bufs, p, v, head, parts)
+                        };
+                        let here = Part {
+                            buf: i as u32,
+                            start: start as u32,
+                            len: (end - start) as u32,
+                        };
+                        if !self.coalescer.offer(p, frame, here, partial, &mut sink) {
+                            let vnet = if partial {
+                                offload::partial_checksum_vnet(frame).unwrap_or_default()
+                            } else {
+                                VnetHeader::default()
+                            };
+                            write_tap(&self.ports, p, &vnet, frame);
                         }
                     }
-                    Verdict::ToUnderlay(dst) => self.pending.push((i, pkt.start, pkt.end, dst)),
+                    Verdict::ToUnderlay(dst) => self.pending.push((i, start, end, dst)),
                     Verdict::Drop(_) => {}
                 }
-                at += len;
             }
         }
+        let bufs = &self.bufs;
+        let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
+            write_parts(&self.ports, bufs, p, v, head, parts)
+        };
         self.coalescer.flush(&mut sink);
         self.flush();
     }
@@ -389,6 +423,32 @@ impl DriverThread {
             tracing::debug!(error = %e, "underlay sendmmsg failed");
         }
         self.pending.clear();
+    }
+}
+
+/// Writes a coalesced frame: its headers, then its payload pieces from `bufs`.
+fn write_parts(
+    ports: &[Option<OwnedFd>],
+    bufs: &[Vec<u8>],
+    port: PortId,
+    vnet: &VnetHeader,
+    head: &[u8],
+    parts: &[Part],
+) {
+    let mut pieces: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+    let mut n = 0;
+    for (slot, p) in pieces.iter_mut().zip(parts) {
+        let (start, end) = (p.start as usize, p.start as usize + p.len as usize);
+        let Some(bytes) = bufs.get(p.buf as usize).and_then(|b| b.get(start..end)) else {
+            return;
+        };
+        *slot = bytes;
+        n += 1;
+    }
+    if let Some(Some(fd)) = ports.get(port as usize) {
+        if let Err(e) = tap::write_gather(fd, vnet, head, &pieces[..n]) {
+            tracing::debug!(port, error = %e, "TAP write failed");
+        }
     }
 }
 

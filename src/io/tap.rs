@@ -91,24 +91,46 @@ pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     Ok(Some(n as usize))
 }
 
-/// Writes one frame (or coalesced super-frame) to the container, behind its
-/// virtio-net header, in one `writev`.
+/// Writes one frame to the container, behind its virtio-net header.
 #[inline]
 pub fn write(fd: &OwnedFd, vnet: &VnetHeader, frame: &[u8]) -> std::io::Result<()> {
+    write_gather(fd, vnet, frame, &[])
+}
+
+/// Writes one frame gathered from pieces (headers, then payloads where they
+/// lie) behind its virtio-net header, in one `writev`.
+#[inline]
+pub fn write_gather(
+    fd: &OwnedFd,
+    vnet: &VnetHeader,
+    head: &[u8],
+    rest: &[&[u8]],
+) -> std::io::Result<()> {
+    const MAX_IOV: usize = 2 + crate::pipeline::coalesce::MAX_PARTS;
     let hdr = vnet.to_bytes();
-    let iov = [
-        libc::iovec {
-            iov_base: hdr.as_ptr() as *mut _,
-            iov_len: hdr.len(),
-        },
-        libc::iovec {
-            iov_base: frame.as_ptr() as *mut _,
-            iov_len: frame.len(),
-        },
-    ];
-    // SAFETY: both iovecs point at memory valid for reads for the call.
-    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
-    if n < 0 {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOV];
+    iov[0] = libc::iovec {
+        iov_base: hdr.as_ptr() as *mut _,
+        iov_len: hdr.len(),
+    };
+    iov[1] = libc::iovec {
+        iov_base: head.as_ptr() as *mut _,
+        iov_len: head.len(),
+    };
+    let mut n = 2;
+    for piece in rest.iter().take(MAX_IOV - 2) {
+        iov[n] = libc::iovec {
+            iov_base: piece.as_ptr() as *mut _,
+            iov_len: piece.len(),
+        };
+        n += 1;
+    }
+    // SAFETY: every iovec points at memory valid for reads for the call.
+    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+    if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -163,20 +163,23 @@ impl Underlay {
         (sent, None)
     }
 
-    /// Sends `data`, datagrams of `segment` bytes back to back (the last may
-    /// be shorter), to `dst`: as GSO messages where the kernel allows it.
-    pub fn send_segments(
+    /// Sends `count` datagrams to `dst`, datagram `i` being the bytes of
+    /// `piece(i).0` then `piece(i).1` (headers, then payload where it lies):
+    /// scatter-gather, as GSO messages of `segment`-byte datagrams where the
+    /// kernel allows it. Every datagram but the last must be `segment` bytes.
+    pub fn send_gather<'a>(
         &mut self,
         scratch: &mut Batch,
-        data: &[u8],
+        count: usize,
         segment: usize,
         dst: SocketAddrV4,
+        piece: impl Fn(usize) -> (&'a [u8], &'a [u8]),
     ) -> std::io::Result<()> {
-        if segment == 0 {
+        if segment == 0 || count == 0 {
             return Ok(());
         }
         if self.gso {
-            match self.send_gso(scratch, data, segment, dst) {
+            match self.send_gso(scratch, count, segment, dst, &piece) {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if matches!(
@@ -190,56 +193,65 @@ impl Underlay {
                 Err(e) => return Err(e),
             }
         }
-        let mut at = 0;
-        while at < data.len() {
-            let n = data[at..].len().div_ceil(segment).min(scratch.capacity);
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(scratch.capacity);
             scratch.reset();
-            for (i, d) in data[at..].chunks(segment).take(n).enumerate() {
-                scratch.iovs.push(libc::iovec {
-                    iov_base: d.as_ptr() as *mut _,
-                    iov_len: d.len(),
-                });
+            for i in 0..n {
+                let (h, p) = piece(done + i);
+                scratch.push_iov(h);
+                scratch.push_iov(p);
                 scratch.addrs[i] = sockaddr_of(dst);
             }
             for i in 0..n {
-                scratch.push_hdr(i, i, 1, false);
+                scratch.push_hdr(i, 2 * i, 2, false);
             }
-            let sent = self.sendmmsg(scratch, n)?;
-            at += (sent * segment).min(data.len() - at);
+            done += self.sendmmsg(scratch, n)?;
         }
         Ok(())
     }
 
-    fn send_gso(
+    fn send_gso<'a>(
         &self,
         scratch: &mut Batch,
-        data: &[u8],
+        count: usize,
         segment: usize,
         dst: SocketAddrV4,
+        piece: &impl Fn(usize) -> (&'a [u8], &'a [u8]),
     ) -> std::io::Result<()> {
-        let per_message = (MAX_UDP_PAYLOAD / segment).clamp(1, MAX_GSO_SEGMENTS) * segment;
-        let mut at = 0;
-        while at < data.len() {
+        let per_message = (MAX_UDP_PAYLOAD / segment).clamp(1, MAX_GSO_SEGMENTS);
+        let mut done = 0;
+        while done < count {
             scratch.reset();
-            let mut n = 0;
-            for chunk in data[at..].chunks(per_message).take(scratch.capacity) {
-                scratch.iovs.push(libc::iovec {
-                    iov_base: chunk.as_ptr() as *mut _,
-                    iov_len: chunk.len(),
-                });
-                scratch.addrs[n] = sockaddr_of(dst);
-                n += 1;
-            }
-            for i in 0..n {
-                let seg = (scratch.iovs[i].iov_len > segment).then_some(segment as u16);
-                scratch.push_hdr(i, i, 1, false);
-                if let Some(s) = seg {
-                    scratch.set_segment(i, s);
+            let mut messages = 0;
+            let mut first = done;
+            while first < count
+                && messages < scratch.capacity
+                && scratch.iovs.len() + 2 * per_message <= scratch.iovs.capacity()
+            {
+                let last = (first + per_message).min(count);
+                for i in first..last {
+                    let (h, p) = piece(i);
+                    scratch.push_iov(h);
+                    scratch.push_iov(p);
                 }
+                scratch.addrs[messages] = sockaddr_of(dst);
+                messages += 1;
+                first = last;
             }
-            let sent = self.sendmmsg(scratch, n)?;
-            let bytes: usize = scratch.iovs[..sent].iter().map(|v| v.iov_len).sum();
-            at += bytes;
+            let mut iov = 0;
+            let mut seg_start = done;
+            for m in 0..messages {
+                let n = (count - seg_start).min(per_message);
+                scratch.push_hdr(m, iov, 2 * n, false);
+                if n > 1 {
+                    scratch.set_segment(m, segment as u16);
+                }
+                iov += 2 * n;
+                seg_start += n;
+            }
+            let sent = self.sendmmsg(scratch, messages)?;
+            done = (done + sent * per_message).min(count);
         }
         Ok(())
     }
@@ -287,10 +299,23 @@ impl Batch {
         Batch {
             capacity,
             hdrs: Vec::with_capacity(capacity),
-            iovs: Vec::with_capacity(capacity),
+            // Up to two iovecs (headers, payload) per datagram, and a GSO
+            // message carries many datagrams.
+            iovs: Vec::with_capacity(4 * capacity.max(MAX_GSO_SEGMENTS)),
             // SAFETY: sockaddr_in is plain old data.
             addrs: vec![unsafe { std::mem::zeroed() }; capacity],
             ctrl: vec![[0u64; CTRL_LEN / 8]; capacity],
+        }
+    }
+
+    /// Adds an iovec; the capacity was reserved up front, so pointers to
+    /// earlier ones stay valid.
+    fn push_iov(&mut self, b: &[u8]) {
+        if self.iovs.len() < self.iovs.capacity() {
+            self.iovs.push(libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: b.len(),
+            });
         }
     }
 
@@ -427,18 +452,24 @@ mod tests {
     }
 
     #[test]
-    fn segments_arrive_as_separate_datagrams_with_or_without_gso() {
+    fn gathered_segments_arrive_as_separate_datagrams_with_or_without_gso() {
         for gso in [true, false] {
             let (mut a, b, b_addr) = pair();
             a.gso = gso;
             let mut scratch = Batch::new(8);
-            // 70 datagrams of 1000 bytes and a last one of 10: two GSO messages.
-            let data: Vec<u8> = (0..70_010u32).map(|i| (i / 1000) as u8).collect();
-            a.send_segments(&mut scratch, &data, 1000, b_addr).unwrap();
+            // 70 datagrams of 1000 bytes and a last one of 10, each sent as a
+            // 50-byte header and a payload slice: two GSO messages.
+            let data: Vec<u8> = (0..70_010u32).map(|i| (i / 1000) as u8 ^ i as u8).collect();
+            let count = data.len().div_ceil(1000);
+            a.send_gather(&mut scratch, count, 1000, b_addr, |i| {
+                let d = &data[i * 1000..((i + 1) * 1000).min(data.len())];
+                d.split_at(d.len().min(50))
+            })
+            .unwrap();
             let got = receive(&b, data.len());
             assert_eq!(got.len(), 71, "gso={gso}");
             assert!(got.iter().take(70).all(|d| d.len() == 1000));
-            assert_eq!(got.concat(), data);
+            assert!(got.concat() == data);
         }
     }
 }

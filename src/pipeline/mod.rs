@@ -98,6 +98,11 @@ impl Pipeline {
         self.tables = tables;
     }
 
+    /// True if `ip` is a mesh agent's VTEP (not a plain VXLAN device).
+    pub fn peer_is_agent(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.tables.peers.get(&ip).is_some_and(|p| p.agent)
+    }
+
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
@@ -160,7 +165,11 @@ impl Pipeline {
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
         let tables = &*self.tables;
-        let peer_port = *tables.peers.get(src.ip()).ok_or(DropReason::NotMember)?;
+        let peer_port = tables
+            .peers
+            .get(src.ip())
+            .ok_or(DropReason::NotMember)?
+            .port;
         let vni = encap::decap(pkt)?;
         let net = tables.networks.get(&vni).ok_or(DropReason::UnknownVni)?;
         let eth = ethernet::Frame::new_checked(pkt.bytes()).map_err(|_| DropReason::Malformed)?;

@@ -1,9 +1,12 @@
 //! Step 3b: segmentation offload. A container's TCP stack hands its TAP a
 //! super-frame of up to 64 KB (TSO, announced by the virtio-net header); one
-//! that goes to another host is cut here into MSS-sized TCP segments, each
-//! behind its own copy of the VXLAN, Ethernet, IPv4 and TCP headers, laid out
-//! back to back so that one `sendmsg` with `UDP_SEGMENT` sends them all.
-//! Frames whose checksum the kernel left to us (`NEEDS_CSUM`) are completed.
+//! that goes to another host is cut here into MSS-sized TCP segments. Only
+//! the headers are written (one copy of VXLAN, Ethernet, IPv4 and TCP headers
+//! per segment); the payload stays where it was read, and the I/O edge sends
+//! headers and payload slices together, scatter-gather, as one `sendmsg` with
+//! `UDP_SEGMENT`. Towards another mesh agent the TCP checksum stays partial
+//! (the receiving kernel never needs it: the frame reaches it as
+//! CHECKSUM_PARTIAL); towards a plain VTEP it is computed, without a copy.
 //!
 //! Everything is pure: bytes in, bytes out, checked against hand-built frames.
 
@@ -73,53 +76,85 @@ pub fn tcp_layout(bytes: &[u8], at: usize) -> Option<TcpLayout> {
     })
 }
 
+/// How a super-frame was cut: `count` segments, each `header_len` bytes of
+/// headers (in the caller's header buffer, back to back) followed by its
+/// payload, `datagram[payload_at + i * mss..]`, at most `mss` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    pub count: usize,
+    pub header_len: usize,
+    pub mss: usize,
+    pub payload_at: usize,
+    pub payload_end: usize,
+}
+
+impl Segments {
+    /// The payload of segment `i`, inside the super-frame.
+    pub fn payload(&self, i: usize) -> std::ops::Range<usize> {
+        let start = self.payload_at + i * self.mss;
+        start..(start + self.mss).min(self.payload_end)
+    }
+    /// Bytes of one full datagram (headers and `mss` of payload).
+    pub fn datagram_len(&self) -> usize {
+        self.header_len + self.mss
+    }
+}
+
 /// Cuts an encapsulated TCP super-frame (`datagram` = VXLAN header + frame)
-/// into datagrams of at most `mss` payload bytes each, written back to back
-/// into `out`. Returns the size of every datagram but the last, and the total
-/// bytes written. TCP and IPv4 checksums are computed in full.
+/// into segments of at most `mss` payload bytes, without copying the payload:
+/// only each segment's headers are written, into `headers`; the caller sends
+/// headers and payload slices together (scatter-gather, with UDP GSO).
+///
+/// Each segment gets its IPv4 length, ID and checksum, sequence number and
+/// flags (FIN and PSH only on the last, CWR only on the first). The TCP
+/// checksum is computed in full over the payload when `full_checksum`, for a
+/// VTEP that runs no agent; otherwise it is left partial (pseudo-header sum)
+/// and the VXLAN header says so, for a mesh agent to hand on as it is.
 pub fn segment_tcp4(
     datagram: &[u8],
     mss: usize,
-    out: &mut [u8],
-) -> Result<(usize, usize), DropReason> {
+    full_checksum: bool,
+    headers: &mut [u8],
+) -> Result<Segments, DropReason> {
     let l = tcp_layout(datagram, vxlan::HEADER_LEN).ok_or(DropReason::Malformed)?;
     if mss == 0 || l.end <= l.payload {
         return Err(DropReason::Malformed);
     }
-    let headers = &datagram[..l.payload];
-    let payload = &datagram[l.payload..l.end];
-    let seg_size = l.payload + mss;
-    let count = payload.len().div_ceil(mss);
-    let total = l.payload * count + payload.len();
-    if total > out.len() {
+    let seg = Segments {
+        count: (l.end - l.payload).div_ceil(mss),
+        header_len: l.payload,
+        mss,
+        payload_at: l.payload,
+        payload_end: l.end,
+    };
+    if seg.count * seg.header_len > headers.len() {
         return Err(DropReason::NoHeadroom);
     }
-    let ip_id = u16::from_be_bytes([headers[l.ip + 4], headers[l.ip + 5]]);
+    let template = &datagram[..l.payload];
+    let ip_id = u16::from_be_bytes([template[l.ip + 4], template[l.ip + 5]]);
     let seq = u32::from_be_bytes([
-        headers[l.tcp + 4],
-        headers[l.tcp + 5],
-        headers[l.tcp + 6],
-        headers[l.tcp + 7],
+        template[l.tcp + 4],
+        template[l.tcp + 5],
+        template[l.tcp + 6],
+        template[l.tcp + 7],
     ]);
-    let flags = headers[l.tcp + 13];
-    for (i, chunk) in payload.chunks(mss).enumerate() {
-        let base = i * seg_size;
-        let seg = &mut out[base..base + l.payload + chunk.len()];
-        seg[..l.payload].copy_from_slice(headers);
-        seg[l.payload..].copy_from_slice(chunk);
-        let last = i + 1 == count;
+    let flags = template[l.tcp + 13];
+    for i in 0..seg.count {
+        let payload = &datagram[seg.payload(i)];
+        let h = &mut headers[i * seg.header_len..(i + 1) * seg.header_len];
+        h.copy_from_slice(template);
+        let last = i + 1 == seg.count;
         // IPv4: length, a fresh ID per segment, checksum.
-        let ip = &mut seg[l.ip..l.ip + l.ip_len];
-        let ip_total = (l.ip_len + l.tcp_len + chunk.len()) as u16;
+        let ip = &mut h[l.ip..l.ip + l.ip_len];
+        let ip_total = (l.ip_len + l.tcp_len + payload.len()) as u16;
         ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
         ip[4..6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
         ip[10..12].copy_from_slice(&[0, 0]);
         let c = !(checksum_fold(0, ip) as u16);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
-        // TCP: sequence number; FIN and PSH only on the last, CWR only on the first.
-        let tcp_at = l.tcp;
-        let s = seq.wrapping_add((i * mss) as u32);
-        seg[tcp_at + 4..tcp_at + 8].copy_from_slice(&s.to_be_bytes());
+        // TCP: sequence number and flags.
+        let t = l.tcp;
+        h[t + 4..t + 8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
         let mut f = flags;
         if !last {
             f &= !(l4::tcp_flags::FIN | l4::tcp_flags::PSH);
@@ -127,14 +162,48 @@ pub fn segment_tcp4(
         if i > 0 {
             f &= !0x80;
         }
-        seg[tcp_at + 13] = f;
-        seg[tcp_at + 16..tcp_at + 18].copy_from_slice(&[0, 0]);
-        let tcp_len = l.tcp_len + chunk.len();
-        let pseudo = pseudo_header_sum(&seg[l.ip..l.ip + l.ip_len], ipv4::protocol::TCP, tcp_len);
-        let c = !(checksum_fold(pseudo, &seg[tcp_at..]) as u16);
-        seg[tcp_at + 16..tcp_at + 18].copy_from_slice(&c.to_be_bytes());
+        h[t + 13] = f;
+        h[t + 16..t + 18].copy_from_slice(&[0, 0]);
+        let pseudo = pseudo_header_sum(
+            &h[l.ip..l.ip + l.ip_len],
+            ipv4::protocol::TCP,
+            l.tcp_len + payload.len(),
+        );
+        let field = if full_checksum {
+            let sum = checksum_fold(checksum_fold(pseudo, &h[t..]), payload);
+            !(sum as u16)
+        } else {
+            vxlan::set_csum_partial(h);
+            pseudo as u16
+        };
+        h[t + 16..t + 18].copy_from_slice(&field.to_be_bytes());
     }
-    Ok((seg_size, total))
+    Ok(seg)
+}
+
+/// The virtio-net header that lets the kernel finish a frame's partial TCP or
+/// UDP checksum, or None if the frame is neither.
+pub fn partial_checksum_vnet(frame: &[u8]) -> Option<crate::wire::virtio::VnetHeader> {
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
+    if eth.ethertype() != ethernet::ethertype::IPV4 {
+        return None;
+    }
+    let ip = ipv4::Packet::new_checked(eth.payload()).ok()?;
+    let offset = match ip.protocol() {
+        ipv4::protocol::TCP => 16,
+        ipv4::protocol::UDP => 6,
+        _ => return None,
+    };
+    let start = ethernet::HEADER_LEN + ip.header_len();
+    if !ip.is_first_fragment() || start + offset + 2 > ethernet::HEADER_LEN + ip.total_len() {
+        return None;
+    }
+    Some(crate::wire::virtio::VnetHeader {
+        flags: crate::wire::virtio::F_NEEDS_CSUM,
+        csum_start: start as u16,
+        csum_offset: offset as u16,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -205,24 +274,48 @@ pub(crate) mod tests {
         assert!(complete_checksum(&mut f, 60, 16).is_err());
     }
 
+    /// The datagrams a segmentation stands for, headers and payload joined.
+    pub(crate) fn materialize(datagram: &[u8], seg: &Segments, headers: &[u8]) -> Vec<Vec<u8>> {
+        (0..seg.count)
+            .map(|i| {
+                let mut d = headers[i * seg.header_len..(i + 1) * seg.header_len].to_vec();
+                d.extend_from_slice(&datagram[seg.payload(i)]);
+                d
+            })
+            .collect()
+    }
+
+    fn super_datagram(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut datagram = vec![0u8; 8];
+        vxlan::emit(&mut datagram, vxlan::Vni::new(4096).unwrap()).unwrap();
+        datagram.extend_from_slice(&tcp_frame(1000, flags, payload));
+        datagram
+    }
+
     #[test]
     fn a_super_frame_becomes_mss_sized_segments() {
         let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
         let flags = l4::tcp_flags::ACK | l4::tcp_flags::PSH | l4::tcp_flags::FIN;
-        let mut datagram = vec![0u8; 8];
-        vxlan::emit(&mut datagram, vxlan::Vni::new(4096).unwrap()).unwrap();
-        datagram.extend_from_slice(&tcp_frame(1000, flags, &payload));
-        let mut out = vec![0u8; 8000];
-        let (seg_size, total) = segment_tcp4(&datagram, 1398, &mut out).unwrap();
-        assert_eq!(seg_size, 8 + 66 + 1398);
-        assert_eq!(total, 2 * seg_size + 8 + 66 + 204);
+        let datagram = super_datagram(flags, &payload);
+        let mut headers = vec![0u8; 1000];
+        let seg = segment_tcp4(&datagram, 1398, true, &mut headers).unwrap();
+        assert_eq!(
+            (seg.count, seg.header_len, seg.datagram_len()),
+            (3, 8 + 66, 8 + 66 + 1398)
+        );
+        let out = materialize(&datagram, &seg, &headers);
         for (i, (len, seq)) in [(1398usize, 1000u32), (1398, 2398), (204, 3796)]
             .into_iter()
             .enumerate()
         {
-            let seg = &out[i * seg_size..i * seg_size + 8 + 66 + len];
-            assert_eq!(&seg[..8], &datagram[..8], "VXLAN header copied");
-            let frame = &seg[8..];
+            let d = &out[i];
+            assert_eq!(d.len(), 8 + 66 + len);
+            assert_eq!(
+                &d[..8],
+                &datagram[..8],
+                "VXLAN header copied, no partial flag"
+            );
+            let frame = &d[8..];
             assert!(checksums_ok(frame), "segment {i} checksums");
             assert_eq!(
                 u16::from_be_bytes([frame[16], frame[17]]) as usize,
@@ -238,24 +331,39 @@ pub(crate) mod tests {
             );
             let want_flags = if i == 2 { flags } else { l4::tcp_flags::ACK };
             assert_eq!(frame[47], want_flags, "segment {i} flags");
-            assert_eq!(&frame[66..], &payload[i * 1398..i * 1398 + len]);
+            assert!(frame[66..] == payload[i * 1398..i * 1398 + len]);
+        }
+    }
+
+    #[test]
+    fn segments_for_an_agent_carry_a_partial_checksum_the_kernel_can_finish() {
+        let payload: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+        let datagram = super_datagram(l4::tcp_flags::ACK, &payload);
+        let mut headers = vec![0u8; 1000];
+        let seg = segment_tcp4(&datagram, 1000, false, &mut headers).unwrap();
+        for mut d in materialize(&datagram, &seg, &headers) {
+            assert!(vxlan::is_csum_partial(&d));
+            let frame = &mut d[8..];
+            let vnet = partial_checksum_vnet(frame).unwrap();
+            assert_eq!((vnet.csum_start, vnet.csum_offset), (34, 16));
+            complete_checksum(frame, 34, 16).unwrap();
+            assert!(checksums_ok(frame));
         }
     }
 
     #[test]
     fn segmentation_refuses_what_is_not_tcp_or_does_not_fit() {
-        let mut datagram = vec![0u8; 8];
-        datagram.extend_from_slice(&tcp_frame(1, l4::tcp_flags::ACK, &[0u8; 3000]));
+        let datagram = super_datagram(l4::tcp_flags::ACK, &[0u8; 3000]);
         assert_eq!(
-            segment_tcp4(&datagram, 1000, &mut [0u8; 100]),
+            segment_tcp4(&datagram, 1000, true, &mut [0u8; 100]),
             Err(DropReason::NoHeadroom)
         );
         assert_eq!(
-            segment_tcp4(&datagram, 0, &mut [0u8; 9000]),
+            segment_tcp4(&datagram, 0, true, &mut [0u8; 9000]),
             Err(DropReason::Malformed)
         );
         assert_eq!(
-            segment_tcp4(&datagram[..40], 1000, &mut [0u8; 9000]),
+            segment_tcp4(&datagram[..40], 1000, true, &mut [0u8; 9000]),
             Err(DropReason::Malformed)
         );
     }

@@ -1,7 +1,7 @@
 //! The pipeline against hand-built frames, and the never-panics property.
 
 use super::*;
-use crate::tables::{Endpoint, NetworkTable, Port};
+use crate::tables::{Endpoint, NetworkTable, Peer, Port};
 use crate::wire::{arp as warp, ethernet, ipv4, vxlan, vxlan::Vni, Mac};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -58,7 +58,13 @@ fn tables() -> Tables {
             mac: Mac([2, 0x43, 10, 0, 0, 2]),
         },
     );
-    t.peers.insert(HOST2, 4789);
+    t.peers.insert(
+        HOST2,
+        Peer {
+            port: 4789,
+            agent: true,
+        },
+    );
     t
 }
 

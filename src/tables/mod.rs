@@ -133,13 +133,21 @@ pub struct Port {
     pub mac: Mac,
 }
 
+/// A VTEP: the UDP port it listens on, and whether it is a mesh agent (which
+/// understands mesh's VXLAN flag) or a plain VTEP such as a Linux vxlan device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub port: u16,
+    pub agent: bool,
+}
+
 /// One immutable snapshot of everything the pipeline looks up.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
     pub networks: FastMap<Vni, NetworkTable>,
     pub ports: FastMap<PortId, Port>,
-    /// VTEPs we accept VXLAN from, and the UDP port each listens on.
-    pub peers: FastMap<Ipv4Addr, u16>,
+    /// VTEPs we accept VXLAN from.
+    pub peers: FastMap<Ipv4Addr, Peer>,
 }
 
 /// The published snapshot plus a generation counter for cheap change checks.
@@ -205,7 +213,13 @@ mod tests {
         let cell = TablesCell::new(Tables::default());
         let (g1, _) = cell.load();
         let mut t = Tables::default();
-        t.peers.insert(Ipv4Addr::new(192, 168, 100, 117), 4789);
+        t.peers.insert(
+            Ipv4Addr::new(192, 168, 100, 117),
+            Peer {
+                port: 4789,
+                agent: true,
+            },
+        );
         cell.publish(t);
         let (g2, t2) = cell.load();
         assert!(g2 > g1);

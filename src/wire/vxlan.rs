@@ -16,6 +16,23 @@ pub const HEADER_LEN: usize = 8;
 pub const PORT: u16 = 4789;
 /// The I flag: the VNI is valid. Receivers must drop headers without it.
 const FLAG_I: u8 = 0x08;
+/// mesh's own flag, a reserved bit of byte 1 (no VXLAN extension uses it;
+/// RFC 7348 receivers ignore it): the inner TCP or UDP checksum holds only the
+/// pseudo-header sum, as the sending kernel left it (CHECKSUM_PARTIAL). Only
+/// ever sent to other mesh agents, whose outer UDP checksum covers the frame.
+pub const FLAG_CSUM_PARTIAL: u8 = 0x01;
+
+/// Marks a VXLAN header as carrying a partial inner checksum.
+pub fn set_csum_partial(header: &mut [u8]) {
+    if let Some(b) = header.get_mut(1) {
+        *b |= FLAG_CSUM_PARTIAL;
+    }
+}
+
+/// True if the VXLAN header says the inner checksum is partial.
+pub fn is_csum_partial(header: &[u8]) -> bool {
+    header.get(1).is_some_and(|b| b & FLAG_CSUM_PARTIAL != 0)
+}
 
 /// A 24-bit VXLAN network identifier.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
