@@ -10,13 +10,14 @@ use crate::api::types::{AttachRequest, ContainerOut, DetachRequest};
 use crate::cluster::model::{ContainerEndpoint, View};
 use crate::cluster::registry::{self, Mutation, Outcome};
 use crate::cluster::Cluster;
+use crate::dns::{self, names::NameTable};
 use crate::io::tap;
 use crate::io::Dataplane;
 use crate::netns;
 use crate::tables::{Endpoint, Location, NetworkTable, Peer, Port, PortId, Tables};
 use crate::wire::{vxlan::Vni, Mac};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,18 +49,56 @@ pub struct Agent {
     pub container_mtu: u32,
     state_dir: PathBuf,
     local: Mutex<BTreeMap<PortId, Attachment>>,
+    /// What every container's DNS handler shares: names, upstreams, counters.
+    pub dns: Arc<dns::handler::Shared>,
+    /// The DNS listener of each local container namespace.
+    listeners: Mutex<HashMap<String, dns::listener::Listener>>,
 }
 
 impl Agent {
-    pub fn new(cluster: Arc<Cluster>, dataplane: Dataplane, underlay_mtu: u32) -> Arc<Agent> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        dataplane: Dataplane,
+        underlay_mtu: u32,
+        dns_ttl: u32,
+        upstreams: Vec<std::net::SocketAddr>,
+    ) -> Arc<Agent> {
         let state_dir = cluster.config.state_dir.clone();
+        let dns = Arc::new(dns::handler::Shared {
+            names: std::sync::RwLock::new(Arc::new(NameTable::default())),
+            forwarder: dns::forward::Forwarder::new(upstreams),
+            ttl: dns_ttl,
+            stats: dns::DnsStats::default(),
+        });
         Arc::new(Agent {
             cluster,
             dataplane,
             container_mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
             state_dir,
             local: Mutex::new(BTreeMap::new()),
+            dns,
+            listeners: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Publishes the dataplane tables and the DNS names for `view`.
+    fn publish(&self, view: &View, local: &BTreeMap<PortId, Attachment>) {
+        let tables = build_tables(
+            view,
+            local,
+            &self.cluster.self_id,
+            self.cluster.config.vxlan_port,
+        );
+        self.dataplane.tables.publish(tables);
+        let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
+        for a in local.values() {
+            scopes
+                .entry(a.netns.clone())
+                .or_default()
+                .push(a.network_id.clone());
+        }
+        let names = Arc::new(NameTable::build(view, scopes));
+        *self.dns.names.write().unwrap_or_else(|p| p.into_inner()) = names;
     }
 
     /// The cluster as this host sees it now. Built fresh on each call (it is
@@ -76,12 +115,7 @@ impl Agent {
             self.cluster.replicate(&view).await;
             if last.as_ref() != Some(&view) {
                 let local = self.local.lock().await;
-                self.dataplane.tables.publish(build_tables(
-                    &view,
-                    &local,
-                    &self.cluster.self_id,
-                    self.cluster.config.vxlan_port,
-                ));
+                self.publish(&view, &local);
                 drop(local);
                 last = Some(view);
             }
@@ -92,13 +126,7 @@ impl Agent {
     /// Rebuilds and publishes the tables now, from a fresh view.
     async fn refresh(&self, local: &BTreeMap<PortId, Attachment>) {
         let view = self.cluster.view().await;
-        let tables = build_tables(
-            &view,
-            local,
-            &self.cluster.self_id,
-            self.cluster.config.vxlan_port,
-        );
-        self.dataplane.tables.publish(tables);
+        self.publish(&view, local);
     }
 
     /// `meshctl container attach`: gives the netns its interface on the network.
@@ -120,6 +148,24 @@ impl Agent {
             .find_network(&req.network)
             .ok_or_else(|| format!("network {} not found", req.network))?
             .clone();
+        let service = match &req.service {
+            Some(s) => {
+                let svc = view
+                    .find_service(s)
+                    .ok_or_else(|| format!("service {s} not found"))?;
+                if !svc.networks.contains(&net.id) {
+                    return Err(format!(
+                        "service {} is not on network {}: pick one of its networks",
+                        svc.name, net.name
+                    ));
+                }
+                Some(svc.clone())
+            }
+            None => None,
+        };
+        if req.weight == Some(0) {
+            return Err("--weight must be at least 1".into());
+        }
         let mut local = self.local.lock().await;
         if local
             .values()
@@ -157,7 +203,9 @@ impl Agent {
             net.gateway,
             ifname.clone(),
         );
-        let fd = netns::run_in(&path, move || {
+        let mut listeners = self.listeners.lock().await;
+        let need_dns = !listeners.contains_key(&req.netns);
+        let (fd, dns_sockets) = netns::run_in(&path, move || {
             if netns::link_exists(&dev) {
                 return Err(netns::NetnsError::Config(format!(
                     "the namespace already has an interface {dev}: pass --ifname"
@@ -175,7 +223,18 @@ impl Agent {
                     return Err(e);
                 }
             }
-            Ok(fd)
+            let dns_sockets = if need_dns {
+                let s = dns::listener::bind_here().map_err(|e| {
+                    netns::NetnsError::Config(format!(
+                        "cannot serve DNS on {}: {e}",
+                        dns::listener::DNS_ADDR
+                    ))
+                })?;
+                Some(s)
+            } else {
+                None
+            };
+            Ok((fd, dns_sockets))
         })
         .map_err(|e| e.to_string())?;
         let port = (1..)
@@ -185,6 +244,18 @@ impl Agent {
             .add_port(port, fd)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(sockets) = dns_sockets {
+            match dns::listener::Listener::start(&req.netns, sockets, self.dns.clone()) {
+                Ok(l) => {
+                    listeners.insert(req.netns.clone(), l);
+                }
+                Err(e) => {
+                    let _ = self.dataplane.remove_port(port).await;
+                    return Err(format!("cannot serve DNS in {}: {e}", req.netns));
+                }
+            }
+        }
+        drop(listeners);
         let att = Attachment {
             port,
             netns: req.netns.clone(),
@@ -201,6 +272,8 @@ impl Agent {
             name,
             netns: req.netns.clone(),
             node_id: self.cluster.self_id.clone(),
+            service: service.as_ref().map(|s| s.id.clone()),
+            weight: req.weight.unwrap_or(1),
         };
         local.insert(port, att);
         self.cluster.publish_endpoint(&ep).await;
@@ -244,6 +317,11 @@ impl Agent {
             .remove_port(port)
             .await
             .map_err(|e| e.to_string())?;
+        if !local.values().any(|a| a.netns == att.netns) {
+            if let Some(l) = self.listeners.lock().await.remove(&att.netns) {
+                l.stop();
+            }
+        }
         self.save(&local);
         tracing::info!(netns = %att.netns, ip = %att.ip, "container detached");
         Ok(())
@@ -427,6 +505,8 @@ mod tests {
             name: "c".into(),
             netns: "c".into(),
             node_id: node.into(),
+            service: None,
+            weight: 1,
         };
         view.containers = vec![ep(2, "a"), ep(3, "b")];
         view.statics.push(StaticEndpoint {

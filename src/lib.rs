@@ -20,6 +20,7 @@
 //! - [`tables`]: read-mostly snapshots the pipeline looks up.
 //! - [`io`]: the only code with file descriptors: TAPs, the UDP socket, the driver thread.
 //! - [`netns`]: entering a namespace on a dedicated thread; link/addr/route verbs.
+//! - [`dns`]: the embedded DNS at 127.0.0.11 in every container (hickory-server).
 //! - [`cluster`]: gossip membership (chitchat), replicated state, allocation of VNIs, subnets, IPs.
 //! - [`api`]: HTTP/JSON over a unix socket, and the client `meshctl` uses.
 //! - [`agent`]: the control side that ties them together on one host.
@@ -27,6 +28,7 @@
 pub mod agent;
 pub mod api;
 pub mod cluster;
+pub mod dns;
 pub mod io;
 pub mod netns;
 pub mod pipeline;

@@ -2,7 +2,7 @@
 
 use super::types::*;
 use crate::agent::Agent;
-use crate::cluster::model::{Network, View};
+use crate::cluster::model::{EndpointMode, Network, PortSpec, Service, View};
 use crate::cluster::registry::{Mutation, Outcome};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -228,12 +228,79 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             },
             Err(r) => r,
         },
+        (Method::GET, ["v1", "services"]) => {
+            let view = agent.view().await;
+            let list: Vec<ServiceOut> = view
+                .services
+                .values()
+                .map(|s| service_out(&view, s, false))
+                .collect();
+            json(StatusCode::OK, &list)
+        }
+        (Method::POST, ["v1", "services"]) => {
+            let b: ServiceCreate = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let mode = match b.endpoint_mode.as_str() {
+                "vip" => EndpointMode::Vip,
+                "dnsrr" => EndpointMode::Dnsrr,
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid --endpoint-mode '{other}': use vip or dnsrr"),
+                    )
+                }
+            };
+            let ports: Result<Vec<PortSpec>, String> =
+                b.publish.iter().map(|p| p.parse()).collect();
+            let ports = match ports {
+                Ok(p) => p,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let m = Mutation::CreateService {
+                name: b.name,
+                networks: b.networks,
+                ports,
+                endpoint_mode: mode,
+                scheduler: b.scheduler,
+            };
+            match agent.cluster.mutate(m).await {
+                Ok(Outcome::Service(s)) => json(
+                    StatusCode::CREATED,
+                    &service_out(&agent.view().await, &s, false),
+                ),
+                Ok(other) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("unexpected answer {other:?}"),
+                ),
+                Err(e) => refused(e),
+            }
+        }
+        (Method::GET, ["v1", "services", name]) => {
+            let view = agent.view().await;
+            match view.find_service(name) {
+                Some(s) => json(StatusCode::OK, &service_out(&view, s, true)),
+                None => error(StatusCode::NOT_FOUND, format!("service {name} not found")),
+            }
+        }
+        (Method::DELETE, ["v1", "services", name]) => match agent
+            .cluster
+            .mutate(Mutation::RemoveService {
+                name: name.to_string(),
+            })
+            .await
+        {
+            Ok(_) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+            Err(e) => refused(e),
+        },
         (Method::GET, ["v1", "stats"]) => {
             let m: serde_json::Map<String, serde_json::Value> = agent
                 .dataplane
                 .counters
                 .snapshot()
                 .into_iter()
+                .chain(agent.dns.stats.snapshot())
                 .map(|(k, v)| (k.to_string(), v.into()))
                 .collect();
             json(StatusCode::OK, &m)
@@ -289,5 +356,46 @@ fn network_out(agent: &Agent, view: &View, n: &Network, detail: bool) -> Network
         gateway: n.gateway,
         containers,
         endpoints,
+    }
+}
+
+fn service_out(view: &View, s: &Service, detail: bool) -> ServiceOut {
+    let net_name = |id: &str| {
+        view.networks
+            .get(id)
+            .map_or_else(|| id.to_string(), |n| n.name.clone())
+    };
+    let tasks: Vec<TaskOut> = view
+        .tasks(&s.id)
+        .map(|c| TaskOut {
+            name: c.name.clone(),
+            netns: c.netns.clone(),
+            network: net_name(&c.network_id),
+            ip: c.ip,
+            node: c.node_id.clone(),
+            address: view.node(&c.node_id).map(|n| n.record.address),
+            weight: c.weight,
+            state: "running".into(),
+        })
+        .collect();
+    ServiceOut {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        endpoint_mode: match s.endpoint_mode {
+            EndpointMode::Vip => "vip".into(),
+            EndpointMode::Dnsrr => "dnsrr".into(),
+        },
+        scheduler: s.scheduler.clone(),
+        networks: s
+            .networks
+            .iter()
+            .map(|n| ServiceNetworkOut {
+                network: net_name(n),
+                vip: s.vips.get(n).copied(),
+            })
+            .collect(),
+        ports: s.ports.iter().map(ToString::to_string).collect(),
+        replicas: tasks.len(),
+        tasks: if detail { tasks } else { vec![] },
     }
 }

@@ -110,3 +110,58 @@ pub struct StaticEndpointOut {
 pub struct ErrorOut {
     pub error: String,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceCreate {
+    pub name: String,
+    pub networks: Vec<String>,
+    /// `PUBLISHED:TARGET[/tcp|/udp]` each.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default = "vip")]
+    pub endpoint_mode: String,
+    #[serde(default = "rr")]
+    pub scheduler: String,
+}
+
+fn vip() -> String {
+    "vip".into()
+}
+
+fn rr() -> String {
+    "rr".into()
+}
+
+/// A service's VIP on one of its networks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceNetworkOut {
+    pub network: String,
+    pub vip: Option<Ipv4Addr>,
+}
+
+/// A service in `service ls` and `service inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceOut {
+    pub id: String,
+    pub name: String,
+    pub endpoint_mode: String,
+    pub scheduler: String,
+    pub networks: Vec<ServiceNetworkOut>,
+    pub ports: Vec<String>,
+    pub replicas: usize,
+    #[serde(default)]
+    pub tasks: Vec<TaskOut>,
+}
+
+/// A task in `service ps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskOut {
+    pub name: String,
+    pub netns: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    pub address: Option<Ipv4Addr>,
+    pub weight: u32,
+    pub state: String,
+}

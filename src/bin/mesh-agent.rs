@@ -37,9 +37,13 @@ struct Args {
     /// UDP port of the VXLAN underlay.
     #[arg(long, default_value_t = 4789)]
     vxlan_port: u16,
-    /// Upstream resolvers for the embedded DNS (used once DNS lands).
+    /// Upstream resolvers for names that are not the cluster's (default: the
+    /// nameservers of this host's /etc/resolv.conf).
     #[arg(long, value_name = "IP[:PORT]")]
     dns_upstream: Vec<String>,
+    /// TTL in seconds of the embedded DNS's answers.
+    #[arg(long, value_name = "SECONDS", default_value_t = mesh::dns::DEFAULT_TTL)]
+    dns_ttl: u32,
 }
 
 fn main() {
@@ -99,7 +103,9 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let dataplane = Dataplane::spawn(underlay, Arc::new(TablesCell::new(Tables::default())))
         .map_err(|e| e.to_string())?;
-    let agent = Agent::new(cluster, dataplane, underlay_mtu);
+    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstreams = mesh::dns::forward::upstreams(&args.dns_upstream, &resolv_conf)?;
+    let agent = Agent::new(cluster, dataplane, underlay_mtu, args.dns_ttl, upstreams);
     tokio::spawn(agent.clone().run());
     let api = args.api.clone();
     let server = tokio::spawn(async move { mesh::api::server::serve(&api, agent).await });

@@ -31,6 +31,9 @@ enum Command {
     /// Overlay networks.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Services: names, VIPs and published ports for groups of containers.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Containers attached to networks.
     #[command(subcommand)]
     Container(ContainerCmd),
@@ -84,6 +87,42 @@ enum NetworkCmd {
         format: Format,
     },
     /// Remove a network.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Create a service; prints its ID. Its tasks are containers attached with --service.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "network", value_name = "NET", required = true)]
+        networks: Vec<String>,
+        #[arg(long, value_name = "PUB:TARGET[/tcp|/udp]")]
+        publish: Vec<String>,
+        #[arg(long, value_name = "vip|dnsrr", default_value = "vip")]
+        endpoint_mode: String,
+        #[arg(long, value_name = "rr|wrr|lc|sh|mh", default_value = "rr")]
+        scheduler: String,
+    },
+    /// List services.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List a service's tasks.
+    Ps {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one service as JSON.
+    Inspect {
+        name: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+    },
+    /// Remove a service (it must have no tasks).
     Rm { name: String },
 }
 
@@ -209,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{}", t.token);
         }
         Command::Network(cmd) => network(&c, cmd).await?,
+        Command::Service(cmd) => service(&c, cmd).await?,
         Command::Container(cmd) => container(&c, cmd).await?,
         Command::Endpoint(EndpointCmd::Add {
             network,
@@ -292,6 +332,113 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<(), String> {
         NetworkCmd::Rm { name } => {
             let _: serde_json::Value = c
                 .delete(&format!("/v1/networks/{}", path_segment(&name)?))
+                .await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+async fn service(c: &Client, cmd: ServiceCmd) -> Result<(), String> {
+    match cmd {
+        ServiceCmd::Create {
+            name,
+            networks,
+            publish,
+            endpoint_mode,
+            scheduler,
+        } => {
+            let s: ServiceOut = c
+                .post(
+                    "/v1/services",
+                    &ServiceCreate {
+                        name,
+                        networks,
+                        publish,
+                        endpoint_mode,
+                        scheduler,
+                    },
+                )
+                .await?;
+            println!("{}", s.id);
+        }
+        ServiceCmd::Ls { format } => {
+            let list: Vec<ServiceOut> = c.get("/v1/services").await?;
+            if format == Format::Json {
+                return print_json(&list);
+            }
+            let rows = list
+                .iter()
+                .map(|s| {
+                    let vips: Vec<String> = s
+                        .networks
+                        .iter()
+                        .filter_map(|n| n.vip.map(|v| format!("{}:{v}", n.network)))
+                        .collect();
+                    let dash = |v: Vec<String>| {
+                        if v.is_empty() {
+                            "-".to_string()
+                        } else {
+                            v.join(",")
+                        }
+                    };
+                    vec![
+                        s.id.clone(),
+                        s.name.clone(),
+                        s.endpoint_mode.clone(),
+                        s.replicas.to_string(),
+                        s.scheduler.clone(),
+                        dash(vips),
+                        dash(s.ports.clone()),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID",
+                    "NAME",
+                    "MODE",
+                    "REPLICAS",
+                    "SCHEDULER",
+                    "VIPS",
+                    "PORTS",
+                ],
+                rows,
+            );
+        }
+        ServiceCmd::Ps { name, format } => {
+            let s: ServiceOut = c
+                .get(&format!("/v1/services/{}", path_segment(&name)?))
+                .await?;
+            if format == Format::Json {
+                return print_json(&s.tasks);
+            }
+            let rows = s
+                .tasks
+                .iter()
+                .map(|t| {
+                    let addr = t.address.map_or_else(|| "-".into(), |a| a.to_string());
+                    vec![
+                        t.name.clone(),
+                        s.name.clone(),
+                        addr,
+                        t.network.clone(),
+                        t.ip.to_string(),
+                        t.state.clone(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "SERVICE", "NODE", "NETWORK", "IP", "STATE"], rows);
+        }
+        ServiceCmd::Inspect { name, format: _ } => {
+            let s: ServiceOut = c
+                .get(&format!("/v1/services/{}", path_segment(&name)?))
+                .await?;
+            print_json(&s)?;
+        }
+        ServiceCmd::Rm { name } => {
+            let _: serde_json::Value = c
+                .delete(&format!("/v1/services/{}", path_segment(&name)?))
                 .await?;
             println!("{name}");
         }

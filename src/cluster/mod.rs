@@ -276,9 +276,7 @@ impl Cluster {
             let v = self.view().await;
             let visible = match (&m, &outcome) {
                 (_, Outcome::Network(n)) => v.networks.contains_key(&n.id),
-                (Mutation::RemoveNetwork { .. }, Outcome::Removed { key }) => {
-                    v.network_by_name(key).is_none()
-                }
+                (_, Outcome::Service(s)) => v.services.contains_key(&s.id),
                 (_, Outcome::Removed { key }) => {
                     v.objects.get(key).is_some_and(|o| o.object.is_none())
                 }

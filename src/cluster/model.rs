@@ -49,12 +49,102 @@ pub struct StaticEndpoint {
     pub vtep: Ipv4Addr,
 }
 
+/// How a service's name resolves: to one virtual IP per network, balanced
+/// by the agents, or to every task's IP (DNS round-robin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    #[default]
+    Vip,
+    Dnsrr,
+}
+
+/// A published port: PUBLISHED on every host goes to TARGET on the tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    /// `PUBLISHED:TARGET[/tcp|/udp]`, as `docker service create --publish` takes it.
+    fn from_str(s: &str) -> Result<PortSpec, String> {
+        let bad = || {
+            format!("invalid --publish '{s}': expected PUBLISHED:TARGET[/tcp|/udp], like 8000:80")
+        };
+        let (ports, protocol) = match s.split_once('/') {
+            Some((p, "tcp")) => (p, Protocol::Tcp),
+            Some((p, "udp")) => (p, Protocol::Udp),
+            Some(_) => return Err(bad()),
+            None => (s, Protocol::Tcp),
+        };
+        let (p, t) = ports.split_once(':').ok_or_else(bad)?;
+        let published: u16 = p.parse().map_err(|_| bad())?;
+        let target: u16 = t.parse().map_err(|_| bad())?;
+        if published == 0 || target == 0 {
+            return Err(bad());
+        }
+        Ok(PortSpec {
+            published,
+            target,
+            protocol,
+        })
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.published,
+            self.target,
+            self.protocol.name()
+        )
+    }
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A service: a name, the networks it is on, and how it is reached. Its
+/// tasks are the containers attached with `--service`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    /// Network IDs, in the order given.
+    pub networks: Vec<String>,
+    pub endpoint_mode: EndpointMode,
+    pub scheduler: String,
+    pub ports: Vec<PortSpec>,
+    /// The virtual IP on each network (vip mode), by network ID.
+    pub vips: BTreeMap<String, Ipv4Addr>,
+}
+
 /// A cluster-wide object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Object {
     Network(Network),
     StaticEndpoint(StaticEndpoint),
+    Service(Service),
 }
 
 /// An object with its version; `object: None` is a tombstone.
@@ -69,6 +159,7 @@ impl Object {
         match self {
             Object::Network(n) => network_key(&n.id),
             Object::StaticEndpoint(s) => static_key(&s.network_id, s.ip),
+            Object::Service(s) => service_key(&s.id),
         }
     }
 }
@@ -79,6 +170,10 @@ pub fn network_key(id: &str) -> String {
 
 pub fn static_key(network_id: &str, ip: Ipv4Addr) -> String {
     format!("{PREFIX_OBJECT}sep:{network_id}:{ip}")
+}
+
+pub fn service_key(id: &str) -> String {
+    format!("{PREFIX_OBJECT}svc:{id}")
 }
 
 pub fn endpoint_key(network_id: &str, ip: Ipv4Addr) -> String {
@@ -95,6 +190,16 @@ pub struct ContainerEndpoint {
     pub netns: String,
     #[serde(default)]
     pub node_id: String,
+    /// The service this container is a task of, by ID.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Its weight for weighted schedulers.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A node as the view shows it.
@@ -120,6 +225,8 @@ pub struct View {
     /// Live networks by ID.
     pub networks: BTreeMap<String, Network>,
     pub statics: Vec<StaticEndpoint>,
+    /// Live services by ID.
+    pub services: BTreeMap<String, Service>,
     /// Containers on Ready nodes.
     pub containers: Vec<ContainerEndpoint>,
     /// The newest version of every object key, tombstones included.
@@ -163,6 +270,9 @@ impl View {
                     v.networks.insert(net.id.clone(), net.clone());
                 }
                 Some(Object::StaticEndpoint(s)) => v.statics.push(s.clone()),
+                Some(Object::Service(s)) => {
+                    v.services.insert(s.id.clone(), s.clone());
+                }
                 None => {}
             }
         }
@@ -208,6 +318,34 @@ impl View {
                 _ => None,
             }
         })
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.name == name)
+    }
+
+    /// A service by name, or by ID (or a unique ID prefix).
+    pub fn find_service(&self, name_or_id: &str) -> Option<&Service> {
+        self.service_by_name(name_or_id).or_else(|| {
+            let mut m = self
+                .services
+                .values()
+                .filter(|s| s.id.starts_with(name_or_id));
+            match (m.next(), m.next()) {
+                (Some(s), None) if !name_or_id.is_empty() => Some(s),
+                _ => None,
+            }
+        })
+    }
+
+    /// The tasks of a service: containers attached with `--service`.
+    pub fn tasks<'a>(
+        &'a self,
+        service_id: &'a str,
+    ) -> impl Iterator<Item = &'a ContainerEndpoint> + 'a {
+        self.containers
+            .iter()
+            .filter(move |c| c.service.as_deref() == Some(service_id))
     }
 
     /// The node every allocation goes through: the Ready node with the lowest ID.
@@ -295,6 +433,8 @@ mod tests {
             name: "c1".into(),
             netns: "c1".into(),
             node_id: String::new(),
+            service: None,
+            weight: 1,
         })
         .unwrap();
         let k = endpoint_key("n1", Ipv4Addr::new(10, 0, 0, 2));
@@ -329,6 +469,22 @@ mod tests {
         assert!(v.containers.is_empty());
         assert!(!v.node("b").unwrap().ready);
         assert_eq!(v.leader().unwrap().id, "a");
+    }
+
+    #[test]
+    fn published_ports_parse_like_docker() {
+        let p: PortSpec = "8000:80".parse().unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (8000, 80, Protocol::Tcp)
+        );
+        assert_eq!(
+            "53:5353/udp".parse::<PortSpec>().unwrap().to_string(),
+            "53:5353/udp"
+        );
+        for bad in ["8000", "8000:80/sctp", "0:80", "x:80", "70000:80", "8000:"] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! simply served one after the other.
 
 use super::ipam::{self, Subnet};
-use super::model::{Network, Object, StaticEndpoint, Versioned, View};
+use super::model::{
+    EndpointMode, Network, Object, PortSpec, Service, StaticEndpoint, Versioned, View,
+};
 use crate::wire::Mac;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -42,7 +44,20 @@ pub enum Mutation {
         network: String,
         ip: Ipv4Addr,
     },
+    CreateService {
+        name: String,
+        networks: Vec<String>,
+        ports: Vec<PortSpec>,
+        endpoint_mode: EndpointMode,
+        scheduler: String,
+    },
+    RemoveService {
+        name: String,
+    },
 }
+
+/// The load-balancing schedulers a service may ask for.
+pub const SCHEDULERS: [&str; 5] = ["rr", "wrr", "lc", "sh", "mh"];
 
 /// What the leader answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +67,7 @@ pub enum Outcome {
     Removed { key: String },
     Ip { network_id: String, ip: Ipv4Addr },
     StaticEndpoint(StaticEndpoint),
+    Service(Service),
 }
 
 /// The leader's decision: the answer and the objects to write.
@@ -90,6 +106,16 @@ pub fn plan(
             let net = view
                 .find_network(name)
                 .ok_or_else(|| format!("network {name} not found"))?;
+            if let Some(s) = view
+                .services
+                .values()
+                .find(|s| s.networks.contains(&net.id))
+            {
+                return Err(format!(
+                    "network {} is in use by service {}: remove the service first",
+                    net.name, s.name
+                ));
+            }
             let attached = view
                 .containers
                 .iter()
@@ -119,7 +145,7 @@ pub fn plan(
             }
             Ok(Plan {
                 outcome: Outcome::Removed {
-                    key: net.name.clone(),
+                    key: super::model::network_key(&net.id),
                 },
                 writes,
             })
@@ -215,7 +241,155 @@ pub fn plan(
                 )],
             })
         }
+        Mutation::CreateService {
+            name,
+            networks,
+            ports,
+            endpoint_mode,
+            scheduler,
+        } => {
+            let spec = ServiceSpec {
+                name,
+                networks,
+                ports,
+                endpoint_mode: *endpoint_mode,
+                scheduler,
+            };
+            create_service(view, reserved, &spec, version, new_id)
+        }
+        Mutation::RemoveService { name } => {
+            let svc = view
+                .find_service(name)
+                .ok_or_else(|| format!("service {name} not found"))?;
+            let tasks = view.tasks(&svc.id).count();
+            if tasks > 0 {
+                return Err(format!(
+                    "service {} has {tasks} task(s) attached: detach them first",
+                    svc.name
+                ));
+            }
+            let key = super::model::service_key(&svc.id);
+            Ok(Plan {
+                outcome: Outcome::Removed { key: key.clone() },
+                writes: vec![(
+                    key,
+                    Versioned {
+                        version,
+                        object: None,
+                    },
+                )],
+            })
+        }
     }
+}
+
+/// What `service create` asks for.
+struct ServiceSpec<'a> {
+    name: &'a str,
+    networks: &'a [String],
+    ports: &'a [PortSpec],
+    endpoint_mode: EndpointMode,
+    scheduler: &'a str,
+}
+
+fn create_service(
+    view: &View,
+    reserved: &HashSet<(String, Ipv4Addr)>,
+    spec: &ServiceSpec<'_>,
+    version: u64,
+    id: &str,
+) -> Result<Plan, String> {
+    let ServiceSpec {
+        name,
+        networks,
+        ports,
+        endpoint_mode,
+        scheduler,
+    } = *spec;
+    check_name(name)?;
+    if view.service_by_name(name).is_some() {
+        return Err(format!("service with name {name} already exists"));
+    }
+    if networks.is_empty() {
+        return Err("a service needs at least one --network".into());
+    }
+    if !SCHEDULERS.contains(&scheduler) {
+        return Err(format!(
+            "unknown scheduler '{scheduler}': use one of {}",
+            SCHEDULERS.join(", ")
+        ));
+    }
+    if endpoint_mode == EndpointMode::Dnsrr && !ports.is_empty() {
+        return Err(
+            "published ports need --endpoint-mode vip: dnsrr services have no VIP to balance"
+                .into(),
+        );
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for n in networks {
+        let net = view
+            .find_network(n)
+            .ok_or_else(|| format!("network {n} not found"))?;
+        if !ids.contains(&net.id) {
+            ids.push(net.id.clone());
+        }
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if p.published == 0 || p.target == 0 {
+            return Err("published and target ports must be 1-65535".into());
+        }
+        let proto = p.protocol.name();
+        if ports[..i]
+            .iter()
+            .any(|q| q.published == p.published && q.protocol == p.protocol)
+        {
+            return Err(format!("port {}/{proto} is given twice", p.published));
+        }
+        let clash = view.services.values().find(|s| {
+            s.ports
+                .iter()
+                .any(|q| q.published == p.published && q.protocol == p.protocol)
+        });
+        if let Some(other) = clash {
+            return Err(format!(
+                "port {}/{proto} is already published by service {}",
+                p.published, other.name
+            ));
+        }
+    }
+    let mut vips = std::collections::BTreeMap::new();
+    if endpoint_mode == EndpointMode::Vip {
+        for net_id in &ids {
+            let Some(net) = view.networks.get(net_id) else {
+                continue;
+            };
+            let taken = taken_ips(view, reserved, net_id);
+            let vip = ipam::next_ip(&net.subnet, net.gateway, &taken).ok_or_else(|| {
+                format!("network {} has no free address left for a VIP", net.name)
+            })?;
+            vips.insert(net_id.clone(), vip);
+        }
+    }
+    let svc = Service {
+        id: id.to_string(),
+        name: name.to_string(),
+        networks: ids,
+        endpoint_mode,
+        scheduler: scheduler.to_string(),
+        ports: ports.to_vec(),
+        vips,
+    };
+    let obj = Object::Service(svc.clone());
+    Ok(Plan {
+        outcome: Outcome::Service(svc),
+        writes: vec![(
+            obj.key(),
+            Versioned {
+                version,
+                object: Some(obj),
+            },
+        )],
+    })
 }
 
 fn create_network(
@@ -338,6 +512,11 @@ fn taken_ips(
                 .filter(|(n, _)| n == network_id)
                 .map(|(_, ip)| *ip),
         )
+        .chain(
+            view.services
+                .values()
+                .filter_map(|s| s.vips.get(network_id).copied()),
+        )
         .collect()
 }
 
@@ -353,9 +532,14 @@ mod tests {
                     view.networks.insert(n.id.clone(), n.clone());
                 }
                 Some(Object::StaticEndpoint(s)) => view.statics.push(s.clone()),
+                Some(Object::Service(s)) => {
+                    view.services.insert(s.id.clone(), s.clone());
+                }
                 None => {
                     view.networks
                         .retain(|id, _| super::super::model::network_key(id) != *k);
+                    view.services
+                        .retain(|id, _| super::super::model::service_key(id) != *k);
                 }
             }
         }
@@ -477,6 +661,160 @@ mod tests {
         assert!(e.contains("already in use"));
     }
 
+    fn service(name: &str, nets: &[&str], ports: &[(u16, u16)], mode: EndpointMode) -> Mutation {
+        Mutation::CreateService {
+            name: name.into(),
+            networks: nets.iter().map(|n| n.to_string()).collect(),
+            ports: ports
+                .iter()
+                .map(|(p, t)| PortSpec {
+                    published: *p,
+                    target: *t,
+                    protocol: super::super::model::Protocol::Tcp,
+                })
+                .collect(),
+            endpoint_mode: mode,
+            scheduler: "rr".into(),
+        }
+    }
+
+    fn apply_service(v: &mut View, p: &Plan) {
+        if let Outcome::Service(s) = &p.outcome {
+            v.services.insert(s.id.clone(), s.clone());
+        }
+    }
+
+    #[test]
+    fn services_get_a_vip_per_network_never_given_to_a_container() {
+        let mut v = View::default();
+        for (i, n) in ["front", "back"].iter().enumerate() {
+            let p = plan(&v, &HashSet::new(), &create(n, None), 1, &format!("n{i}")).unwrap();
+            apply(&mut v, &p);
+        }
+        let p = plan(
+            &v,
+            &HashSet::new(),
+            &service("web", &["front", "back"], &[(8000, 80)], EndpointMode::Vip),
+            2,
+            "s1",
+        )
+        .unwrap();
+        apply_service(&mut v, &p);
+        let Outcome::Service(s) = p.outcome else {
+            panic!("not a service")
+        };
+        assert_eq!(s.vips.len(), 2);
+        assert_eq!(s.vips["n0"], Ipv4Addr::new(10, 0, 0, 2));
+        let p = plan(
+            &v,
+            &HashSet::new(),
+            &Mutation::ReserveIp {
+                network: "front".into(),
+                ip: None,
+            },
+            3,
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            p.outcome,
+            Outcome::Ip {
+                network_id: "n0".into(),
+                ip: Ipv4Addr::new(10, 0, 0, 3)
+            }
+        );
+        let e = plan(
+            &v,
+            &HashSet::new(),
+            &Mutation::ReserveIp {
+                network: "front".into(),
+                ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            },
+            3,
+            "",
+        )
+        .unwrap_err();
+        assert!(e.contains("already in use"), "{e}");
+        let dnsrr = plan(
+            &v,
+            &HashSet::new(),
+            &service("db", &["back"], &[], EndpointMode::Dnsrr),
+            4,
+            "s2",
+        )
+        .unwrap();
+        let Outcome::Service(d) = dnsrr.outcome else {
+            panic!("not a service")
+        };
+        assert!(d.vips.is_empty());
+    }
+
+    #[test]
+    fn service_refusals() {
+        let mut v = View::default();
+        let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+        apply(&mut v, &p);
+        let p = plan(
+            &v,
+            &HashSet::new(),
+            &service("web", &["demo"], &[(8000, 80)], EndpointMode::Vip),
+            2,
+            "s",
+        )
+        .unwrap();
+        apply_service(&mut v, &p);
+        for (m, want) in [
+            (
+                service("web", &["demo"], &[], EndpointMode::Vip),
+                "already exists",
+            ),
+            (
+                service("api", &["nope"], &[], EndpointMode::Vip),
+                "network nope not found",
+            ),
+            (
+                service("api", &["demo"], &[(8000, 81)], EndpointMode::Vip),
+                "already published by service web",
+            ),
+            (
+                service("api", &["demo"], &[(9000, 80)], EndpointMode::Dnsrr),
+                "need --endpoint-mode vip",
+            ),
+            (
+                service("api", &[], &[], EndpointMode::Vip),
+                "at least one --network",
+            ),
+            (
+                Mutation::RemoveNetwork {
+                    name: "demo".into(),
+                },
+                "in use by service web",
+            ),
+        ] {
+            let e = plan(&v, &HashSet::new(), &m, 3, "x").unwrap_err();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+        v.containers.push(super::super::model::ContainerEndpoint {
+            network_id: "n".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 3),
+            mac: Mac::ZERO,
+            name: "web.1".into(),
+            netns: "t".into(),
+            node_id: "a".into(),
+            service: Some("s".into()),
+            weight: 1,
+        });
+        let e = plan(
+            &v,
+            &HashSet::new(),
+            &Mutation::RemoveService { name: "web".into() },
+            3,
+            "",
+        )
+        .unwrap_err();
+        assert!(e.contains("1 task(s) attached"), "{e}");
+    }
+
     #[test]
     fn a_network_with_containers_is_not_removed() {
         let mut v = View::default();
@@ -489,6 +827,8 @@ mod tests {
             name: "c".into(),
             netns: "c".into(),
             node_id: "a".into(),
+            service: None,
+            weight: 1,
         });
         let e = plan(
             &v,

@@ -1,0 +1,90 @@
+//! One DNS listener pair (UDP and TCP on 127.0.0.11:53) per container
+//! namespace. The sockets are bound by a thread that entered the namespace
+//! (see [`crate::netns::run_in`]) and served from the agent's runtime by a
+//! hickory `Server` whose handler knows which container it serves.
+
+use super::handler::{Handler, Shared};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The address of the embedded DNS inside every container.
+pub const DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
+/// Idle timeout of a TCP DNS connection.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The std sockets bound inside a container namespace.
+pub struct Sockets {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+}
+
+/// Binds 127.0.0.11:53 (UDP and TCP) in the calling thread's namespace
+/// (`lo` must be up). Call it on a thread inside the container's namespace.
+pub fn bind_here() -> std::io::Result<Sockets> {
+    let udp = std::net::UdpSocket::bind(SocketAddr::V4(DNS_ADDR))?;
+    let tcp = std::net::TcpListener::bind(SocketAddr::V4(DNS_ADDR))?;
+    udp.set_nonblocking(true)?;
+    tcp.set_nonblocking(true)?;
+    Ok(Sockets { udp, tcp })
+}
+
+/// A running listener; dropping it does not stop it, [`Listener::stop`] does.
+pub struct Listener {
+    stop: CancellationToken,
+    resolv_conf: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Serves `sockets` for the container in `netns` (must run inside the runtime).
+    pub fn start(netns: &str, sockets: Sockets, shared: Arc<Shared>) -> std::io::Result<Listener> {
+        let udp = tokio::net::UdpSocket::from_std(sockets.udp)?;
+        let tcp = tokio::net::TcpListener::from_std(sockets.tcp)?;
+        let mut server = hickory_server::Server::new(Handler {
+            netns: netns.to_string(),
+            shared,
+        });
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_IDLE, 32);
+        let stop = server.shutdown_token().clone();
+        let name = netns.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = server.block_until_done().await {
+                tracing::warn!(netns = %name, error = %e, "DNS listener stopped");
+            }
+        });
+        let resolv_conf = crate::netns::name_of(netns).and_then(|n| {
+            write_resolv_conf(n)
+                .map_err(|e| tracing::warn!(netns = n, error = %e, "cannot write resolv.conf"))
+                .ok()
+        });
+        Ok(Listener { stop, resolv_conf })
+    }
+
+    /// Stops serving (the sockets close) and removes the resolv.conf we wrote.
+    pub fn stop(self) {
+        self.stop.cancel();
+        if let Some(path) = self.resolv_conf {
+            let _ = std::fs::remove_file(&path);
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// What `/etc/netns/NAME/resolv.conf` says: ask 127.0.0.11, and try every
+/// name as given first (`ndots:0`), so service names resolve without search domains.
+pub const RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
+
+/// Writes `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` mounts
+/// over /etc/resolv.conf, so glibc in the container asks us.
+fn write_resolv_conf(name: &str) -> std::io::Result<PathBuf> {
+    let dir = PathBuf::from("/etc/netns").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, RESOLV_CONF)?;
+    Ok(path)
+}

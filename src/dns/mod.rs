@@ -1,0 +1,41 @@
+//! The embedded DNS: 127.0.0.11 inside every container.
+//!
+//! - [`names`]: the names a container may resolve, built from the cluster view.
+//! - [`handler`]: answers from those names, or forwards ([`forward`]).
+//! - [`listener`]: the UDP and TCP sockets bound inside each container's
+//!   namespace, served by hickory-server from the agent's runtime.
+
+pub mod forward;
+pub mod handler;
+pub mod listener;
+pub mod names;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Default TTL of our answers: short, so a client that caches sees a scale
+/// change within seconds (Swarm's 600 s is the complaint this avoids).
+pub const DEFAULT_TTL: u32 = 2;
+
+/// Counters of the embedded DNS, across all containers.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    pub queries: AtomicU64,
+    pub answered: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub forward_failed: AtomicU64,
+    pub overloaded: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+impl DnsStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("dns_queries", self.queries.load(Relaxed)),
+            ("dns_answered", self.answered.load(Relaxed)),
+            ("dns_forwarded", self.forwarded.load(Relaxed)),
+            ("dns_forward_failed", self.forward_failed.load(Relaxed)),
+            ("dns_overloaded", self.overloaded.load(Relaxed)),
+            ("dns_malformed", self.malformed.load(Relaxed)),
+        ]
+    }
+}
