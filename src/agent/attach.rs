@@ -1,0 +1,222 @@
+//! `container attach` and `container detach`: the TAP in the container's
+//! namespace, its address and route, its DNS listener, and its endpoint in
+//! gossip; undone in reverse on detach.
+
+use super::{Agent, Attachment};
+use crate::api::types::{AttachOut, AttachRequest, DetachRequest};
+use crate::cluster::model::ContainerEndpoint;
+use crate::cluster::registry::{self, Mutation, Outcome};
+use crate::dns;
+use crate::io::tap;
+use crate::netns;
+use crate::tables::PortId;
+use crate::wire::Mac;
+
+impl Agent {
+    /// `meshctl container attach`: gives the netns its interface on the network.
+    pub async fn attach(&self, req: AttachRequest) -> Result<AttachOut, String> {
+        let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
+        let name = req.name.clone().unwrap_or_else(|| default_name(&req.netns));
+        registry::check_name(&name)?;
+        if let Some(svc) = &req.service {
+            return Err(format!(
+                "--service {svc}: services are not supported by this agent yet"
+            ));
+        }
+        let path = netns::resolve(&req.netns);
+        if !path.exists() {
+            return Err(netns::NetnsError::NotFound(req.netns.clone()).to_string());
+        }
+        let view = self.cluster.view().await;
+        let net = view
+            .find_network(&req.network)
+            .ok_or_else(|| format!("network {} not found", req.network))?
+            .clone();
+        let service = match &req.service {
+            Some(s) => {
+                let svc = view
+                    .find_service(s)
+                    .ok_or_else(|| format!("service {s} not found"))?;
+                if !svc.networks.contains(&net.id) {
+                    return Err(format!(
+                        "service {} is not on network {}: pick one of its networks",
+                        svc.name, net.name
+                    ));
+                }
+                Some(svc.clone())
+            }
+            None => None,
+        };
+        if req.weight == Some(0) {
+            return Err("--weight must be at least 1".into());
+        }
+        let mut local = self.local.lock().await;
+        if local
+            .values()
+            .any(|a| a.netns == req.netns && a.network_id == net.id)
+        {
+            return Err(format!(
+                "netns {} is already attached to network {}",
+                req.netns, net.name
+            ));
+        }
+        if local
+            .values()
+            .any(|a| a.netns == req.netns && a.ifname == ifname)
+        {
+            return Err(format!(
+                "netns {} already has an interface {ifname} from mesh: pass --ifname",
+                req.netns
+            ));
+        }
+        let ip = match self
+            .cluster
+            .mutate(Mutation::ReserveIp {
+                network: net.id.clone(),
+                ip: req.ip,
+            })
+            .await?
+        {
+            Outcome::Ip { ip, .. } => ip,
+            other => return Err(format!("the leader answered {other:?} to an IP request")),
+        };
+        let mac = Mac::for_ip(ip);
+        let (mtu, prefix, gateway, dev) = (
+            self.container_mtu,
+            net.subnet.prefix_len(),
+            net.gateway,
+            ifname.clone(),
+        );
+        let mut listeners = self.listeners.lock().await;
+        let need_dns = !listeners.contains_key(&req.netns);
+        let (fd, dns_sockets) = netns::run_in(&path, move || {
+            if netns::link_exists(&dev) {
+                return Err(netns::NetnsError::Config(format!(
+                    "the namespace already has an interface {dev}: pass --ifname"
+                )));
+            }
+            let fd = tap::create(&dev)?;
+            netns::link_set_mac(&dev, mac)?;
+            netns::link_set_mtu(&dev, mtu)?;
+            netns::addr_add(&dev, ip, prefix)?;
+            netns::link_set_up(&dev)?;
+            netns::link_set_up("lo")?;
+            // A namespace on several networks keeps the first one's default route.
+            if let Err(e) = netns::route_add_default(&dev, gateway) {
+                if !e.to_string().contains("File exists") {
+                    return Err(e);
+                }
+            }
+            let dns_sockets = if need_dns {
+                let s = dns::listener::bind_here().map_err(|e| {
+                    netns::NetnsError::Config(format!(
+                        "cannot serve DNS on {}: {e}",
+                        dns::listener::DNS_ADDR
+                    ))
+                })?;
+                Some(s)
+            } else {
+                None
+            };
+            Ok((fd, dns_sockets))
+        })
+        .map_err(|e| e.to_string())?;
+        let port = (1..)
+            .find(|p| !local.contains_key(p))
+            .unwrap_or(PortId::MAX);
+        self.dataplane
+            .add_port(port, fd)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(sockets) = dns_sockets {
+            match dns::listener::Listener::start(&req.netns, sockets, self.dns.clone()) {
+                Ok(l) => {
+                    listeners.insert(req.netns.clone(), l);
+                }
+                Err(e) => {
+                    let _ = self.dataplane.remove_port(port).await;
+                    return Err(format!("cannot serve DNS in {}: {e}", req.netns));
+                }
+            }
+        }
+        drop(listeners);
+        let att = Attachment {
+            port,
+            netns: req.netns.clone(),
+            network_id: net.id.clone(),
+            ip,
+            mac,
+            name: name.clone(),
+            ifname: ifname.clone(),
+        };
+        let ep = ContainerEndpoint {
+            network_id: net.id.clone(),
+            ip,
+            mac,
+            name,
+            netns: req.netns.clone(),
+            node_id: self.cluster.self_id.clone(),
+            service: service.as_ref().map(|s| s.id.clone()),
+            weight: req.weight.unwrap_or(1),
+        };
+        local.insert(port, att);
+        self.cluster.publish_endpoint(&ep).await;
+        self.refresh(&local).await;
+        self.save(&local);
+        tracing::info!(netns = %req.netns, network = %net.name, %ip, port, "container attached");
+        Ok(AttachOut {
+            ip,
+            mac: mac.to_string(),
+            ifname,
+        })
+    }
+
+    /// `meshctl container detach`: removes the interface and the endpoint.
+    pub async fn detach(&self, req: DetachRequest) -> Result<(), String> {
+        let view = self.view().await;
+        let mut local = self.local.lock().await;
+        let found = local
+            .values()
+            .find(|a| {
+                a.netns == req.netns
+                    && view
+                        .find_network(&req.network)
+                        .is_some_and(|n| n.id == a.network_id)
+            })
+            .map(|a| a.port);
+        let Some(port) = found else {
+            return Err(format!(
+                "netns {} is not attached to network {} on this host",
+                req.netns, req.network
+            ));
+        };
+        let Some(att) = local.remove(&port) else {
+            return Err("attachment vanished".into());
+        };
+        self.cluster
+            .withdraw_endpoint(&att.network_id, att.ip)
+            .await;
+        self.refresh(&local).await;
+        self.dataplane
+            .remove_port(port)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !local.values().any(|a| a.netns == att.netns) {
+            if let Some(l) = self.listeners.lock().await.remove(&att.netns) {
+                l.stop();
+            }
+        }
+        self.save(&local);
+        tracing::info!(netns = %att.netns, ip = %att.ip, "container detached");
+        Ok(())
+    }
+}
+
+fn default_name(netns: &str) -> String {
+    let base = netns.rsplit('/').next().unwrap_or(netns);
+    if registry::check_name(base).is_ok() {
+        base.to_string()
+    } else {
+        "container".into()
+    }
+}

@@ -1,0 +1,170 @@
+//! The control side of one host: it keeps the dataplane's tables in step with
+//! the cluster, and attaches and detaches containers.
+//!
+//! A loop runs every [`TICK`]: it reads the cluster view, replicates objects,
+//! and when anything changed builds new [`Tables`] and publishes them.
+//! Attach and detach change local state, publish or withdraw the endpoint in
+//! gossip and rebuild the tables at once, without waiting for the tick.
+//!
+//! - [`attach`]: `container attach` and `detach`.
+//! - [`tables`]: the dataplane tables built from the view.
+
+mod attach;
+mod tables;
+
+pub use tables::build_tables;
+
+use crate::api::types::ContainerOut;
+use crate::cluster::model::View;
+use crate::cluster::Cluster;
+use crate::dns::{self, names::NameTable};
+use crate::io::Dataplane;
+use crate::tables::PortId;
+use crate::wire::Mac;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How often the control loop looks at the cluster view.
+pub const TICK: Duration = Duration::from_millis(100);
+/// What VXLAN costs on the underlay: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// A container attached on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    pub port: PortId,
+    pub netns: String,
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub name: String,
+    pub ifname: String,
+}
+
+/// One host's agent.
+pub struct Agent {
+    pub cluster: Arc<Cluster>,
+    pub dataplane: Dataplane,
+    /// The MTU given to containers: the underlay's minus VXLAN's overhead.
+    pub container_mtu: u32,
+    state_dir: PathBuf,
+    local: Mutex<BTreeMap<PortId, Attachment>>,
+    /// What every container's DNS handler shares: names, upstreams, counters.
+    pub dns: Arc<dns::handler::Shared>,
+    /// The DNS listener of each local container namespace.
+    listeners: Mutex<HashMap<String, dns::listener::Listener>>,
+}
+
+impl Agent {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        dataplane: Dataplane,
+        underlay_mtu: u32,
+        dns_ttl: u32,
+        upstreams: Vec<std::net::SocketAddr>,
+    ) -> Arc<Agent> {
+        let state_dir = cluster.config.state_dir.clone();
+        let dns = Arc::new(dns::handler::Shared {
+            names: std::sync::RwLock::new(Arc::new(NameTable::default())),
+            forwarder: dns::forward::Forwarder::new(upstreams),
+            ttl: dns_ttl,
+            stats: dns::DnsStats::default(),
+        });
+        Arc::new(Agent {
+            cluster,
+            dataplane,
+            container_mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+            state_dir,
+            local: Mutex::new(BTreeMap::new()),
+            dns,
+            listeners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Publishes the dataplane tables and the DNS names for `view`.
+    fn publish(&self, view: &View, local: &BTreeMap<PortId, Attachment>) {
+        let tables = build_tables(
+            view,
+            local,
+            &self.cluster.self_id,
+            self.cluster.config.vxlan_port,
+        );
+        self.dataplane.tables.publish(tables);
+        let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
+        for a in local.values() {
+            scopes
+                .entry(a.netns.clone())
+                .or_default()
+                .push(a.network_id.clone());
+        }
+        let names = Arc::new(NameTable::build(view, scopes));
+        *self.dns.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    /// The cluster as this host sees it now. Built fresh on each call (it is
+    /// cheap), so a command sees the effect of the one before it.
+    pub async fn view(&self) -> View {
+        self.cluster.view().await
+    }
+
+    /// Runs the control loop forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut last: Option<View> = None;
+        loop {
+            let view = self.cluster.view().await;
+            self.cluster.replicate(&view).await;
+            if last.as_ref() != Some(&view) {
+                let local = self.local.lock().await;
+                self.publish(&view, &local);
+                drop(local);
+                last = Some(view);
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// Rebuilds and publishes the tables now, from a fresh view.
+    async fn refresh(&self, local: &BTreeMap<PortId, Attachment>) {
+        let view = self.cluster.view().await;
+        self.publish(&view, local);
+    }
+
+    /// Every container in the cluster, for `container ls`.
+    pub fn containers(&self, view: &View) -> Vec<ContainerOut> {
+        view.containers
+            .iter()
+            .map(|c| ContainerOut {
+                name: c.name.clone(),
+                netns: c.netns.clone(),
+                network: view
+                    .networks
+                    .get(&c.network_id)
+                    .map_or_else(|| c.network_id.clone(), |n| n.name.clone()),
+                ip: c.ip,
+                mac: c.mac.to_string(),
+                node: c.node_id.clone(),
+                address: view.node(&c.node_id).map(|n| n.record.address),
+            })
+            .collect()
+    }
+
+    /// Writes the local attachments to the state directory (for a later
+    /// restart to adopt; see `io::tap`).
+    fn save(&self, local: &BTreeMap<PortId, Attachment>) {
+        let list: Vec<&Attachment> = local.values().collect();
+        let path = self.state_dir.join("attachments.json");
+        match serde_json::to_vec_pretty(&list) {
+            Ok(b) => {
+                if let Err(e) = std::fs::write(&path, b) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save attachments");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode attachments"),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The leader's decisions against hand-made views.
+
+use super::*;
+
+fn apply(view: &mut View, p: &Plan) {
+    for (k, v) in &p.writes {
+        view.objects.insert(k.clone(), v.clone());
+        match &v.object {
+            Some(Object::Network(n)) => {
+                view.networks.insert(n.id.clone(), n.clone());
+            }
+            Some(Object::StaticEndpoint(s)) => view.statics.push(s.clone()),
+            Some(Object::Service(s)) => {
+                view.services.insert(s.id.clone(), s.clone());
+            }
+            None => {
+                view.networks
+                    .retain(|id, _| super::super::model::network_key(id) != *k);
+                view.services
+                    .retain(|id, _| super::super::model::service_key(id) != *k);
+            }
+        }
+    }
+}
+
+fn create(name: &str, subnet: Option<&str>) -> Mutation {
+    Mutation::CreateNetwork {
+        name: name.into(),
+        driver: "overlay".into(),
+        subnet: subnet.map(Into::into),
+        gateway: None,
+    }
+}
+
+#[test]
+fn networks_get_distinct_vnis_and_subnets() {
+    let mut v = View::default();
+    let none = HashSet::new();
+    let mut seen = vec![];
+    for i in 0..5 {
+        let p = plan(
+            &v,
+            &none,
+            &create(&format!("n{i}"), None),
+            i + 1,
+            &format!("id{i}"),
+        )
+        .unwrap();
+        apply(&mut v, &p);
+        let Outcome::Network(n) = p.outcome else {
+            panic!("not a network")
+        };
+        seen.push(n);
+    }
+    let vnis: HashSet<u32> = seen.iter().map(|n| n.vni).collect();
+    assert_eq!(vnis.len(), 5);
+    assert!(vnis.iter().all(|v| *v >= 4096));
+    for a in &seen {
+        for b in &seen {
+            assert!(a.id == b.id || !a.subnet.overlaps(&b.subnet));
+        }
+    }
+    assert_eq!(seen[0].gateway, Ipv4Addr::new(10, 0, 0, 1));
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let mut v = View::default();
+    let none = HashSet::new();
+    let p = plan(&v, &none, &create("demo", Some("10.20.0.0/16")), 1, "a").unwrap();
+    apply(&mut v, &p);
+    for (m, want) in [
+        (create("demo", None), "already exists"),
+        (create("other", Some("10.20.5.0/24")), "overlaps"),
+        (create("bad name", None), "invalid name"),
+        (create("x", Some("10.1.0.0/33")), "invalid subnet"),
+        (
+            Mutation::RemoveNetwork {
+                name: "nope".into(),
+            },
+            "not found",
+        ),
+        (
+            Mutation::ReserveIp {
+                network: "demo".into(),
+                ip: Some(Ipv4Addr::new(10, 21, 0, 1)),
+            },
+            "not a host address",
+        ),
+        (
+            Mutation::ReserveIp {
+                network: "demo".into(),
+                ip: Some(Ipv4Addr::new(10, 20, 0, 1)),
+            },
+            "gateway",
+        ),
+    ] {
+        let e = plan(&v, &none, &m, 2, "b").unwrap_err();
+        assert!(e.contains(want), "{e} should say {want}");
+    }
+    assert_eq!(v.networks.len(), 1);
+}
+
+#[test]
+fn reserved_and_attached_ips_are_not_handed_out_twice() {
+    let mut v = View::default();
+    let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+    apply(&mut v, &p);
+    let mut reserved = HashSet::new();
+    for want in [2u8, 3, 4] {
+        let p = plan(
+            &v,
+            &reserved,
+            &Mutation::ReserveIp {
+                network: "demo".into(),
+                ip: None,
+            },
+            2,
+            "",
+        )
+        .unwrap();
+        let Outcome::Ip { ip, network_id } = p.outcome else {
+            panic!("not an ip")
+        };
+        assert_eq!(ip, Ipv4Addr::new(10, 0, 0, want));
+        reserved.insert((network_id, ip));
+    }
+    let e = plan(
+        &v,
+        &reserved,
+        &Mutation::ReserveIp {
+            network: "demo".into(),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 3)),
+        },
+        2,
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("already in use"));
+}
+
+fn service(name: &str, nets: &[&str], ports: &[(u16, u16)], mode: EndpointMode) -> Mutation {
+    Mutation::CreateService {
+        name: name.into(),
+        networks: nets.iter().map(|n| n.to_string()).collect(),
+        ports: ports
+            .iter()
+            .map(|(p, t)| PortSpec {
+                published: *p,
+                target: *t,
+                protocol: super::super::model::Protocol::Tcp,
+            })
+            .collect(),
+        endpoint_mode: mode,
+        scheduler: "rr".into(),
+    }
+}
+
+fn apply_service(v: &mut View, p: &Plan) {
+    if let Outcome::Service(s) = &p.outcome {
+        v.services.insert(s.id.clone(), s.clone());
+    }
+}
+
+#[test]
+fn services_get_a_vip_per_network_never_given_to_a_container() {
+    let mut v = View::default();
+    for (i, n) in ["front", "back"].iter().enumerate() {
+        let p = plan(&v, &HashSet::new(), &create(n, None), 1, &format!("n{i}")).unwrap();
+        apply(&mut v, &p);
+    }
+    let p = plan(
+        &v,
+        &HashSet::new(),
+        &service("web", &["front", "back"], &[(8000, 80)], EndpointMode::Vip),
+        2,
+        "s1",
+    )
+    .unwrap();
+    apply_service(&mut v, &p);
+    let Outcome::Service(s) = p.outcome else {
+        panic!("not a service")
+    };
+    assert_eq!(s.vips.len(), 2);
+    assert_eq!(s.vips["n0"], Ipv4Addr::new(10, 0, 0, 2));
+    let p = plan(
+        &v,
+        &HashSet::new(),
+        &Mutation::ReserveIp {
+            network: "front".into(),
+            ip: None,
+        },
+        3,
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        p.outcome,
+        Outcome::Ip {
+            network_id: "n0".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 3)
+        }
+    );
+    let e = plan(
+        &v,
+        &HashSet::new(),
+        &Mutation::ReserveIp {
+            network: "front".into(),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
+        },
+        3,
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("already in use"), "{e}");
+    let dnsrr = plan(
+        &v,
+        &HashSet::new(),
+        &service("db", &["back"], &[], EndpointMode::Dnsrr),
+        4,
+        "s2",
+    )
+    .unwrap();
+    let Outcome::Service(d) = dnsrr.outcome else {
+        panic!("not a service")
+    };
+    assert!(d.vips.is_empty());
+}
+
+#[test]
+fn service_refusals() {
+    let mut v = View::default();
+    let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+    apply(&mut v, &p);
+    let p = plan(
+        &v,
+        &HashSet::new(),
+        &service("web", &["demo"], &[(8000, 80)], EndpointMode::Vip),
+        2,
+        "s",
+    )
+    .unwrap();
+    apply_service(&mut v, &p);
+    for (m, want) in [
+        (
+            service("web", &["demo"], &[], EndpointMode::Vip),
+            "already exists",
+        ),
+        (
+            service("api", &["nope"], &[], EndpointMode::Vip),
+            "network nope not found",
+        ),
+        (
+            service("api", &["demo"], &[(8000, 81)], EndpointMode::Vip),
+            "already published by service web",
+        ),
+        (
+            service("api", &["demo"], &[(9000, 80)], EndpointMode::Dnsrr),
+            "need --endpoint-mode vip",
+        ),
+        (
+            service("api", &[], &[], EndpointMode::Vip),
+            "at least one --network",
+        ),
+        (
+            Mutation::RemoveNetwork {
+                name: "demo".into(),
+            },
+            "in use by service web",
+        ),
+    ] {
+        let e = plan(&v, &HashSet::new(), &m, 3, "x").unwrap_err();
+        assert!(e.contains(want), "{e} should say {want}");
+    }
+    v.containers.push(super::super::model::ContainerEndpoint {
+        network_id: "n".into(),
+        ip: Ipv4Addr::new(10, 0, 0, 3),
+        mac: Mac::ZERO,
+        name: "web.1".into(),
+        netns: "t".into(),
+        node_id: "a".into(),
+        service: Some("s".into()),
+        weight: 1,
+    });
+    let e = plan(
+        &v,
+        &HashSet::new(),
+        &Mutation::RemoveService { name: "web".into() },
+        3,
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("1 task(s) attached"), "{e}");
+}
+
+#[test]
+fn a_network_with_containers_is_not_removed() {
+    let mut v = View::default();
+    let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+    apply(&mut v, &p);
+    v.containers.push(super::super::model::ContainerEndpoint {
+        network_id: "n".into(),
+        ip: Ipv4Addr::new(10, 0, 0, 2),
+        mac: Mac::ZERO,
+        name: "c".into(),
+        netns: "c".into(),
+        node_id: "a".into(),
+        service: None,
+        weight: 1,
+    });
+    let e = plan(
+        &v,
+        &HashSet::new(),
+        &Mutation::RemoveNetwork {
+            name: "demo".into(),
+        },
+        2,
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("detach them first"));
+}
