@@ -16,6 +16,7 @@ pub mod arp;
 pub mod coalesce;
 pub mod counters;
 pub mod encap;
+pub mod lb;
 pub mod offload;
 pub mod switch;
 
