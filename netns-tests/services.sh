@@ -93,11 +93,9 @@ ls_text_ok() {
     grep -Eq "^$RR_ID +rr +dnsrr +0 +rr " <<<"$out"
 }
 check "service ls on .118: header ID NAME MODE REPLICAS SCHEDULER VIPS PORTS and a row per service" ls_text_ok
-same_views() {
-    local v; v=$(mctl 116 service ls --format json | jq -cS 'sort_by(.name)')
-    [ "$v" = "$(mctl 117 service ls --format json | jq -cS 'sort_by(.name)')" ] &&
-        [ "$v" = "$(mctl 118 service ls --format json | jq -cS 'sort_by(.name)')" ]
-}
+# listing ID: service ls --format json on .ID in one normal form (by name, tasks by name)
+listing() { mctl "$1" service ls --format json | jq -cS 'sort_by(.name) | map(.tasks |= sort_by(.name))'; }
+same_views() { local v; v=$(listing 116); [ "$v" = "$(listing 117)" ] && [ "$v" = "$(listing 118)" ]; }
 check "all three hosts list the same services, IDs and VIPs" wait_until 1 same_views
 
 # --- VIPs: inside the subnet, not the gateway, distinct, never a container's ----
@@ -204,12 +202,7 @@ sleep 0.3
 check "  ... web still has 2 replicas on .116" replicas_on 116 web 2
 
 # --- refusals: one line on stderr, non-zero, nothing half-applied ---------------
-BEFORE=$(mctl 116 service ls --format json | jq -cS 'sort_by(.name)')
-unchanged() {
-    local id; for id in "${HOSTS[@]}"; do
-        [ "$(mctl "$id" service ls --format json | jq -cS 'sort_by(.name)')" = "$BEFORE" ] || return 1
-    done
-}
+BEFORE=$(listing 116)
 expect_error "duplicate name web (created on .117) refused on .118" mctl 118 service create --name web --network back
 expect_error "unknown network refused" mctl 116 service create --name svc-x --network no-such-net
 expect_error "unknown network among known ones refused" \
@@ -240,7 +233,7 @@ sleep 0.5
 BEFORE=$(jq -cS 'map(select(.name != "idle"))' <<<"$BEFORE")
 unchanged_but_idle() {
     local id; for id in "${HOSTS[@]}"; do
-        [ "$(mctl "$id" service ls --format json | jq -cS 'sort_by(.name) | map(select(.name != "idle"))')" = "$BEFORE" ] || return 1
+        [ "$(listing "$id" | jq -cS 'map(select(.name != "idle"))')" = "$BEFORE" ] || return 1
     done
 }
 check "after the refusals, service ls is unchanged on all hosts" unchanged_but_idle
@@ -269,6 +262,8 @@ if wait_until 1 svc_gone web; then pass "web gone from .116 .117 .118 (${WAITED}
 else fail "web gone from .116 .117 .118 within 1 s"; fi
 for s in rr api api2; do mctl 116 service rm "$s" >/dev/null || fail "service rm $s"; done
 for c in p1 p2; do mctl "${HOST[$c]}" container detach --netns "mt-$c" --network front >/dev/null; done
+no_containers() { local id; for id in "${HOSTS[@]}"; do container_count "$id" 0 || return 1; done; }
+wait_until 1 no_containers || fail "container ls empty on all hosts within 1 s of the last detach"
 check "network rm front once no service uses it" mctl 118 network rm front
 check "network rm back once no service uses it" mctl 116 network rm back
 no_services() { local id; for id in "${HOSTS[@]}"; do [ "$(mctl "$id" service ls --format json | jq length)" -eq 0 ] || return 1; done; }

@@ -18,11 +18,6 @@ impl Agent {
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
         let name = req.name.clone().unwrap_or_else(|| default_name(&req.netns));
         registry::check_name(&name)?;
-        if let Some(svc) = &req.service {
-            return Err(format!(
-                "--service {svc}: services are not supported by this agent yet"
-            ));
-        }
         let path = netns::resolve(&req.netns);
         if !path.exists() {
             return Err(netns::NetnsError::NotFound(req.netns.clone()).to_string());

@@ -28,6 +28,8 @@ const BUF_LEN: usize = HEADROOM + 65536;
 /// Room for the headers of one super-frame's segments: 128 segments (an MSS
 /// of 512 bytes) of at most 8 + 14 + 60 + 60 header bytes each.
 const SEGMENT_HEADERS_LEN: usize = 128 * 142;
+/// How long the thread keeps polling after its last work before it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 /// Flows coalesced at once per batch.
 const COALESCE_SLOTS: usize = 8;
 
@@ -177,9 +179,23 @@ impl DriverThread {
     fn run(&mut self) {
         // SAFETY: epoll_event is plain old data.
         let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; 64];
+        let mut last_work = Instant::now();
         loop {
+            // Right after work, poll without sleeping for a moment: a reply
+            // usually follows within it, and a sleeping thread takes tens of
+            // microseconds to wake. Yielding lets others on this core run.
+            let spinning = last_work.elapsed() < SPIN;
+            let timeout = if spinning { 0 } else { 1000 };
             // SAFETY: events has room for 64 entries.
-            let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), 64, 1000) };
+            let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), 64, timeout) };
+            if n == 0 && spinning {
+                // SAFETY: plain syscall.
+                unsafe { libc::sched_yield() };
+                continue;
+            }
+            if n > 0 {
+                last_work = Instant::now();
+            }
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
