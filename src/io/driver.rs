@@ -187,7 +187,8 @@ impl DriverThread {
             let spinning = last_work.elapsed() < SPIN;
             let timeout = if spinning { 0 } else { 1000 };
             // SAFETY: events has room for 64 entries.
-            let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), 64, timeout) };
+            let n =
+                unsafe { libc::epoll_wait(self.ep.as_raw_fd(), events.as_mut_ptr(), 64, timeout) };
             if n == 0 && spinning {
                 // SAFETY: plain syscall.
                 unsafe { libc::sched_yield() };

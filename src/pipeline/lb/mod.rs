@@ -11,7 +11,9 @@
 //!   table, so a flow picks the same task everywhere, and few flows move when
 //!   a task comes or goes)
 
+pub mod conntrack;
 pub mod maglev;
+pub mod nat;
 
 use std::net::Ipv4Addr;
 

@@ -1,0 +1,335 @@
+//! Connection tracking for VIP traffic: one entry per flow, made at its first
+//! packet on the client's host, remembering which task the scheduler chose,
+//! so every later packet (and every reply) of the flow is translated the same
+//! way.
+//!
+//! The table is the dataplane thread's own (no lock). It is keyed by 5-tuples
+//! that come from the wire, so it uses the standard library's keyed SipHash:
+//! a sender cannot choose ports that collide. It is bounded: when full, new
+//! flows are refused and counted while existing ones go on.
+//!
+//! TCP entries follow the flags (SYN, established, FIN, RST) with timeouts per
+//! state. An idle established connection is kept for a long time by default
+//! (a day; Swarm's IPVS drops it after 900 s without a word); a packet of a
+//! flow whose entry is gone is answered with a RST by the caller, so the peer
+//! learns at once instead of hanging.
+
+use crate::wire::l4::tcp_flags::{ACK, FIN, RST, SYN};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// A flow as the client sent it: protocol, client, VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub protocol: u8,
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// A reply as the task sends it: protocol, task, client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub protocol: u8,
+    pub backend: Ipv4Addr,
+    pub port: u16,
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+}
+
+/// Where a TCP connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    SynSent,
+    Established,
+    /// One side sent FIN.
+    Closing,
+    /// Both sides sent FIN, or a RST went by: gone soon.
+    Closed,
+}
+
+/// One tracked flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub backend: Ipv4Addr,
+    pub state: TcpState,
+    pub last_seen: Instant,
+    fin_from_client: bool,
+    fin_from_backend: bool,
+}
+
+/// Timeouts per state; configurable on the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_closing: Duration::from_secs(120),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a new flow was not tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Full,
+}
+
+/// The table.
+pub struct Conntrack {
+    flows: HashMap<Key, Entry>,
+    replies: HashMap<ReplyKey, Key>,
+    max: usize,
+    pub timeouts: Timeouts,
+    /// Where the incremental expiry sweep resumes.
+    sweep_budget: usize,
+}
+
+impl Conntrack {
+    pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
+        Conntrack {
+            flows: HashMap::new(),
+            replies: HashMap::new(),
+            max,
+            timeouts,
+            sweep_budget: 64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    fn timeout(&self, e: &Entry, protocol: u8) -> Duration {
+        if protocol != crate::wire::ipv4::protocol::TCP {
+            return self.timeouts.udp;
+        }
+        match e.state {
+            TcpState::SynSent => self.timeouts.tcp_syn,
+            TcpState::Established => self.timeouts.tcp_established,
+            TcpState::Closing => self.timeouts.tcp_closing,
+            TcpState::Closed => self.timeouts.tcp_closed,
+        }
+    }
+
+    fn reply_key(k: &Key, backend: Ipv4Addr) -> ReplyKey {
+        ReplyKey {
+            protocol: k.protocol,
+            backend,
+            port: k.port,
+            client: k.client,
+            client_port: k.client_port,
+        }
+    }
+
+    /// The live entry of a flow, if any (an expired one is removed).
+    pub fn get(&mut self, k: &Key, now: Instant) -> Option<Entry> {
+        let e = *self.flows.get(k)?;
+        if now.saturating_duration_since(e.last_seen) > self.timeout(&e, k.protocol) {
+            self.remove(k);
+            return None;
+        }
+        Some(e)
+    }
+
+    /// The client flow a reply belongs to.
+    pub fn reply(&mut self, r: &ReplyKey, now: Instant) -> Option<(Key, Entry)> {
+        let k = *self.replies.get(r)?;
+        self.get(&k, now).map(|e| (k, e))
+    }
+
+    /// Tracks a new flow to `backend`.
+    pub fn insert(&mut self, k: Key, backend: Ipv4Addr, now: Instant) -> Result<Entry, Refusal> {
+        if self.flows.len() >= self.max && !self.flows.contains_key(&k) {
+            return Err(Refusal::Full);
+        }
+        let e = Entry {
+            backend,
+            state: TcpState::SynSent,
+            last_seen: now,
+            fin_from_client: false,
+            fin_from_backend: false,
+        };
+        if let Some(old) = self.flows.insert(k, e) {
+            self.replies.remove(&Self::reply_key(&k, old.backend));
+        }
+        self.replies.insert(Self::reply_key(&k, backend), k);
+        Ok(e)
+    }
+
+    pub fn remove(&mut self, k: &Key) {
+        if let Some(e) = self.flows.remove(k) {
+            self.replies.remove(&Self::reply_key(k, e.backend));
+        }
+    }
+
+    /// Notes a packet of the flow (TCP `flags`, from the client or the task).
+    pub fn update(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) {
+        let Some(e) = self.flows.get_mut(k) else {
+            return;
+        };
+        e.last_seen = now;
+        if k.protocol != crate::wire::ipv4::protocol::TCP {
+            e.state = TcpState::Established;
+            return;
+        }
+        if flags & RST != 0 {
+            e.state = TcpState::Closed;
+            return;
+        }
+        if flags & FIN != 0 {
+            if from_client {
+                e.fin_from_client = true;
+            } else {
+                e.fin_from_backend = true;
+            }
+        }
+        e.state = match (e.state, e.fin_from_client && e.fin_from_backend) {
+            (_, true) => TcpState::Closed,
+            (TcpState::Closed, _) => TcpState::Closed,
+            _ if e.fin_from_client || e.fin_from_backend => TcpState::Closing,
+            (TcpState::SynSent, _) if !from_client && flags & (SYN | ACK) == SYN | ACK => {
+                TcpState::Established
+            }
+            (TcpState::SynSent, _) if from_client && flags & ACK != 0 && flags & SYN == 0 => {
+                TcpState::Established
+            }
+            (s, _) => s,
+        };
+    }
+
+    /// Open flows to `backend` through `vip`, for least-connections.
+    pub fn active(&self, vip: Ipv4Addr, backend: Ipv4Addr) -> u32 {
+        self.flows
+            .iter()
+            .filter(|(k, e)| k.vip == vip && e.backend == backend && e.state != TcpState::Closed)
+            .count() as u32
+    }
+
+    /// Removes up to a bounded number of expired entries (call once per batch).
+    pub fn sweep(&mut self, now: Instant) {
+        let mut dead = [None; 64];
+        let mut n = 0;
+        for (k, e) in self.flows.iter().take(self.sweep_budget.max(1) * 16) {
+            if n == dead.len() {
+                break;
+            }
+            if now.saturating_duration_since(e.last_seen) > self.timeout(e, k.protocol) {
+                dead[n] = Some(*k);
+                n += 1;
+            }
+        }
+        for k in dead.iter().take(n).flatten() {
+            self.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::protocol::{TCP, UDP};
+
+    fn key(port: u16) -> Key {
+        Key {
+            protocol: TCP,
+            client: Ipv4Addr::new(10, 0, 0, 9),
+            client_port: port,
+            vip: Ipv4Addr::new(10, 0, 0, 2),
+            port: 80,
+        }
+    }
+    const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+
+    #[test]
+    fn a_flow_and_its_replies_find_the_same_entry() {
+        let mut ct = Conntrack::new(10, Timeouts::default());
+        let now = Instant::now();
+        ct.insert(key(1000), TASK, now).unwrap();
+        let r = ReplyKey {
+            protocol: TCP,
+            backend: TASK,
+            port: 80,
+            client: Ipv4Addr::new(10, 0, 0, 9),
+            client_port: 1000,
+        };
+        assert_eq!(
+            ct.reply(&r, now).map(|(k, e)| (k, e.backend)),
+            Some((key(1000), TASK))
+        );
+        ct.remove(&key(1000));
+        assert!(ct.reply(&r, now).is_none() && ct.is_empty());
+    }
+
+    #[test]
+    fn tcp_states_follow_the_flags() {
+        let mut ct = Conntrack::new(10, Timeouts::default());
+        let now = Instant::now();
+        let k = key(1);
+        ct.insert(k, TASK, now).unwrap();
+        ct.update(&k, SYN, true, now);
+        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::SynSent);
+        ct.update(&k, SYN | ACK, false, now);
+        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Established);
+        ct.update(&k, FIN | ACK, true, now);
+        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Closing);
+        ct.update(&k, FIN | ACK, false, now);
+        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Closed);
+        let k2 = key(2);
+        ct.insert(k2, TASK, now).unwrap();
+        ct.update(&k2, RST, false, now);
+        assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Closed);
+    }
+
+    #[test]
+    fn idle_established_connections_live_long_and_then_expire() {
+        let t = Timeouts::default();
+        let mut ct = Conntrack::new(10, t);
+        let now = Instant::now();
+        let k = key(1);
+        ct.insert(k, TASK, now).unwrap();
+        ct.update(&k, SYN | ACK, false, now);
+        assert!(
+            ct.get(&k, now + Duration::from_secs(3600)).is_some(),
+            "an hour idle is not the end (IPVS: 900 s)"
+        );
+        assert!(ct
+            .get(&k, now + t.tcp_established + Duration::from_secs(1))
+            .is_none());
+        let u = Key {
+            protocol: UDP,
+            ..key(5)
+        };
+        ct.insert(u, TASK, now).unwrap();
+        ct.sweep(now + t.udp + Duration::from_secs(1));
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_flows_and_keeps_old_ones() {
+        let mut ct = Conntrack::new(2, Timeouts::default());
+        let now = Instant::now();
+        ct.insert(key(1), TASK, now).unwrap();
+        ct.insert(key(2), TASK, now).unwrap();
+        assert_eq!(ct.insert(key(3), TASK, now), Err(Refusal::Full));
+        assert!(ct.get(&key(1), now).is_some());
+        assert_eq!(ct.active(Ipv4Addr::new(10, 0, 0, 2), TASK), 2);
+    }
+}
