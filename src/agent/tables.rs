@@ -4,7 +4,8 @@
 
 use super::Attachment;
 use crate::cluster::model::View;
-use crate::tables::{Endpoint, Location, NetworkTable, Peer, Port, PortId, Tables};
+use crate::pipeline::lb::Backend;
+use crate::tables::{Endpoint, Location, NetworkTable, Peer, Port, PortId, Tables, VipTable};
 use crate::wire::vxlan::Vni;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -76,6 +77,35 @@ pub fn build_tables(
                 mac: s.mac,
                 location: Location::Remote(SocketAddrV4::new(s.vtep, vxlan_port)),
             });
+        }
+    }
+    // Service VIPs: every task of the service on that network, sorted by
+    // address so every host hands the schedulers the same list.
+    for s in view.services.values() {
+        for (net_id, vip) in &s.vips {
+            let Some(vni) = vni_of.get(net_id.as_str()) else {
+                continue;
+            };
+            let mut backends: Vec<Backend> = view
+                .tasks(&s.id)
+                .filter(|c| &c.network_id == net_id)
+                .map(|c| Backend {
+                    ip: c.ip,
+                    weight: c.weight.max(1),
+                })
+                .collect();
+            backends.sort_by_key(|b| b.ip);
+            let idx = t.vips.len();
+            t.vips.push(VipTable {
+                service: s.name.clone(),
+                vip: *vip,
+                vni: *vni,
+                scheduler: s.scheduler.clone(),
+                backends,
+            });
+            if let Some(net) = t.networks.get_mut(vni) {
+                net.vips.insert(*vip, idx);
+            }
         }
     }
     // Local ports go in last: our own attachments are the truth for this host,

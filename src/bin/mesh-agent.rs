@@ -41,6 +41,15 @@ struct Args {
     /// nameservers of this host's /etc/resolv.conf).
     #[arg(long, value_name = "IP[:PORT]")]
     dns_upstream: Vec<String>,
+    /// Most connections the VIP balancer tracks; new ones beyond are refused.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    conntrack_max: usize,
+    /// Seconds an idle established TCP connection through a VIP is kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    conntrack_tcp_timeout: u64,
+    /// Seconds an idle UDP flow through a VIP is kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    conntrack_udp_timeout: u64,
     /// TTL in seconds of the embedded DNS's answers.
     #[arg(long, value_name = "SECONDS", default_value_t = mesh::dns::DEFAULT_TTL)]
     dns_ttl: u32,
@@ -98,11 +107,27 @@ async fn run(args: Args) -> Result<(), String> {
         join_token: args.join_token.clone(),
         state_dir: args.state_dir.clone(),
     };
+    if args.conntrack_max == 0 {
+        return Err("--conntrack-max must be at least 1".into());
+    }
+    let timeouts = mesh::pipeline::lb::conntrack::Timeouts {
+        tcp_established: std::time::Duration::from_secs(args.conntrack_tcp_timeout),
+        udp: std::time::Duration::from_secs(args.conntrack_udp_timeout),
+        ..Default::default()
+    };
+    let balancer = mesh::pipeline::vip::BalancerConfig {
+        conntrack_max: args.conntrack_max,
+        timeouts,
+    };
     let cluster = Cluster::start(config, hostname)
         .await
         .map_err(|e| e.to_string())?;
-    let dataplane = Dataplane::spawn(underlay, Arc::new(TablesCell::new(Tables::default())))
-        .map_err(|e| e.to_string())?;
+    let dataplane = Dataplane::spawn(
+        underlay,
+        Arc::new(TablesCell::new(Tables::default())),
+        balancer,
+    )
+    .map_err(|e| e.to_string())?;
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let upstreams = mesh::dns::forward::upstreams(&args.dns_upstream, &resolv_conf)?;
     let agent = Agent::new(cluster, dataplane, underlay_mtu, args.dns_ttl, upstreams);

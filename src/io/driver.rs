@@ -73,6 +73,7 @@ impl Dataplane {
     pub fn spawn(
         underlay: udp::Underlay,
         tables: Arc<TablesCell>,
+        balancer: crate::pipeline::vip::BalancerConfig,
     ) -> Result<Dataplane, DataplaneError> {
         // SAFETY: plain syscalls; fds owned right away.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -97,7 +98,7 @@ impl Dataplane {
             ports: Vec::new(),
             tables: tables.clone(),
             generation: 0,
-            pipeline: Pipeline::new(tables.load().1, counters.clone()),
+            pipeline: Pipeline::with_balancer(tables.load().1, counters.clone(), balancer),
             bufs: vec![vec![0u8; BUF_LEN]; BATCH],
             meta: vec![udp::Received::EMPTY; BATCH],
             scratch: udp::Batch::new(BATCH),
@@ -211,6 +212,7 @@ impl DriverThread {
                 self.generation = g;
                 self.pipeline.set_tables(t);
             }
+            self.pipeline.handle_timeout(Instant::now());
             for ev in events.iter().take(n as usize) {
                 match ev.u64 {
                     TOKEN_WAKE => {
@@ -285,9 +287,17 @@ impl DriverThread {
                 continue;
             };
             let mut pkt = Packet::new(buf, HEADROOM, n.saturating_sub(virtio::HEADER_LEN));
+            pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
             match self.pipeline.process(now, Input::Tap(port), &mut pkt) {
                 // Another container here takes the frame as it came, offloads and all.
-                Verdict::ToTap(p) => write_tap(&self.ports, p, &vnet, pkt.bytes()),
+                Verdict::ToTap(p) => {
+                    let v = if pkt.plain {
+                        VnetHeader::default()
+                    } else {
+                        vnet
+                    };
+                    write_tap(&self.ports, p, &v, pkt.bytes())
+                }
                 Verdict::ToUnderlay(dst)
                     if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
                 {

@@ -32,10 +32,16 @@ pub enum DropReason {
     Hairpin,
     /// The buffer had no room in front for the VXLAN header.
     NoHeadroom,
+    /// A new flow to a VIP with no task (refused with RST / port unreachable).
+    NoBackend,
+    /// A new flow to a VIP while the connection table is full (refused).
+    ConntrackFull,
+    /// A TCP segment to a VIP of a flow that is not tracked (answered with RST).
+    UntrackedFlow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::NotMember,
         DropReason::UnknownVni,
@@ -48,6 +54,9 @@ impl DropReason {
         DropReason::UnsupportedProtocol,
         DropReason::Hairpin,
         DropReason::NoHeadroom,
+        DropReason::NoBackend,
+        DropReason::ConntrackFull,
+        DropReason::UntrackedFlow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +73,9 @@ impl DropReason {
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::Hairpin => "hairpin",
             DropReason::NoHeadroom => "no_headroom",
+            DropReason::NoBackend => "vip_no_backend",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::UntrackedFlow => "vip_untracked_flow",
         }
     }
 }

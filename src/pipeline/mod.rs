@@ -19,6 +19,7 @@ pub mod encap;
 pub mod lb;
 pub mod offload;
 pub mod switch;
+pub mod vip;
 
 pub use counters::{Counters, DropReason};
 
@@ -39,6 +40,12 @@ pub struct Packet<'a> {
     pub buf: &'a mut [u8],
     pub start: usize,
     pub end: usize,
+    /// In: the TCP/UDP checksum holds only the pseudo-header sum (the
+    /// kernel's CHECKSUM_PARTIAL), so rewrites must keep it that way.
+    pub csum_partial: bool,
+    /// Out: the frame was made here (a RST, an ICMP reply): write it plain,
+    /// without the offload metadata the input came with.
+    pub plain: bool,
 }
 
 impl<'a> Packet<'a> {
@@ -46,7 +53,13 @@ impl<'a> Packet<'a> {
     pub fn new(buf: &'a mut [u8], start: usize, len: usize) -> Self {
         let start = start.min(buf.len());
         let end = start.saturating_add(len).min(buf.len());
-        Packet { buf, start, end }
+        Packet {
+            buf,
+            start,
+            end,
+            csum_partial: false,
+            plain: false,
+        }
     }
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.start..self.end]
@@ -87,16 +100,41 @@ pub enum Verdict {
 pub struct Pipeline {
     tables: Arc<Tables>,
     counters: Arc<Counters>,
+    balancer: vip::Balancer,
 }
 
 impl Pipeline {
     pub fn new(tables: Arc<Tables>, counters: Arc<Counters>) -> Self {
-        Pipeline { tables, counters }
+        Self::with_balancer(tables, counters, vip::BalancerConfig::default())
+    }
+
+    pub fn with_balancer(
+        tables: Arc<Tables>,
+        counters: Arc<Counters>,
+        config: vip::BalancerConfig,
+    ) -> Self {
+        let balancer = vip::Balancer::new(config, &tables, counters.clone());
+        Pipeline {
+            tables,
+            counters,
+            balancer,
+        }
     }
 
     /// Swaps in a new snapshot of the tables (between batches).
     pub fn set_tables(&mut self, tables: Arc<Tables>) {
+        self.balancer.set_tables(&tables);
         self.tables = tables;
+    }
+
+    /// Timers: expires idle tracked flows (bounded work; call once per batch).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.balancer.handle_timeout(now);
+    }
+
+    /// Flows tracked now.
+    pub fn tracked_flows(&self) -> usize {
+        self.balancer.conntrack.len()
     }
 
     /// True if `ip` is a mesh agent's VTEP (not a plain VXLAN device).
@@ -109,15 +147,15 @@ impl Pipeline {
     }
 
     /// Processes one frame. `now` will drive connection tracking and timers.
-    pub fn process(&mut self, _now: Instant, input: Input, pkt: &mut Packet<'_>) -> Verdict {
+    pub fn process(&mut self, now: Instant, input: Input, pkt: &mut Packet<'_>) -> Verdict {
         let verdict = match input {
             Input::Tap(port) => {
                 bump(&self.counters.from_tap);
-                self.on_tap(port, pkt)
+                self.on_tap(now, port, pkt)
             }
             Input::Underlay(src) => {
                 bump(&self.counters.from_underlay);
-                self.on_underlay(src, pkt)
+                self.on_underlay(now, src, pkt)
             }
         };
         match verdict {
@@ -136,7 +174,12 @@ impl Pipeline {
         }
     }
 
-    fn on_tap(&mut self, port: PortId, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> {
+    fn on_tap(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
         let tables = &*self.tables;
         let me = tables.ports.get(&port).ok_or(DropReason::UnknownPort)?;
         let net = tables.networks.get(&me.vni).ok_or(DropReason::UnknownVni)?;
@@ -150,9 +193,25 @@ impl Pipeline {
             bump(&self.counters.arp_replies);
             return Ok(Verdict::ToTap(port));
         }
+        if let Some(idx) = vip_of(net, pkt.bytes()) {
+            return match self.balancer.balance(now, tables, net, idx, pkt)? {
+                vip::VipOutcome::Reply => Ok(Verdict::ToTap(port)),
+                vip::VipOutcome::Forward(Location::Local(p)) if p == port => {
+                    Err(DropReason::Hairpin)
+                }
+                vip::VipOutcome::Forward(Location::Local(p)) => Ok(Verdict::ToTap(p)),
+                vip::VipOutcome::Forward(Location::Remote(vtep)) => {
+                    encap::encap(pkt, net.vni)?;
+                    Ok(Verdict::ToUnderlay(vtep))
+                }
+            };
+        }
         match switch::from_container(net, pkt.bytes())? {
             Location::Local(p) if p == port => Err(DropReason::Hairpin),
-            Location::Local(p) => Ok(Verdict::ToTap(p)),
+            Location::Local(p) => {
+                self.balancer.reverse(now, pkt);
+                Ok(Verdict::ToTap(p))
+            }
             Location::Remote(vtep) => {
                 encap::encap(pkt, net.vni)?;
                 Ok(Verdict::ToUnderlay(vtep))
@@ -162,6 +221,7 @@ impl Pipeline {
 
     fn on_underlay(
         &mut self,
+        now: Instant,
         src: SocketAddrV4,
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
@@ -171,6 +231,7 @@ impl Pipeline {
             .get(src.ip())
             .ok_or(DropReason::NotMember)?
             .port;
+        pkt.csum_partial = crate::wire::vxlan::is_csum_partial(pkt.bytes());
         let vni = encap::decap(pkt)?;
         let net = tables.networks.get(&vni).ok_or(DropReason::UnknownVni)?;
         let eth = ethernet::Frame::new_checked(pkt.bytes()).map_err(|_| DropReason::Malformed)?;
@@ -184,8 +245,23 @@ impl Pipeline {
             return Ok(Verdict::ToUnderlay(SocketAddrV4::new(*src.ip(), peer_port)));
         }
         let port = switch::from_underlay(net, pkt.bytes())?;
+        self.balancer.reverse(now, pkt);
         Ok(Verdict::ToTap(port))
     }
+}
+
+/// The index of the VIP a frame is addressed to, if its network has VIPs and
+/// it is IPv4 to one of them.
+fn vip_of(net: &crate::tables::NetworkTable, frame: &[u8]) -> Option<usize> {
+    if net.vips.is_empty() {
+        return None;
+    }
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
+    if eth.ethertype() != ethernet::ethertype::IPV4 {
+        return None;
+    }
+    let ip = crate::wire::ipv4::Packet::new_checked(eth.payload()).ok()?;
+    net.vips.get(&ip.dst()).copied()
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ pub struct NetworkTable {
     pub gateway_mac: Mac,
     pub by_ip: FastMap<Ipv4Addr, Endpoint>,
     pub by_mac: FastMap<Mac, Location>,
+    /// Service VIPs on this network -> index in [`Tables::vips`].
+    pub vips: FastMap<Ipv4Addr, usize>,
 }
 
 impl NetworkTable {
@@ -107,6 +109,7 @@ impl NetworkTable {
             gateway_mac: Mac::for_gateway(gateway_ip),
             by_ip: FastMap::default(),
             by_mac: FastMap::default(),
+            vips: FastMap::default(),
         }
     }
 
@@ -120,6 +123,9 @@ impl NetworkTable {
     pub fn mac_of(&self, ip: Ipv4Addr) -> Option<Mac> {
         if ip == self.gateway_ip {
             return Some(self.gateway_mac);
+        }
+        if self.vips.contains_key(&ip) {
+            return Some(Mac::for_ip(ip));
         }
         self.by_ip.get(&ip).map(|e| e.mac)
     }
@@ -141,6 +147,17 @@ pub struct Peer {
     pub agent: bool,
 }
 
+/// A service's virtual IP on one network, and the tasks behind it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipTable {
+    pub service: String,
+    pub vip: Ipv4Addr,
+    pub vni: Vni,
+    pub scheduler: String,
+    /// The tasks, sorted by address (every host lists them alike).
+    pub backends: Vec<crate::pipeline::lb::Backend>,
+}
+
 /// One immutable snapshot of everything the pipeline looks up.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
@@ -148,6 +165,8 @@ pub struct Tables {
     pub ports: FastMap<PortId, Port>,
     /// VTEPs we accept VXLAN from.
     pub peers: FastMap<Ipv4Addr, Peer>,
+    /// Every service VIP, on every network.
+    pub vips: Vec<VipTable>,
 }
 
 /// The published snapshot plus a generation counter for cheap change checks.

@@ -94,8 +94,6 @@ pub struct Conntrack {
     replies: HashMap<ReplyKey, Key>,
     max: usize,
     pub timeouts: Timeouts,
-    /// Where the incremental expiry sweep resumes.
-    sweep_budget: usize,
 }
 
 impl Conntrack {
@@ -105,7 +103,6 @@ impl Conntrack {
             replies: HashMap::new(),
             max,
             timeouts,
-            sweep_budget: 64,
         }
     }
 
@@ -118,14 +115,18 @@ impl Conntrack {
     }
 
     fn timeout(&self, e: &Entry, protocol: u8) -> Duration {
+        Self::timeout_of(&self.timeouts, e, protocol)
+    }
+
+    fn timeout_of(t: &Timeouts, e: &Entry, protocol: u8) -> Duration {
         if protocol != crate::wire::ipv4::protocol::TCP {
-            return self.timeouts.udp;
+            return t.udp;
         }
         match e.state {
-            TcpState::SynSent => self.timeouts.tcp_syn,
-            TcpState::Established => self.timeouts.tcp_established,
-            TcpState::Closing => self.timeouts.tcp_closing,
-            TcpState::Closed => self.timeouts.tcp_closed,
+            TcpState::SynSent => t.tcp_syn,
+            TcpState::Established => t.tcp_established,
+            TcpState::Closing => t.tcp_closing,
+            TcpState::Closed => t.tcp_closed,
         }
     }
 
@@ -223,22 +224,19 @@ impl Conntrack {
             .count() as u32
     }
 
-    /// Removes up to a bounded number of expired entries (call once per batch).
+    /// Removes expired entries. A full pass, so the caller runs it rarely
+    /// (once a second): lookups already drop the expired entries they meet.
     pub fn sweep(&mut self, now: Instant) {
-        let mut dead = [None; 64];
-        let mut n = 0;
-        for (k, e) in self.flows.iter().take(self.sweep_budget.max(1) * 16) {
-            if n == dead.len() {
-                break;
+        let timeouts = self.timeouts;
+        let replies = &mut self.replies;
+        self.flows.retain(|k, e| {
+            let t = Self::timeout_of(&timeouts, e, k.protocol);
+            let keep = now.saturating_duration_since(e.last_seen) <= t;
+            if !keep {
+                replies.remove(&Self::reply_key(k, e.backend));
             }
-            if now.saturating_duration_since(e.last_seen) > self.timeout(e, k.protocol) {
-                dead[n] = Some(*k);
-                n += 1;
-            }
-        }
-        for k in dead.iter().take(n).flatten() {
-            self.remove(k);
-        }
+            keep
+        });
     }
 }
 

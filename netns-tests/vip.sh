@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# netns-tests/vip.sh: service VIPs balanced by the agents (issue 5, first cut).
+#
+#   mt-client (.116)        mt-w1 (.116)   mt-w2 (.117)   mt-w3 (.118)
+#      |  curl whoami:8000     whoami tasks: python3 HTTP servers answering
+#      |                       their own name on :8000, and UDP on :9000
+#   mt-h116 ---------------- mt-h117 ---------------- mt-h118   (+ mt-out)
+#            VXLAN over mt-br0 in mt-ul, 192.168.100.0/24
+#
+# The client resolves whoami to its VIP; the agent on the client's host picks
+# a task (rr) per new connection, rewrites the destination, and the reply
+# comes back from the VIP. ICMP echo to the VIP is answered; a VIP with no
+# task refuses at once.
+. "$(dirname "$0")/lib.sh"
+
+testbed_up
+start_cluster
+mctl 116 network create demo >/dev/null || die "setup: network create"
+mctl 116 service create --name whoami --network demo >/dev/null || die "setup: service create"
+mctl 116 service create --name empty --network demo >/dev/null || die "setup: service create empty"
+
+# task NAME HOST: a container that is a whoami task serving its name on TCP
+# 8000 (HTTP) and UDP 9000.
+task() {
+    local name=$1 id=$2 dir="$TMP/www-$1"
+    mk_container "$name"
+    attach "$id" "$name" demo --service whoami >/dev/null || die "setup: attach $name"
+    mkdir -p "$dir"; echo "$name" >"$dir/index.html"
+    ip netns exec "mt-$name" timeout 120 python3 -m http.server 8000 --bind 0.0.0.0 --directory "$dir" >/dev/null 2>&1 &
+    track $!
+    ip netns exec "mt-$name" timeout 120 python3 -c '
+import socket, socketserver, sys, threading
+name = sys.argv[1].encode()
+class Lines(socketserver.StreamRequestHandler):
+    def handle(self):
+        for _ in self.rfile:
+            self.wfile.write(name + b"\n")
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+tcp = socketserver.ThreadingTCPServer(("0.0.0.0", 7000), Lines)
+threading.Thread(target=tcp.serve_forever, daemon=True).start()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
+while True:
+    d, a = s.recvfrom(2048); s.sendto(name, a)' "$name" >/dev/null 2>&1 &
+    track $!
+    wait_until 5 listening "mt-$name" 7000 || die "setup: $name line server"
+    wait_until 5 listening "mt-$name" 8000 || die "setup: $name HTTP server"
+}
+task w1 116; task w2 117; task w3 118
+mk_container client
+attach 116 client demo >/dev/null || die "setup: attach client"
+VIP=$(mctl 116 service inspect whoami | jq -r '.networks[0].vip')
+note "whoami VIP $VIP"
+
+replicas3() { [ "$(mctl "$1" service ls --format json | jq -r '.[] | select(.name == "whoami") | .replicas')" = 3 ]; }
+check "whoami has 3 tasks on .116" wait_until 3 replicas3 116
+
+get() { ip netns exec mt-client curl -s -m 3 "http://$1:8000/"; }
+check "curl whoami:8000 answers through the VIP" wait_until 5 get whoami
+seen=$(for i in 1 2 3 4 5 6; do get whoami; done | sort | uniq -c | awk '{print $2 ":" $1}' | tr '\n' ' ')
+note "6 requests: $seen"
+check "6 new connections spread 2/2/2 over 3 tasks (rr): $seen" test "$seen" = "w1:2 w2:2 w3:2 "
+
+src_ok() { ip netns exec mt-client curl -s -m 3 -o /dev/null -w '%{remote_ip}' "http://$VIP:8000/" | grep -qx "$VIP"; }
+check "the reply comes from the VIP" src_ok
+
+udp_ok() { echo hi | ip netns exec mt-client timeout 3 nc -u -w 1 "$VIP" 9000 2>/dev/null | grep -q '^w[123]$'; }
+check "UDP to VIP:9000 reaches a task, the answer comes back" wait_until 5 udp_ok
+
+check "ping whoami (the VIP) is answered" ip netns exec mt-client ping -n -c 2 -i 0.2 -W 2 whoami
+
+refused_fast() {
+    local t0 t1 rc
+    t0=$(date +%s%3N)
+    ip netns exec mt-client curl -s -m 5 "http://empty:8000/" >/dev/null 2>&1; rc=$?
+    t1=$(date +%s%3N)
+    [ "$rc" -eq 7 ] && [ $((t1 - t0)) -lt 1000 ]
+}
+check "a VIP without tasks refuses TCP at once (connection refused, < 1 s)" refused_fast
+
+# A long-lived connection keeps its task, and keeps moving data, while the
+# service scales up under it.
+ip netns exec mt-client timeout 30 python3 - "$VIP" >"$TMP/long.txt" 2>&1 <<'PY' &
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=5)
+f = s.makefile("rwb")
+for i in range(10):
+    f.write(b"hello\n"); f.flush()
+    print(f.readline().decode().strip())
+    time.sleep(0.3)
+PY
+lpid=$!; track $lpid
+task w4 117
+wait_until 10 gone $lpid
+check "a long-lived connection answered 10 times across a scale-up" test "$(grep -c '^w[123]$' "$TMP/long.txt")" = 10
+check "... always by the same task" test "$(sort -u "$TMP/long.txt" | wc -l)" = 1
+
+finish

@@ -1,0 +1,257 @@
+//! Step 2c: service VIPs. A frame from a container to a VIP is balanced here,
+//! on the client's host: its flow is tracked ([`lb::conntrack`]), a task is
+//! picked for a new flow by the service's scheduler ([`lb::Scheduler`]), and
+//! the destination becomes that task ([`lb::nat`]); the task's replies get the
+//! VIP back as their source before they reach the client. ICMP echo to a VIP
+//! is answered here; a VIP without tasks refuses at once (TCP RST, ICMP port
+//! unreachable), and so does a TCP segment of a flow that is not tracked.
+
+use super::counters::{bump, Counters};
+use super::lb::conntrack::{Conntrack, Key, ReplyKey, Timeouts};
+use super::lb::nat::{self, Side};
+use super::lb::{FlowKey, Scheduler};
+use super::{DropReason, Packet};
+use crate::tables::{Location, NetworkTable, Tables};
+use crate::wire::{ethernet, ipv4, l4, Mac};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The balancer's settings, from the agent's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct BalancerConfig {
+    pub conntrack_max: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            conntrack_max: 1 << 20,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// The balancer's mutable state: the dataplane thread's own.
+pub struct Balancer {
+    pub conntrack: Conntrack,
+    /// One scheduler per entry of `Tables::vips`, rebuilt with the tables.
+    schedulers: Vec<Scheduler>,
+    active: Vec<u32>,
+    counters: Arc<Counters>,
+    last_sweep: Instant,
+}
+
+/// What happened to a frame sent to a VIP.
+pub(super) enum VipOutcome {
+    /// Translated: deliver to the task.
+    Forward(Location),
+    /// A reply made here, back to the sender.
+    Reply,
+}
+
+impl Balancer {
+    pub fn new(config: BalancerConfig, tables: &Tables, counters: Arc<Counters>) -> Balancer {
+        let mut b = Balancer {
+            conntrack: Conntrack::new(config.conntrack_max, config.timeouts),
+            schedulers: vec![],
+            active: Vec::with_capacity(64),
+            counters,
+            last_sweep: Instant::now(),
+        };
+        b.set_tables(tables);
+        b
+    }
+
+    /// Rebuilds the schedulers for new tables (a Maglev table is built here,
+    /// off the per-packet path).
+    pub fn set_tables(&mut self, tables: &Tables) {
+        self.schedulers = tables
+            .vips
+            .iter()
+            .map(|v| {
+                Scheduler::named(&v.scheduler, &v.backends)
+                    .unwrap_or(Scheduler::RoundRobin { next: 0 })
+            })
+            .collect();
+    }
+
+    /// Handles a frame to `vip` (index `idx` in the tables) from a container.
+    pub(super) fn balance(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        net: &NetworkTable,
+        idx: usize,
+        pkt: &mut Packet<'_>,
+    ) -> Result<VipOutcome, DropReason> {
+        let vip = tables.vips.get(idx).ok_or(DropReason::UnknownDestination)?;
+        let frame = pkt.bytes();
+        let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..])
+            .map_err(|_| DropReason::Malformed)?;
+        let (proto, client) = (ip.protocol(), ip.src());
+        if proto == ipv4::protocol::ICMP {
+            return if nat::echo_reply(pkt.bytes_mut()) {
+                Ok(self.replied(pkt))
+            } else {
+                Err(DropReason::NoRoute)
+            };
+        }
+        if !ip.is_first_fragment() {
+            return Err(DropReason::Malformed);
+        }
+        let (ports, flags) = match proto {
+            ipv4::protocol::TCP => {
+                let t = l4::TcpHeader::parse(ip.payload()).map_err(|_| DropReason::Malformed)?;
+                (t.ports, t.flags)
+            }
+            ipv4::protocol::UDP => (
+                l4::Ports::parse(ip.payload()).map_err(|_| DropReason::Malformed)?,
+                0,
+            ),
+            _ => return Err(DropReason::UnsupportedProtocol),
+        };
+        let key = Key {
+            protocol: proto,
+            client,
+            client_port: ports.src,
+            vip: vip.vip,
+            port: ports.dst,
+        };
+        let tcp = proto == ipv4::protocol::TCP;
+        let backend = match self.conntrack.get(&key, now) {
+            Some(e) => e.backend,
+            None => {
+                if tcp && flags & l4::tcp_flags::RST != 0 {
+                    return Err(DropReason::NoRoute);
+                }
+                // A segment of a flow we do not know (expired, or the agent
+                // restarted): reset it so the peer learns now.
+                if tcp && flags & l4::tcp_flags::SYN == 0 {
+                    return self.refuse(pkt, DropReason::UntrackedFlow);
+                }
+                let flow = FlowKey {
+                    src: client,
+                    src_port: ports.src,
+                    dst_port: ports.dst,
+                    protocol: proto,
+                };
+                self.active.clear();
+                for b in &vip.backends {
+                    self.active.push(self.conntrack.active(vip.vip, b.ip));
+                }
+                let Some(i) = self
+                    .schedulers
+                    .get_mut(idx)
+                    .and_then(|s| s.pick(&vip.backends, &flow, &self.active))
+                else {
+                    return self.refuse(pkt, DropReason::NoBackend);
+                };
+                let backend = vip.backends[i].ip;
+                if self.conntrack.insert(key, backend, now).is_err() {
+                    return self.refuse(pkt, DropReason::ConntrackFull);
+                }
+                backend
+            }
+        };
+        self.conntrack.update(&key, flags, true, now);
+        let Some(ep) = net.by_ip.get(&backend) else {
+            // The task left this network: forget the flow, reset the client.
+            self.conntrack.remove(&key);
+            return self.refuse(pkt, DropReason::NoBackend);
+        };
+        let partial = pkt.csum_partial;
+        nat::rewrite(pkt.bytes_mut(), Side::Destination, backend, ep.mac, partial);
+        Ok(VipOutcome::Forward(ep.location))
+    }
+
+    /// Gives a task's reply to a client the VIP as its source. Returns true if
+    /// the frame belonged to a tracked flow.
+    pub(super) fn reverse(&mut self, now: Instant, pkt: &mut Packet<'_>) -> bool {
+        if self.conntrack.is_empty() {
+            return false;
+        }
+        let frame = pkt.bytes();
+        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+            return false;
+        };
+        if eth.ethertype() != ethernet::ethertype::IPV4 {
+            return false;
+        }
+        let Ok(ip) = ipv4::Packet::new_checked(eth.payload()) else {
+            return false;
+        };
+        let proto = ip.protocol();
+        let (ports, flags) = match proto {
+            ipv4::protocol::TCP => match l4::TcpHeader::parse(ip.payload()) {
+                Ok(t) => (t.ports, t.flags),
+                Err(_) => return false,
+            },
+            ipv4::protocol::UDP => match l4::Ports::parse(ip.payload()) {
+                Ok(p) => (p, 0),
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        let r = ReplyKey {
+            protocol: proto,
+            backend: ip.src(),
+            port: ports.src,
+            client: ip.dst(),
+            client_port: ports.dst,
+        };
+        let Some((key, _)) = self.conntrack.reply(&r, now) else {
+            return false;
+        };
+        self.conntrack.update(&key, flags, false, now);
+        let partial = pkt.csum_partial;
+        nat::rewrite(
+            pkt.bytes_mut(),
+            Side::Source,
+            key.vip,
+            Mac::for_ip(key.vip),
+            partial,
+        );
+        true
+    }
+
+    /// Answers the sender at once: TCP RST, or ICMP port unreachable for UDP.
+    fn refuse(
+        &mut self,
+        pkt: &mut Packet<'_>,
+        reason: DropReason,
+    ) -> Result<VipOutcome, DropReason> {
+        let ip_at = pkt.start + ethernet::HEADER_LEN;
+        let proto = pkt.buf.get(ip_at + 9).copied().unwrap_or(0);
+        let end = match proto {
+            ipv4::protocol::TCP => nat::tcp_reset(pkt.bytes_mut()).map(|len| pkt.start + len),
+            ipv4::protocol::UDP => nat::port_unreachable(pkt.buf, pkt.start, pkt.end),
+            _ => None,
+        };
+        bump(&self.counters.drops[reason as usize]);
+        match end {
+            Some(end) => {
+                pkt.end = end;
+                Ok(self.replied(pkt))
+            }
+            None => Err(reason),
+        }
+    }
+
+    fn replied(&mut self, pkt: &mut Packet<'_>) -> VipOutcome {
+        pkt.plain = true;
+        pkt.csum_partial = false;
+        VipOutcome::Reply
+    }
+
+    /// Expires idle flows: a full sweep at most once a second.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.conntrack.is_empty()
+            || now.saturating_duration_since(self.last_sweep) < std::time::Duration::from_secs(1)
+        {
+            return;
+        }
+        self.last_sweep = now;
+        self.conntrack.sweep(now);
+    }
+}
