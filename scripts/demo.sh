@@ -94,7 +94,7 @@ show 117 "ip netns exec mt-c2 ping -c 3 ${IP[c1]}"
 ip netns exec mt-c2 ping -n -c 3 -i 0.3 -W 2 "${IP[c1]}" || die "demo: c2 cannot ping c1"
 echo
 echo "--- the db and web services on demo: web reaches db by name"
-on 116 meshctl service create --name db --network demo --endpoint-mode dnsrr
+on 116 meshctl service create --name db --network demo
 on 116 meshctl service create --name web --network demo
 mk_container db1; mk_container web1
 on 117 meshctl container attach --netns mt-db1 --network demo --service db --name db.1
@@ -102,6 +102,8 @@ on 118 meshctl container attach --netns mt-web1 --network demo --service web --n
 ip netns exec mt-db1 timeout 20 nc -l -p 3306 -q 1 <<<"mysql-like db says hello" >/dev/null 2>&1 &
 track $!
 wait_until 3 listening mt-db1 3306 || die "demo: db listener did not start"
+db_task_seen() { [ "$(mctl 118 service ls --format json | jq -r '.[] | select(.name == "db") | .replicas')" = 1 ]; }
+wait_until 2 db_task_seen || die "demo: .118 does not see db's task"
 show 118 "ip netns exec mt-web1 getent hosts db"
 wait_until 2 ip netns exec mt-web1 getent hosts db || die "demo: web cannot resolve db"
 ip netns exec mt-web1 getent hosts db
@@ -124,7 +126,18 @@ wait_until 2 tasks2 || die "demo: tasks.whoami does not list 2 tasks"
 show 116 "ip netns exec mt-client dig +short tasks.whoami"
 ip netns exec mt-client dig +short +time=2 +tries=1 tasks.whoami
 on 116 meshctl service ps whoami
-echo "scene 4: ping of the VIP and requests alternating between tasks: skipped (needs issue #5, the VIP load balancer)"
+for w in who1 who2; do
+    mkdir -p "$TMP/$w"; echo "I am whoami.${w#who}" >"$TMP/$w/index.html"
+    ip netns exec "mt-$w" timeout 60 python3 -m http.server 8000 --directory "$TMP/$w" >/dev/null 2>&1 &
+    track $!
+    wait_until 5 listening "mt-$w" 8000 || die "demo: whoami server in mt-$w"
+done
+show 116 "ip netns exec mt-client ping -c 2 whoami"
+ip netns exec mt-client ping -n -c 2 -i 0.3 -W 2 whoami || die "demo: ping of the whoami VIP"
+for i in 1 2 3 4; do
+    show 116 "ip netns exec mt-client curl -s whoami:8000"
+    ip netns exec mt-client curl -s -m 3 whoami:8000 || die "demo: curl whoami:8000"
+done
 echo; echo "scene 5: the routing mesh: skipped (needs issue #6)"
 echo
 echo "demo done"

@@ -22,7 +22,17 @@ impl Agent {
         if !path.exists() {
             return Err(netns::NetnsError::NotFound(req.netns.clone()).to_string());
         }
-        let view = self.cluster.view().await;
+        // A network or service made on another host a moment ago may still be
+        // on its way here (gossip takes up to a second): wait for it a little.
+        let view = self
+            .view_with(|v| {
+                v.find_network(&req.network).is_some()
+                    && req
+                        .service
+                        .as_ref()
+                        .is_none_or(|s| v.find_service(s).is_some())
+            })
+            .await;
         let net = view
             .find_network(&req.network)
             .ok_or_else(|| format!("network {} not found", req.network))?

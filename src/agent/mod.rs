@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// How long a command waits for an object made elsewhere to reach this host.
+pub const SETTLE: Duration = Duration::from_millis(1500);
 /// How often the control loop looks at the cluster view.
 pub const TICK: Duration = Duration::from_millis(100);
 /// What VXLAN costs on the underlay: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
@@ -110,6 +112,18 @@ impl Agent {
     /// cheap), so a command sees the effect of the one before it.
     pub async fn view(&self) -> View {
         self.cluster.view().await
+    }
+
+    /// The view, once `ready` holds for it or after [`SETTLE`] at most.
+    pub async fn view_with(&self, ready: impl Fn(&View) -> bool) -> View {
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            let view = self.cluster.view().await;
+            if ready(&view) || std::time::Instant::now() >= deadline {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Runs the control loop forever.

@@ -293,6 +293,30 @@ impl Cluster {
 
     /// The leader's side of [`Cluster::mutate`]: one change at a time.
     async fn decide(&self, m: Mutation) -> Result<Outcome, String> {
+        // A removal refused for attached containers may race their detach on
+        // another host, still on its way here: give gossip a moment first.
+        if matches!(
+            m,
+            Mutation::RemoveService { .. } | Mutation::RemoveNetwork { .. }
+        ) {
+            let deadline = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < deadline {
+                let view = self.view().await;
+                let busy = match &m {
+                    Mutation::RemoveService { name } => view
+                        .find_service(name)
+                        .is_some_and(|s| view.tasks(&s.id).next().is_some()),
+                    Mutation::RemoveNetwork { name } => view
+                        .find_network(name)
+                        .is_some_and(|n| view.containers.iter().any(|c| c.network_id == n.id)),
+                    _ => false,
+                };
+                if !busy {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let mut reservations = self.reservations.lock().await;
         let view = self.view().await;
         let now = Instant::now();
