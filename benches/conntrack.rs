@@ -1,0 +1,89 @@
+//! Connection tracking and schedulers: a hit and a miss (insert) at 1k and
+//! 1M tracked flows, looked up in random order, and each scheduler's pick.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use mesh::pipeline::lb::conntrack::{Conntrack, Key, Timeouts};
+use mesh::pipeline::lb::{Backend, FlowKey, Scheduler};
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+fn key(i: u32) -> Key {
+    Key {
+        protocol: 6,
+        client: Ipv4Addr::from(0x0a00_0000 | (i >> 16)),
+        client_port: (i & 0xffff) as u16,
+        vip: Ipv4Addr::new(10, 0, 0, 2),
+        port: 80,
+    }
+}
+
+/// A cheap permutation of 0..n (multiplication by an odd constant mod 2^k,
+/// then kept below n), so lookups do not walk the table in insertion order.
+fn shuffled(n: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n).map(|i| i.wrapping_mul(2_654_435_761) % n).collect();
+    v.dedup();
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let now = Instant::now();
+    let backend = Ipv4Addr::new(10, 0, 0, 5);
+    let mut g = c.benchmark_group("conntrack");
+    for n in [1_000u32, 1_000_000] {
+        let mut ct = Conntrack::new(2 * n as usize, Timeouts::default());
+        for i in 0..n {
+            let _ = ct.insert(key(i), backend, now);
+        }
+        let order = shuffled(n);
+        let mut at = 0usize;
+        g.bench_function(format!("hit, {n} flows"), |b| {
+            b.iter(|| {
+                at = (at + 1) % order.len();
+                black_box(ct.get(&key(order[at]), now))
+            })
+        });
+        let mut next = n;
+        g.bench_function(format!("miss + insert, {n} flows"), |b| {
+            b.iter(|| {
+                next = next.wrapping_add(1);
+                let k = key(next);
+                if ct.get(&k, now).is_none() {
+                    let _ = ct.insert(k, backend, now);
+                }
+                if ct.len() > 2 * n as usize - 10 {
+                    ct.remove(&k);
+                }
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("scheduler pick");
+    let backends: Vec<Backend> = (0..10u8)
+        .map(|i| Backend {
+            ip: Ipv4Addr::new(10, 0, 1, i),
+            weight: 1 + u32::from(i % 3),
+        })
+        .collect();
+    let active = vec![3u32; backends.len()];
+    for name in ["rr", "wrr", "lc", "sh", "mh"] {
+        let mut s = Scheduler::named(name, &backends).expect("known scheduler");
+        let mut i = 0u32;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let f = FlowKey {
+                    src: Ipv4Addr::from(0x0a00_0000 | i),
+                    src_port: i as u16,
+                    dst_port: 80,
+                    protocol: 6,
+                };
+                black_box(s.pick(&backends, &f, &active))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
