@@ -25,7 +25,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn names(&self) -> Arc<NameTable> {
+    pub fn names(&self) -> Arc<NameTable> {
         self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -47,9 +47,42 @@ fn servfail(req: &Request) -> ResponseInfo {
     .into()
 }
 
+/// Our answer for `qname`/`qtype` asked from `netns`: the records (maybe
+/// none: the name is ours but has no data of that type), or `None` when the
+/// name is not ours and must be forwarded.
+pub fn local_records(
+    shared: &Shared,
+    netns: &str,
+    qname: &Name,
+    qtype: RecordType,
+) -> Option<Vec<Record>> {
+    let names = shared.names();
+    let ascii = qname.to_ascii();
+    let ttl = shared.ttl;
+    match qtype {
+        RecordType::PTR => parse_reverse(&ascii)
+            .and_then(|ip| names.reverse(netns, ip))
+            .map(|target| {
+                Name::from_ascii(format!("{target}."))
+                    .map(|t| vec![Record::from_rdata(qname.clone(), ttl, RData::PTR(PTR(t)))])
+                    .unwrap_or_default()
+            }),
+        qtype => match names.lookup(netns, &ascii) {
+            Lookup::Found(ips) if qtype == RecordType::A || qtype == RecordType::ANY => Some(
+                ips.into_iter()
+                    .map(|ip| Record::from_rdata(qname.clone(), ttl, RData::A(A(ip))))
+                    .collect(),
+            ),
+            // The name is ours but has only IPv4 addresses: NOERROR, no data.
+            Lookup::Found(_) => Some(vec![]),
+            Lookup::NotOurs => None,
+        },
+    }
+}
+
 /// The SOA sent with answers that have no records, so resolvers cache the
 /// absence only for the TTL (RFC 2308).
-fn soa(ttl: u32) -> Option<Record> {
+pub fn soa(ttl: u32) -> Option<Record> {
     let zone = Name::from_ascii("mesh.").ok()?;
     let admin = Name::from_ascii("hostmaster.mesh.").ok()?;
     Some(Record::from_rdata(
@@ -95,29 +128,9 @@ impl RequestHandler for Handler {
                     .unwrap_or_else(|_| servfail(request));
             }
         };
-        let names = self.shared.names();
         let qname = Name::from(query.name());
-        let ascii = qname.to_ascii();
         let ttl = self.shared.ttl;
-        let answers: Option<Vec<Record>> = match query.query_type() {
-            RecordType::PTR => parse_reverse(&ascii)
-                .and_then(|ip| names.reverse(&self.netns, ip))
-                .map(|target| {
-                    Name::from_ascii(format!("{target}."))
-                        .map(|t| vec![Record::from_rdata(qname.clone(), ttl, RData::PTR(PTR(t)))])
-                        .unwrap_or_default()
-                }),
-            qtype => match names.lookup(&self.netns, &ascii) {
-                Lookup::Found(ips) if qtype == RecordType::A || qtype == RecordType::ANY => Some(
-                    ips.into_iter()
-                        .map(|ip| Record::from_rdata(qname.clone(), ttl, RData::A(A(ip))))
-                        .collect(),
-                ),
-                // The name is ours but has only IPv4 addresses: NOERROR, no data.
-                Lookup::Found(_) => Some(vec![]),
-                Lookup::NotOurs => None,
-            },
-        };
+        let answers = local_records(&self.shared, &self.netns, &qname, query.query_type());
         if let Some(answers) = answers {
             stats.answered.fetch_add(1, Relaxed);
             let mut md = Metadata::response_from_request(&request.metadata);

@@ -1,7 +1,8 @@
 //! One DNS listener pair (UDP and TCP on 127.0.0.11:53) per container
 //! namespace. The sockets are bound by a thread that entered the namespace
-//! (see [`crate::netns::run_in`]) and served from the agent's runtime by a
-//! hickory `Server` whose handler knows which container it serves.
+//! (see [`crate::netns::run_in`]) and served from the agent's runtime: UDP by
+//! our own loop ([`super::udp`]), TCP by a hickory `Server`; both know which
+//! container they serve.
 
 use super::handler::{Handler, Shared};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -44,11 +45,16 @@ impl Listener {
         let tcp = tokio::net::TcpListener::from_std(sockets.tcp)?;
         let mut server = hickory_server::Server::new(Handler {
             netns: netns.to_string(),
-            shared,
+            shared: shared.clone(),
         });
-        server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, 32);
         let stop = server.shutdown_token().clone();
+        tokio::spawn(super::udp::serve(
+            udp,
+            netns.to_string(),
+            shared,
+            stop.clone(),
+        ));
         let name = netns.to_string();
         tokio::spawn(async move {
             if let Err(e) = server.block_until_done().await {

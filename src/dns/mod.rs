@@ -2,6 +2,8 @@
 //!
 //! - [`names`]: the names a container may resolve, built from the cluster view.
 //! - [`handler`]: answers from those names, or forwards ([`forward`]).
+//! - [`udp`]: our own UDP loop per container (answers inline, counts
+//!   everything); TCP is served by hickory-server.
 //! - [`listener`]: the UDP and TCP sockets bound inside each container's
 //!   namespace, served by hickory-server from the agent's runtime.
 
@@ -9,6 +11,7 @@ pub mod forward;
 pub mod handler;
 pub mod listener;
 pub mod names;
+pub mod udp;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
