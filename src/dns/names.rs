@@ -125,9 +125,13 @@ impl NameTable {
 
     /// Looks up `name` (any case, trailing dot or not) for the container in `netns`.
     pub fn lookup(&self, netns: &str, name: &str) -> Lookup {
-        let name = normalize(name);
+        self.lookup_normalized(netns, &normalize(name))
+    }
+
+    /// [`NameTable::lookup`] for a name already lower-case without a trailing dot.
+    pub fn lookup_normalized(&self, netns: &str, name: &str) -> Lookup {
         for n in self.scope(netns) {
-            if let Some(e) = n.names.get(&name) {
+            if let Some(e) = n.names.get(name) {
                 let mut ips = e.ips.clone();
                 if e.shuffle {
                     ips.shuffle(&mut rand::thread_rng());

@@ -6,6 +6,7 @@
 //! two servers cannot bounce packets at each other.
 
 use super::handler::{local_records, soa, Shared};
+use super::names::Lookup;
 use hickory_server::proto::op::{Edns, Message, MessageType, Metadata, OpCode};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,12 +37,100 @@ fn error_header(query: &[u8], rcode: u8) -> Vec<u8> {
     h
 }
 
+/// The fast path: a plain `A` query (one question, class IN, at most an OPT
+/// record) for a name we have addresses for is answered straight from the
+/// wire bytes, without decoding into a message. Anything else: `None`, and
+/// the general path decides.
+fn answer_a_fast(shared: &Shared, netns: &str, query: &[u8]) -> Option<Vec<u8>> {
+    let be16 = |at: usize| {
+        query
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    // Opcode QUERY, one question, no answer or authority records.
+    if query[2] & 0x78 != 0 || be16(4)? != 1 || be16(6)? != 0 || be16(8)? != 0 || be16(10)? > 1 {
+        return None;
+    }
+    let mut name = [0u8; 255];
+    let mut len = 0;
+    let mut at = 12;
+    loop {
+        let l = usize::from(*query.get(at)?);
+        at += 1;
+        if l == 0 {
+            break;
+        }
+        if l > 63 || len + l + 1 > name.len() {
+            return None;
+        }
+        if len > 0 {
+            name[len] = b'.';
+            len += 1;
+        }
+        for &c in query.get(at..at + l)? {
+            name[len] = c.to_ascii_lowercase();
+            len += 1;
+        }
+        at += l;
+    }
+    let (qtype, qclass) = (be16(at)?, be16(at + 2)?);
+    let question_end = at + 4;
+    if qtype != 1 || qclass != 1 {
+        return None;
+    }
+    // An OPT record: root name, type 41, class = the client's UDP size.
+    let mut limit = 512usize;
+    let edns = be16(10)? == 1;
+    if edns {
+        if *query.get(question_end)? != 0 || be16(question_end + 1)? != 41 {
+            return None;
+        }
+        limit = usize::from(be16(question_end + 3)?.max(512));
+    }
+    let name = std::str::from_utf8(&name[..len]).ok()?;
+    let Lookup::Found(ips) = shared.names().lookup_normalized(netns, name) else {
+        return None;
+    };
+    if ips.is_empty() {
+        return None;
+    }
+    let opt_len = if edns { 11 } else { 0 };
+    let fits = (limit.saturating_sub(question_end + opt_len)) / 16;
+    let n = ips.len().min(fits);
+    let mut out = Vec::with_capacity(question_end + 16 * n + opt_len);
+    out.extend_from_slice(&query[..2]);
+    // QR, AA, RD as asked, RA; TC if not all addresses fit.
+    out.push(0x84 | (query[2] & 0x01) | if n < ips.len() { 0x02 } else { 0 });
+    out.push(0x80);
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, u8::from(edns)]);
+    out.extend_from_slice(&query[12..question_end]);
+    for ip in ips.iter().take(n) {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        out.extend_from_slice(&shared.ttl.to_be_bytes());
+        out.extend_from_slice(&[0, 4]);
+        out.extend_from_slice(&ip.octets());
+    }
+    if edns {
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&(limit as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    }
+    shared.stats.queries.fetch_add(1, Relaxed);
+    shared.stats.answered.fetch_add(1, Relaxed);
+    Some(out)
+}
+
 /// Answers one datagram from the container in `netns`.
 pub fn answer(shared: &Shared, netns: &str, query: &[u8]) -> Answer {
     let stats = &shared.stats;
     if query.len() < 12 || query[2] & 0x80 != 0 {
         stats.malformed.fetch_add(1, Relaxed);
         return Answer::Drop;
+    }
+    if let Some(bytes) = answer_a_fast(shared, netns, query) {
+        return Answer::Now(bytes);
     }
     let Ok(msg) = Message::from_vec(query) else {
         stats.malformed.fetch_add(1, Relaxed);
@@ -214,6 +303,83 @@ mod tests {
         };
         assert_eq!((formerr[0], formerr[1], formerr[3] & 0x0f), (0x42, 0x42, 1));
         assert_eq!(s.stats.malformed.load(Relaxed), 3);
+    }
+
+    fn with_web() -> Shared {
+        use crate::cluster::model::{ContainerEndpoint, Network, View};
+        let mut v = View::default();
+        v.networks.insert(
+            "n".into(),
+            Network {
+                id: "n".into(),
+                name: "demo".into(),
+                driver: "overlay".into(),
+                vni: 4096,
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                gateway: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            },
+        );
+        for i in 2..50u8 {
+            let ip = std::net::Ipv4Addr::new(10, 0, 0, i);
+            v.containers.push(ContainerEndpoint {
+                network_id: "n".into(),
+                ip,
+                mac: crate::wire::Mac::for_ip(ip),
+                name: if i == 2 {
+                    "Web".into()
+                } else {
+                    format!("big{i}")
+                },
+                netns: "x".into(),
+                node_id: "a".into(),
+                service: None,
+                weight: 1,
+            });
+        }
+        let s = shared();
+        *s.names.write().unwrap() = Arc::new(NameTable::build(
+            &v,
+            HashMap::from([("c".to_string(), vec!["n".to_string()])]),
+        ));
+        s
+    }
+
+    #[test]
+    fn the_fast_path_answers_like_a_resolver_expects() {
+        let s = with_web();
+        let Answer::Now(bytes) = answer(&s, "c", &query("WEB.", RecordType::A)) else {
+            panic!("no answer")
+        };
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.metadata.id, 0x4242);
+        assert_eq!(m.metadata.message_type, MessageType::Response);
+        assert!(m.metadata.authoritative && !m.metadata.truncation);
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "WEB.",
+            "the question comes back as asked"
+        );
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.answers[0].ttl, 2);
+        assert_eq!(m.answers[0].data.to_string(), "10.0.0.2");
+        // With EDNS the OPT comes back; AAAA takes the general path (no data).
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(
+            Name::from_ascii("web.").unwrap(),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        q.set_edns(e);
+        let Answer::Now(bytes) = answer(&s, "c", &q.to_vec().unwrap()) else {
+            panic!("no answer")
+        };
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.edns.map(|e| e.max_payload()), Some(1232));
+        let Answer::Now(bytes) = answer(&s, "c", &query("web.", RecordType::AAAA)) else {
+            panic!("no answer")
+        };
+        assert!(Message::from_vec(&bytes).unwrap().answers.is_empty());
     }
 
     #[test]
