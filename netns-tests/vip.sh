@@ -94,4 +94,13 @@ wait_until 10 gone $lpid
 check "a long-lived connection answered 10 times across a scale-up" test "$(grep -c '^w[123]$' "$TMP/long.txt")" = 10
 check "... always by the same task" test "$(sort -u "$TMP/long.txt" | wc -l)" = 1
 
+# A host that goes Down takes its task out of DNS and out of every balancer.
+W3=$(containers 116 w3 | jq -r .ip)
+kill_agent 118
+no_w3_dns() { ! ip netns exec mt-client dig +short +time=1 +tries=1 tasks.whoami | grep -qx "$W3"; }
+check "after .118 dies, tasks.whoami drops w3 ($W3) within 10 s" wait_until 10 no_w3_dns
+note "w3 left DNS after ${WAITED} s"
+seen=$(for i in 1 2 3 4 5 6; do get whoami || echo failed; done | sort | uniq -c | awk '{print $2 ":" $1}' | tr '\n' ' ')
+check "6 new connections all answered, none by the dead host's task: $seen" sh -c "! echo '$seen' | grep -Eq 'w3|failed'"
+
 finish
