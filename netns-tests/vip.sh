@@ -60,6 +60,11 @@ seen=$(for i in 1 2 3 4 5 6; do get whoami; done | sort | uniq -c | awk '{print 
 note "6 requests: $seen"
 check "6 new connections spread 2/2/2 over 3 tasks (rr): $seen" test "$seen" = "w1:2 w2:2 w3:2 "
 
+conns() { mctl 116 service inspect whoami | jq -r '.networks[0].counters.connections // 0'; }
+task_conns() { mctl 116 service inspect whoami | jq -r '[.tasks[].counters.connections // 0] | map(tostring) | join(" ")'; }
+check "service inspect on .116 counts the 7+ connections through the VIP ($(conns))" test "$(conns)" -ge 7
+check "... and 2+ per task ($(task_conns))" sh -c "for n in $(task_conns); do [ \$n -ge 2 ] || exit 1; done"
+
 src_ok() { ip netns exec mt-client curl -s -m 3 -o /dev/null -w '%{remote_ip}' "http://$VIP:8000/" | grep -qx "$VIP"; }
 check "the reply comes from the VIP" src_ok
 

@@ -58,6 +58,8 @@ pub struct Agent {
     local: Mutex<BTreeMap<PortId, Attachment>>,
     /// What every container's DNS handler shares: names, upstreams, counters.
     pub dns: Arc<dns::handler::Shared>,
+    /// The balancer's counters per VIP and task, on this host.
+    pub lb_stats: crate::pipeline::lb::stats::StatsRegistry,
     /// The DNS listener of each local container namespace.
     listeners: Mutex<HashMap<String, dns::listener::Listener>>,
 }
@@ -84,6 +86,7 @@ impl Agent {
             state_dir,
             local: Mutex::new(BTreeMap::new()),
             dns,
+            lb_stats: Default::default(),
             listeners: Mutex::new(HashMap::new()),
         })
     }
@@ -95,6 +98,7 @@ impl Agent {
             local,
             &self.cluster.self_id,
             self.cluster.config.vxlan_port,
+            &self.lb_stats,
         );
         self.dataplane.tables.publish(tables);
         let mut scopes: HashMap<String, Vec<String>> = HashMap::new();

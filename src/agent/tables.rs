@@ -4,6 +4,7 @@
 
 use super::Attachment;
 use crate::cluster::model::View;
+use crate::pipeline::lb::stats::StatsRegistry;
 use crate::pipeline::lb::Backend;
 use crate::tables::{Endpoint, Location, NetworkTable, Peer, Port, PortId, Tables, VipTable};
 use crate::wire::vxlan::Vni;
@@ -16,6 +17,7 @@ pub fn build_tables(
     local: &BTreeMap<PortId, Attachment>,
     self_id: &str,
     vxlan_port: u16,
+    stats: &StatsRegistry,
 ) -> Tables {
     let mut t = Tables::default();
     let mut vni_of = BTreeMap::new();
@@ -96,12 +98,15 @@ pub fn build_tables(
                 .collect();
             backends.sort_by_key(|b| b.ip);
             let idx = t.vips.len();
+            let backend_stats = backends.iter().map(|b| stats.backend(*vip, b.ip)).collect();
             t.vips.push(VipTable {
                 service: s.name.clone(),
                 vip: *vip,
                 vni: *vni,
                 scheduler: s.scheduler.clone(),
                 backends,
+                stats: stats.vip(*vip),
+                backend_stats,
             });
             if let Some(net) = t.networks.get_mut(vni) {
                 net.vips.insert(*vip, idx);
@@ -199,7 +204,7 @@ mod tests {
                 ifname: "eth0".into(),
             },
         );
-        let t = build_tables(&view, &local, "a", 4789);
+        let t = build_tables(&view, &local, "a", 4789, &StatsRegistry::default());
         let net = &t.networks[&Vni::new(4096).unwrap()];
         assert_eq!(
             net.by_ip[&Ipv4Addr::new(10, 0, 0, 2)].location,

@@ -4,6 +4,7 @@ use super::types::*;
 use crate::agent::Agent;
 use crate::cluster::model::{EndpointMode, Network, PortSpec, Service, View};
 use crate::cluster::registry::{Mutation, Outcome};
+use crate::pipeline::lb::stats::StatsRegistry;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
@@ -233,7 +234,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             let list: Vec<ServiceOut> = view
                 .services
                 .values()
-                .map(|s| service_out(&view, s, false))
+                .map(|s| service_out(&view, s, false, &agent.lb_stats))
                 .collect();
             json(StatusCode::OK, &list)
         }
@@ -268,7 +269,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             match agent.cluster.mutate(m).await {
                 Ok(Outcome::Service(s)) => json(
                     StatusCode::CREATED,
-                    &service_out(&agent.view().await, &s, false),
+                    &service_out(&agent.view().await, &s, false, &agent.lb_stats),
                 ),
                 Ok(other) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -280,7 +281,10 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
         (Method::GET, ["v1", "services", name]) => {
             let view = agent.view().await;
             match view.find_service(name) {
-                Some(s) => json(StatusCode::OK, &service_out(&view, s, true)),
+                Some(s) => json(
+                    StatusCode::OK,
+                    &service_out(&view, s, true, &agent.lb_stats),
+                ),
                 None => error(StatusCode::NOT_FOUND, format!("service {name} not found")),
             }
         }
@@ -359,7 +363,7 @@ fn network_out(agent: &Agent, view: &View, n: &Network, detail: bool) -> Network
     }
 }
 
-fn service_out(view: &View, s: &Service, detail: bool) -> ServiceOut {
+fn service_out(view: &View, s: &Service, detail: bool, stats: &StatsRegistry) -> ServiceOut {
     let net_name = |id: &str| {
         view.networks
             .get(id)
@@ -376,6 +380,15 @@ fn service_out(view: &View, s: &Service, detail: bool) -> ServiceOut {
             address: view.node(&c.node_id).map(|n| n.record.address),
             weight: c.weight,
             state: "running".into(),
+            counters: match (detail, s.vips.get(&c.network_id)) {
+                (true, Some(vip)) => stats
+                    .backend(*vip, c.ip)
+                    .snapshot()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+                _ => Default::default(),
+            },
         })
         .collect();
     ServiceOut {
@@ -392,6 +405,15 @@ fn service_out(view: &View, s: &Service, detail: bool) -> ServiceOut {
             .map(|n| ServiceNetworkOut {
                 network: net_name(n),
                 vip: s.vips.get(n).copied(),
+                counters: match (detail, s.vips.get(n)) {
+                    (true, Some(vip)) => stats
+                        .vip(*vip)
+                        .snapshot()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                    _ => Default::default(),
+                },
             })
             .collect(),
         ports: s.ports.iter().map(ToString::to_string).collect(),

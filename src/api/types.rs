@@ -137,6 +137,9 @@ fn rr() -> String {
 pub struct ServiceNetworkOut {
     pub network: String,
     pub vip: Option<Ipv4Addr>,
+    /// The balancer's counters for this VIP on the host asked (inspect only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// A service in `service ls` and `service inspect`.
@@ -164,4 +167,7 @@ pub struct TaskOut {
     pub address: Option<Ipv4Addr>,
     pub weight: u32,
     pub state: String,
+    /// Traffic to this task through the VIP, balanced on the host asked.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }

@@ -209,7 +209,7 @@ impl Pipeline {
         match switch::from_container(net, pkt.bytes())? {
             Location::Local(p) if p == port => Err(DropReason::Hairpin),
             Location::Local(p) => {
-                self.balancer.reverse(now, pkt);
+                self.balancer.reverse(now, tables, net, pkt);
                 Ok(Verdict::ToTap(p))
             }
             Location::Remote(vtep) => {
@@ -245,7 +245,7 @@ impl Pipeline {
             return Ok(Verdict::ToUnderlay(SocketAddrV4::new(*src.ip(), peer_port)));
         }
         let port = switch::from_underlay(net, pkt.bytes())?;
-        self.balancer.reverse(now, pkt);
+        self.balancer.reverse(now, tables, net, pkt);
         Ok(Verdict::ToTap(port))
     }
 }

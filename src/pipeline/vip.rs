@@ -119,6 +119,7 @@ impl Balancer {
             port: ports.dst,
         };
         let tcp = proto == ipv4::protocol::TCP;
+        let mut new_flow = false;
         let backend = match self.conntrack.get(&key, now) {
             Some(e) => e.backend,
             None => {
@@ -128,6 +129,8 @@ impl Balancer {
                 // A segment of a flow we do not know (expired, or the agent
                 // restarted): reset it so the peer learns now.
                 if tcp && flags & l4::tcp_flags::SYN == 0 {
+                    bump(&vip.stats.reset_untracked);
+                    bump(&vip.stats.reset_untracked);
                     return self.refuse(pkt, DropReason::UntrackedFlow);
                 }
                 let flow = FlowKey {
@@ -145,12 +148,15 @@ impl Balancer {
                     .get_mut(idx)
                     .and_then(|s| s.pick(&vip.backends, &flow, &self.active))
                 else {
+                    bump(&vip.stats.refused_no_task);
                     return self.refuse(pkt, DropReason::NoBackend);
                 };
                 let backend = vip.backends[i].ip;
                 if self.conntrack.insert(key, backend, now).is_err() {
+                    bump(&vip.stats.refused_table_full);
                     return self.refuse(pkt, DropReason::ConntrackFull);
                 }
+                new_flow = true;
                 backend
             }
         };
@@ -160,6 +166,7 @@ impl Balancer {
             self.conntrack.remove(&key);
             return self.refuse(pkt, DropReason::NoBackend);
         };
+        vip.count(backend, pkt.len(), new_flow);
         let partial = pkt.csum_partial;
         nat::rewrite(pkt.bytes_mut(), Side::Destination, backend, ep.mac, partial);
         Ok(VipOutcome::Forward(ep.location))
@@ -167,7 +174,13 @@ impl Balancer {
 
     /// Gives a task's reply to a client the VIP as its source. Returns true if
     /// the frame belonged to a tracked flow.
-    pub(super) fn reverse(&mut self, now: Instant, pkt: &mut Packet<'_>) -> bool {
+    pub(super) fn reverse(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        net: &NetworkTable,
+        pkt: &mut Packet<'_>,
+    ) -> bool {
         if self.conntrack.is_empty() {
             return false;
         }
@@ -204,6 +217,9 @@ impl Balancer {
             return false;
         };
         self.conntrack.update(&key, flags, false, now);
+        if let Some(vip) = net.vips.get(&key.vip).and_then(|i| tables.vips.get(*i)) {
+            vip.count(r.backend, pkt.len(), false);
+        }
         let partial = pkt.csum_partial;
         nat::rewrite(
             pkt.bytes_mut(),

@@ -148,7 +148,7 @@ pub struct Peer {
 }
 
 /// A service's virtual IP on one network, and the tasks behind it there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct VipTable {
     pub service: String,
     pub vip: Ipv4Addr,
@@ -156,6 +156,41 @@ pub struct VipTable {
     pub scheduler: String,
     /// The tasks, sorted by address (every host lists them alike).
     pub backends: Vec<crate::pipeline::lb::Backend>,
+    /// The VIP's counters, and each task's (same order as `backends`).
+    pub stats: Arc<crate::pipeline::lb::stats::VipStats>,
+    pub backend_stats: Vec<Arc<crate::pipeline::lb::stats::BackendStats>>,
+}
+
+impl VipTable {
+    /// A VIP over `backends` with fresh counters.
+    pub fn new(
+        service: &str,
+        vip: Ipv4Addr,
+        vni: Vni,
+        scheduler: &str,
+        backends: Vec<crate::pipeline::lb::Backend>,
+    ) -> VipTable {
+        let backend_stats = backends.iter().map(|_| Arc::default()).collect();
+        VipTable {
+            service: service.into(),
+            vip,
+            vni,
+            scheduler: scheduler.into(),
+            backends,
+            stats: Arc::default(),
+            backend_stats,
+        }
+    }
+
+    /// Counts a packet of `bytes` to or from `backend` (a new flow if `new_flow`).
+    pub fn count(&self, backend: Ipv4Addr, bytes: usize, new_flow: bool) {
+        self.stats.count(bytes, new_flow);
+        if let Some(i) = self.backends.iter().position(|b| b.ip == backend) {
+            if let Some(s) = self.backend_stats.get(i) {
+                s.count(bytes, new_flow);
+            }
+        }
+    }
 }
 
 /// One immutable snapshot of everything the pipeline looks up.

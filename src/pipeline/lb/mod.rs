@@ -14,6 +14,7 @@
 pub mod conntrack;
 pub mod maglev;
 pub mod nat;
+pub mod stats;
 
 use std::net::Ipv4Addr;
 

@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# scripts/bench-vip.sh: HTTP through a service VIP, mesh vs nftables DNAT over kernel VXLAN, in one run.
+#
+#   mesh:    mt-client (.116) --wrk--> VIP of service web:80 (from `service inspect web`)
+#            the agent on .116 picks a task (rr) per new connection, DNATs it and
+#            sends it over its VXLAN (UDP 4789) to the task's host
+#   kernel:  mt-kclient (.116, 10.199.0.1) --wrk--> 10.199.0.100:80, an nftables
+#            rule in mt-kclient (kube-proxy style, conntrack + NAT in the kernel):
+#              ip daddr 10.199.0.100 tcp dport 80
+#                dnat to numgen inc mod N map { 0 : 10.199.0.11, 1 : 10.199.0.12, ... }
+#            then veth -> mt-kbr -- mt-kvx (kernel vxlan, VNI 100, UDP 4790) to the task
+#
+#   mt-client   mt-kclient          mt-w1   mt-kt1 (10.199.0.11)   mt-w2   mt-kt2 (.12)
+#      | TAP      | veth               | TAP    | veth                | TAP    | veth
+#      |        mt-kbr -- mt-kvx       |      mt-kbr -- mt-kvx        |      mt-kbr -- mt-kvx
+#   mesh-agent                      mesh-agent                     mesh-agent
+#   mt-h116 .116 eth0 ------------- mt-h117 .117 eth0 ------------ mt-h118 .118 eth0
+#            (all on mt-br0 in mt-ul, 192.168.100.0/24; + mt-out .10, unused)
+#
+#   Every task, mesh wN and kernel ktN alike, is the same nginx (one worker, no
+#   access log, keep-alive without a request limit) answering its own name to
+#   GET /. Task N runs on .117 for odd N, .118 for even N; the clients on .116.
+#   Before measuring, 2 x TASKS curls (one new connection each) through each VIP
+#   must be answered by every task exactly twice (rr / numgen inc).
+#
+#   Two cases, each kernel first then mesh, `wrk -t1 -c16 -d DURATION`:
+#     vip-keepalive  16 keep-alive connections: requests/s
+#     vip-close      -H "Connection: close": every request a new connection
+#                    through the balancer (new connections/s)
+#   Shown: requests/s, wrk's errors (socket errors + non-2xx; more than 1 % of
+#   the requests is a FAIL), and the CPU seconds (utime + stime from
+#   /proc/PID/stat) the three mesh agents used meanwhile. ratio = mesh / kernel
+#   (higher is better). The last lines are machine-readable:
+#     RESULT case=vip-keepalive kernel=RPS mesh=RPS ratio=R
+#     RESULT case=vip-close kernel=RPS mesh=RPS ratio=R
+#
+# Usage: scripts/bench-vip.sh [--smoke]
+#   DURATION=10 (seconds per wrk run); --smoke: 2 s runs, to keep the script working.
+#   TASKS=2 (tasks of service web, 1..8).
+#   Needs wrk, nginx (Debian nginx-light), nft (nftables), curl, jq.
+
+. "$(dirname "$0")/../netns-tests/lib.sh"
+
+DURATION=${DURATION:-10}
+TASKS=${TASKS:-2}
+CLK_TCK=$(getconf CLK_TCK)
+for arg in "$@"; do
+    case $arg in
+        --smoke) DURATION=2 ;;
+        *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
+    esac
+done
+if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ]; then
+    echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
+if ! [[ $TASKS =~ ^[1-8]$ ]]; then echo "$0: TASKS must be 1..8, not '$TASKS'" >&2; exit 2; fi
+need_bins
+for b in wrk nginx nft curl jq; do
+    command -v "$b" >/dev/null || die "setup: $b not found (apt-get install wrk nginx-light nftables curl jq)"
+done
+
+KVIP=10.199.0.100                             # the kernel side's virtual IP
+LIFE=$((4 * (DURATION + 20) + 300))           # upper bound for every server we start
+
+# task_host N: the host id of task N (odd on .117, even on .118).
+task_host() { echo $((117 + ($1 + 1) % 2)); }
+
+# web NS NAME: nginx in NS on :80 answering NAME (config, pid and temp files in
+# $TMP/nginx-NAME, its logs in $TMP/nginx-NAME*.log); waits until it listens.
+web() {
+    local ns=$1 name=$2 dir="$TMP/nginx-$2"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $TMP/nginx-$name.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 80 backlog=4096;
+        default_type text/plain;
+        location / { return 200 "$name\n"; }
+    }
+}
+EOF
+    ip netns exec "$ns" timeout "$LIFE" nginx -p "$dir" -e "$TMP/nginx-$name.log" -c "$dir/nginx.conf" \
+        >"$TMP/nginx-$name.out.log" 2>&1 </dev/null &
+    track $!
+    wait_until 5 listening "$ns" 80 || die "setup: nginx $name in $ns does not listen on :80"
+}
+
+# spread NS IP N: N curls to http://IP/ from NS, one new connection each; the
+# answers counted, e.g. "w1:2 w2:2 " (a curl that fails counts as "failed").
+spread() {
+    local i
+    for ((i = 0; i < $3; i++)); do ip netns exec "$1" curl -s -m 3 "http://$2/" || echo failed; done |
+        sort | uniq -c | awk '{ print $2 ":" $1 }' | tr '\n' ' '
+}
+
+# expect_spread LABEL NS IP PREFIX: every task PREFIX1..PREFIXN answers exactly
+# twice in 2 x TASKS curls, else stop here (the numbers would mean nothing).
+expect_spread() {
+    local label=$1 ns=$2 ip=$3 prefix=$4 want='' i got
+    for ((i = 1; i <= TASKS; i++)); do want+="$prefix$i:2 "; done
+    got=$(spread "$ns" "$ip" $((2 * TASKS)))
+    if [ "$got" = "$want" ]; then pass "$label: $((2 * TASKS)) new connections spread evenly: $got"
+    else die "$label: $((2 * TASKS)) new connections: got '$got', want '$want'"; fi
+}
+
+# --- kernel: VXLAN + bridge on every host, VNI 100 on UDP 4790 ---------------------
+testbed_up 116 117 118
+for id in 116 117 118; do
+    h=mt-h$id
+    ip -n "$h" link add mt-kvx type vxlan id 100 dstport 4790 local "$UNDERLAY.$id" dev eth0 ||
+        die "setup: kernel vxlan on .$id"
+    ip -n "$h" link add mt-kbr type bridge
+    ip -n "$h" link set mt-kvx master mt-kbr up
+    ip -n "$h" link set mt-kbr up
+    for peer in 116 117 118; do
+        [ "$peer" = "$id" ] || bridge -n "$h" fdb append 00:00:00:00:00:00 dev mt-kvx dst "$UNDERLAY.$peer"
+    done
+done
+
+# kport NS ID IP: netns NS with eth0 = IP/24 on the kernel bridge of host .ID.
+kport() {
+    local ns=$1 id=$2 ip=$3
+    mk_ns "$ns" noipv6
+    ip -n "mt-h$id" link add "$ns" mtu 1450 type veth peer name eth0 netns "$ns" mtu 1450 ||
+        die "setup: veth for $ns"
+    ip -n "mt-h$id" link set "$ns" master mt-kbr up
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+
+kport mt-kclient 116 10.199.0.1
+KMAP=
+for ((n = 1; n <= TASKS; n++)); do
+    kport "mt-kt$n" "$(task_host $n)" "10.199.0.$((10 + n))"
+    web "mt-kt$n" "kt$n"
+    KMAP+="${KMAP:+, }$((n - 1)) : 10.199.0.$((10 + n))"
+    wait_until 5 ping_ok mt-kclient "10.199.0.$((10 + n))" || die "setup: kernel vxlan: kclient -> kt$n does not ping"
+done
+ip netns exec mt-kclient nft -f - <<EOF || die "setup: nftables DNAT rule in mt-kclient"
+table ip mt_vip {
+    chain output {
+        type nat hook output priority -100; policy accept;
+        ip daddr $KVIP tcp dport 80 dnat to numgen inc mod $TASKS map { $KMAP }
+    }
+}
+EOF
+note "kernel: $KVIP:80 -> numgen inc mod $TASKS map { $KMAP } (nftables, in mt-kclient)"
+
+# --- mesh: three agents, network demo, service web ----------------------------------
+start_cluster 116 117 118
+mctl 116 network create demo >/dev/null || die "setup: network create demo"
+mctl 116 service create --name web --network demo >/dev/null || die "setup: service create web"
+for ((n = 1; n <= TASKS; n++)); do
+    mk_container "w$n"
+    attach "$(task_host $n)" "w$n" demo --service web >/dev/null || die "setup: attach w$n on .$(task_host $n)"
+    web "mt-w$n" "w$n"
+done
+mk_container client
+attach 116 client demo >/dev/null || die "setup: attach client on .116"
+VIP=$(mctl 116 service inspect web | jq -er '.networks[0].vip') || die "setup: no VIP for web"
+note "mesh: web VIP $VIP:80 -> $TASKS tasks (rr, mesh-agent on .116)"
+replicas() { [ "$(mctl 116 service ls --format json | jq -r '.[] | select(.name == "web") | .replicas')" = "$TASKS" ]; }
+wait_until 5 replicas || die "setup: web does not have $TASKS tasks on .116"
+
+# --- the balancers really spread -----------------------------------------------------
+get_ok() { ip netns exec "$1" curl -s -m 3 -o /dev/null "http://$2/"; }
+wait_until 5 get_ok mt-kclient "$KVIP" || die "setup: curl $KVIP from mt-kclient"
+wait_until 5 get_ok mt-client "$VIP" || die "setup: curl $VIP from mt-client"
+expect_spread "kernel $KVIP" mt-kclient "$KVIP" kt
+expect_spread "mesh $VIP" mt-client "$VIP" w
+
+# --- measure --------------------------------------------------------------------------
+
+# ratio A B: A / B, or n/a unless both are positive numbers.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
+        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
+}
+
+# agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
+# normally the tracked pid itself; else its mesh-agent child).
+agent_pid() {
+    local pid=${AGENT_PID[$1]} c
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-agent ] && { echo "$pid"; return 0; }
+    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        [ "$(cat "/proc/$c/comm" 2>/dev/null)" = mesh-agent ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+MESH_PIDS=()
+for id in 116 117 118; do
+    pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
+    MESH_PIDS+=("$pid")
+done
+
+# agent_ticks: utime + stime (clock ticks, all threads) of the mesh agents.
+agent_ticks() {
+    local pid stat f t=0
+    for pid in "${MESH_PIDS[@]}"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+        read -ra f <<<"${stat##*) }"
+        t=$((t + f[11] + f[12]))
+    done
+    echo "$t"
+}
+
+# wrk_rps OUT NS URL [WRK_ARGS...]: wrk -t1 -c16 for DURATION s from NS, its
+# output in OUT; prints requests/s. Fails (wrk's output on stderr) without a
+# result or with errors (socket errors + non-2xx) on more than 1 % of requests.
+wrk_rps() {
+    local out=$1 ns=$2 url=$3; shift 3
+    ip netns exec "$ns" timeout $((DURATION + 15)) wrk -t1 -c16 -d"${DURATION}s" "$@" "$url" \
+        >"$out" 2>&1 </dev/null
+    if awk -v e="$(wrk_errors "$out")" '
+            / requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
+            END { if (r > 0 && e <= n / 100) { printf "%.0f\n", r; exit 0 } exit 1 }' "$out"; then return 0; fi
+    sed 's/^/    /' "$out" >&2
+    return 1
+}
+
+# wrk_errors OUT: socket errors + non-2xx/3xx responses in wrk's output OUT.
+wrk_errors() {
+    awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
+         /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
+}
+
+CASES=(vip-keepalive vip-close)
+declare -A CASE_ARGS=([vip-keepalive]="" [vip-close]="Connection: close")
+declare -A CASE_LABEL=([vip-keepalive]="keep-alive         req/s" [vip-close]="Connection: close  conn/s")
+declare -A KV=() MV=() CPU=()
+for c in "${CASES[@]}"; do
+    args=()
+    [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
+    if out=$(wrk_rps "$TMP/wrk-kernel-$c.txt" mt-kclient "http://$KVIP:80/" "${args[@]}"); then
+        KV[$c]=$out; else KV[$c]=0; fail "kernel wrk $c: no result"; fi
+    t0=$(agent_ticks) || t0=
+    if out=$(wrk_rps "$TMP/wrk-mesh-$c.txt" mt-client "http://$VIP:80/" "${args[@]}"); then
+        MV[$c]=$out; else MV[$c]=0; fail "mesh wrk $c: no result"; fi
+    t1=$(agent_ticks) || t1=
+    if [ -n "$t0" ] && [ -n "$t1" ]; then
+        CPU[$c]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')
+    else CPU[$c]=n/a; fi
+done
+
+row() { printf '  %-26s %-13s %-13s %-7s %-16s %s\n' "$@"; }
+echo
+echo "HTTP GET / through a VIP to $TASKS nginx tasks on other hosts: wrk -t1 -c16 -d${DURATION}s"
+echo "kernel = nftables DNAT (numgen inc) + kernel vxlan; mesh = mesh-agent VIP; ratio = mesh / kernel"
+row case kernel mesh ratio "errors k/m" "mesh agents CPU s"
+for c in "${CASES[@]}"; do
+    row "${CASE_LABEL[$c]}" "${KV[$c]}" "${MV[$c]}" "$(ratio "${MV[$c]}" "${KV[$c]}")" \
+        "$(wrk_errors "$TMP/wrk-kernel-$c.txt")/$(wrk_errors "$TMP/wrk-mesh-$c.txt")" "${CPU[$c]}"
+done
+echo
+for c in "${CASES[@]}"; do
+    echo "RESULT case=$c kernel=${KV[$c]} mesh=${MV[$c]} ratio=$(ratio "${MV[$c]}" "${KV[$c]}")"
+done
+finish
