@@ -400,20 +400,8 @@ mod vip {
                 weight: 1,
             },
         ];
-        t.vips.push(VipTable {
-            service: "web".into(),
-            vip: VIP,
-            vni,
-            scheduler: "rr".into(),
-            backends,
-        });
-        t.vips.push(VipTable {
-            service: "none".into(),
-            vip: EMPTY,
-            vni,
-            scheduler: "rr".into(),
-            backends: vec![],
-        });
+        t.vips.push(VipTable::new("web", VIP, vni, "rr", backends));
+        t.vips.push(VipTable::new("none", EMPTY, vni, "rr", vec![]));
         let net = t.networks.get_mut(&vni).unwrap();
         net.vips.insert(VIP, 0);
         net.vips.insert(EMPTY, 1);
