@@ -77,6 +77,22 @@ pub struct Plan {
     pub writes: Vec<(String, Versioned)>,
 }
 
+impl Plan {
+    /// Removing the object at `key`: a tombstone of `version`.
+    fn removal(key: String, version: u64) -> Plan {
+        Plan {
+            outcome: Outcome::Removed { key: key.clone() },
+            writes: vec![(
+                key,
+                Versioned {
+                    version,
+                    object: None,
+                },
+            )],
+        }
+    }
+}
+
 /// Checks `m` against `view` and decides it. `reserved` holds IPs promised to
 /// attaches that the view does not show yet; `version` is the version for any
 /// object written; `new_id` the ID a new object gets.
@@ -230,16 +246,7 @@ pub fn plan(
                 return Err(format!("no static endpoint {ip} on network {}", net.name));
             }
             let key = super::model::static_key(&net.id, *ip);
-            Ok(Plan {
-                outcome: Outcome::Removed { key: key.clone() },
-                writes: vec![(
-                    key,
-                    Versioned {
-                        version,
-                        object: None,
-                    },
-                )],
-            })
+            Ok(Plan::removal(key, version))
         }
         Mutation::CreateService {
             name,
@@ -269,16 +276,7 @@ pub fn plan(
                 ));
             }
             let key = super::model::service_key(&svc.id);
-            Ok(Plan {
-                outcome: Outcome::Removed { key: key.clone() },
-                writes: vec![(
-                    key,
-                    Versioned {
-                        version,
-                        object: None,
-                    },
-                )],
-            })
+            Ok(Plan::removal(key, version))
         }
     }
 }

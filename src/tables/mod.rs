@@ -184,7 +184,7 @@ impl VipTable {
 
     /// Counts a packet of `bytes` to or from `backend` (a new flow if `new_flow`).
     pub fn count(&self, backend: Ipv4Addr, bytes: usize, new_flow: bool) {
-        self.stats.count(bytes, new_flow);
+        self.stats.traffic.count(bytes, new_flow);
         if let Some(i) = self.backends.iter().position(|b| b.ip == backend) {
             if let Some(s) = self.backend_stats.get(i) {
                 s.count(bytes, new_flow);

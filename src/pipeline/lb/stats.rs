@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-/// Traffic to one task through one VIP.
+/// Traffic through a VIP, or to one task behind it.
 #[derive(Debug, Default)]
 pub struct BackendStats {
     pub connections: AtomicU64,
@@ -17,12 +17,10 @@ pub struct BackendStats {
     pub bytes: AtomicU64,
 }
 
-/// Traffic through one VIP, and the flows it refused, by reason.
+/// A VIP's traffic, and the flows it refused, by reason.
 #[derive(Debug, Default)]
 pub struct VipStats {
-    pub connections: AtomicU64,
-    pub packets: AtomicU64,
-    pub bytes: AtomicU64,
+    pub traffic: BackendStats,
     pub refused_no_task: AtomicU64,
     pub refused_table_full: AtomicU64,
     pub reset_untracked: AtomicU64,
@@ -38,8 +36,8 @@ impl BackendStats {
         }
     }
 
-    pub fn snapshot(&self) -> [(&'static str, u64); 3] {
-        [
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
             ("connections", self.connections.load(Relaxed)),
             ("packets", self.packets.load(Relaxed)),
             ("bytes", self.bytes.load(Relaxed)),
@@ -48,24 +46,14 @@ impl BackendStats {
 }
 
 impl VipStats {
-    pub fn count(&self, bytes: usize, new_flow: bool) {
-        bump(&self.packets);
-        self.bytes
-            .store(self.bytes.load(Relaxed).wrapping_add(bytes as u64), Relaxed);
-        if new_flow {
-            bump(&self.connections);
-        }
-    }
-
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
-        [
-            ("connections", self.connections.load(Relaxed)),
-            ("packets", self.packets.load(Relaxed)),
-            ("bytes", self.bytes.load(Relaxed)),
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let mut v = self.traffic.snapshot();
+        v.extend([
             ("refused_no_task", self.refused_no_task.load(Relaxed)),
             ("refused_table_full", self.refused_table_full.load(Relaxed)),
             ("reset_untracked", self.reset_untracked.load(Relaxed)),
-        ]
+        ]);
+        v
     }
 }
 
