@@ -108,4 +108,30 @@ note "w3 left DNS after ${WAITED} s"
 seen=$(for i in 1 2 3 4 5 6; do get whoami || echo failed; done | sort | uniq -c | awk '{print $2 ":" $1}' | tr '\n' ' ')
 check "6 new connections all answered, none by the dead host's task: $seen" sh -c "! echo '$seen' | grep -Eq 'w3|failed'"
 
+# Drain: detaching a task stops new connections to it at once, while its
+# open connection finishes (10 answers over 3 s), then its interface goes.
+declare -A HOST_OF=([w1]=116 [w2]=117 [w4]=117)
+ip netns exec mt-client timeout 30 python3 - "$VIP" >"$TMP/drain.txt" 2>&1 <<'PY' &
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=5)
+f = s.makefile("rwb")
+for i in range(10):
+    f.write(b"hello\n"); f.flush()
+    print(f.readline().decode().strip(), flush=True)
+    time.sleep(0.3)
+PY
+dpid=$!; track $dpid
+wait_until 5 grep -q . "$TMP/drain.txt" || die "drain: the session did not start"
+T=$(head -1 "$TMP/drain.txt")
+note "the session is on $T; detaching it"
+( mctl "${HOST_OF[$T]}" container detach --netns "mt-$T" --network demo >/dev/null 2>&1; echo "$?" >"$TMP/detached" ) &
+track $!
+sleep 0.5
+others=$(for i in 1 2 3 4; do get whoami || echo failed; done | sort -u | tr '\n' ' ')
+check "new connections during the drain avoid $T: $others" sh -c "! echo '$others' | grep -Eq '$T|failed'"
+wait_until 10 gone $dpid
+check "the draining task's open connection finished: 10 answers from $T" test "$(grep -cx "$T" "$TMP/drain.txt")" = 10
+check "the detach completed after the drain" wait_until 10 test -s "$TMP/detached"
+check "... and $T's eth0 is gone" sh -c "! ip -n mt-$T link show eth0 >/dev/null 2>&1"
+
 finish

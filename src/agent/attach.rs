@@ -145,24 +145,26 @@ impl Agent {
             }
         }
         drop(listeners);
+        let ep = ContainerEndpoint {
+            network_id: net.id.clone(),
+            ip,
+            mac,
+            name: name.clone(),
+            netns: req.netns.clone(),
+            node_id: self.cluster.self_id.clone(),
+            service: service.as_ref().map(|s| s.id.clone()),
+            weight: req.weight.unwrap_or(1),
+            draining: false,
+        };
         let att = Attachment {
             port,
             netns: req.netns.clone(),
             network_id: net.id.clone(),
             ip,
             mac,
-            name: name.clone(),
-            ifname: ifname.clone(),
-        };
-        let ep = ContainerEndpoint {
-            network_id: net.id.clone(),
-            ip,
-            mac,
             name,
-            netns: req.netns.clone(),
-            node_id: self.cluster.self_id.clone(),
-            service: service.as_ref().map(|s| s.id.clone()),
-            weight: req.weight.unwrap_or(1),
+            ifname: ifname.clone(),
+            endpoint: ep.clone(),
         };
         local.insert(port, att);
         self.cluster.publish_endpoint(&ep).await;
@@ -195,8 +197,20 @@ impl Agent {
                 req.netns, req.network
             ));
         };
+        // A task drains first: every balancer stops sending it new flows at
+        // once, established ones go on until they are quiet or the drain
+        // timeout passes; only then does its interface go.
+        if let Some(att) = local.get(&port).filter(|a| a.endpoint.service.is_some()) {
+            let mut ep = att.endpoint.clone();
+            ep.draining = true;
+            self.cluster.publish_endpoint(&ep).await;
+            self.refresh(&local).await;
+            drop(local);
+            self.drain(port).await;
+            local = self.local.lock().await;
+        }
         let Some(att) = local.remove(&port) else {
-            return Err("attachment vanished".into());
+            return Err(format!("netns {} was detached meanwhile", req.netns));
         };
         self.cluster
             .withdraw_endpoint(&att.network_id, att.ip)
@@ -216,6 +230,33 @@ impl Agent {
         Ok(())
     }
 }
+
+impl Agent {
+    /// Waits until port `port` has been quiet for [`QUIET`] (its connections
+    /// are done) or the drain timeout has passed.
+    async fn drain(&self, port: PortId) {
+        let deadline = std::time::Instant::now() + self.drain_timeout;
+        let mut last = self.dataplane.activity(port);
+        let mut quiet_since = std::time::Instant::now();
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = self.dataplane.activity(port);
+            if now != last {
+                last = now;
+                quiet_since = std::time::Instant::now();
+            } else if quiet_since.elapsed() >= QUIET {
+                return;
+            }
+        }
+        tracing::info!(
+            port,
+            "drain timeout passed; detaching with connections open"
+        );
+    }
+}
+
+/// How long a draining task must see no traffic to count as drained.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(1000);
 
 fn default_name(netns: &str) -> String {
     let base = netns.rsplit('/').next().unwrap_or(netns);

@@ -15,7 +15,7 @@ mod tables;
 pub use tables::build_tables;
 
 use crate::api::types::ContainerOut;
-use crate::cluster::model::View;
+use crate::cluster::model::{ContainerEndpoint, View};
 use crate::cluster::Cluster;
 use crate::dns::{self, names::NameTable};
 use crate::io::Dataplane;
@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// How long a detached task may take to finish its connections, by default
+/// (as Docker's stop grace period).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 /// How long a command waits for an object made elsewhere to reach this host.
 pub const SETTLE: Duration = Duration::from_millis(1500);
 /// How often the control loop looks at the cluster view.
@@ -46,6 +49,8 @@ pub struct Attachment {
     pub mac: Mac,
     pub name: String,
     pub ifname: String,
+    /// What this host publishes for it in gossip.
+    pub endpoint: ContainerEndpoint,
 }
 
 /// One host's agent.
@@ -58,6 +63,8 @@ pub struct Agent {
     local: Mutex<BTreeMap<PortId, Attachment>>,
     /// What every container's DNS handler shares: names, upstreams, counters.
     pub dns: Arc<dns::handler::Shared>,
+    /// How long a detached task may take to finish its connections.
+    pub drain_timeout: Duration,
     /// The balancer's counters per VIP and task, on this host.
     pub lb_stats: crate::pipeline::lb::stats::StatsRegistry,
     /// The DNS listener of each local container namespace.
@@ -71,6 +78,7 @@ impl Agent {
         underlay_mtu: u32,
         dns_ttl: u32,
         upstreams: Vec<std::net::SocketAddr>,
+        drain_timeout: Duration,
     ) -> Arc<Agent> {
         let state_dir = cluster.config.state_dir.clone();
         let dns = Arc::new(dns::handler::Shared {
@@ -87,6 +95,7 @@ impl Agent {
             local: Mutex::new(BTreeMap::new()),
             dns,
             lb_stats: Default::default(),
+            drain_timeout,
             listeners: Mutex::new(HashMap::new()),
         })
     }

@@ -90,7 +90,7 @@ pub fn build_tables(
             };
             let mut backends: Vec<Backend> = view
                 .tasks(&s.id)
-                .filter(|c| &c.network_id == net_id)
+                .filter(|c| &c.network_id == net_id && !c.draining)
                 .map(|c| Backend {
                     ip: c.ip,
                     weight: c.weight.max(1),
@@ -183,6 +183,7 @@ mod tests {
             node_id: node.into(),
             service: None,
             weight: 1,
+            draining: false,
         };
         view.containers = vec![ep(2, "a"), ep(3, "b")];
         view.statics.push(StaticEndpoint {
@@ -202,6 +203,7 @@ mod tests {
                 mac: Mac::for_ip(Ipv4Addr::new(10, 0, 0, 2)),
                 name: "c1".into(),
                 ifname: "eth0".into(),
+                endpoint: ep(2, "a"),
             },
         );
         let t = build_tables(&view, &local, "a", 4789, &StatsRegistry::default());

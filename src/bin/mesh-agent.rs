@@ -50,6 +50,9 @@ struct Args {
     /// Seconds an idle UDP flow through a VIP is kept.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     conntrack_udp_timeout: u64,
+    /// Seconds a detached task may take to finish its open connections.
+    #[arg(long, value_name = "SECONDS", default_value_t = mesh::agent::DEFAULT_DRAIN.as_secs())]
+    drain_timeout: u64,
     /// TTL in seconds of the embedded DNS's answers.
     #[arg(long, value_name = "SECONDS", default_value_t = mesh::dns::DEFAULT_TTL)]
     dns_ttl: u32,
@@ -130,7 +133,15 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let upstreams = mesh::dns::forward::upstreams(&args.dns_upstream, &resolv_conf)?;
-    let agent = Agent::new(cluster, dataplane, underlay_mtu, args.dns_ttl, upstreams);
+    let drain = std::time::Duration::from_secs(args.drain_timeout);
+    let agent = Agent::new(
+        cluster,
+        dataplane,
+        underlay_mtu,
+        args.dns_ttl,
+        upstreams,
+        drain,
+    );
     tokio::spawn(agent.clone().run());
     let api = args.api.clone();
     let server = tokio::spawn(async move { mesh::api::server::serve(&api, agent).await });

@@ -196,6 +196,9 @@ pub struct ContainerEndpoint {
     /// Its weight for weighted schedulers.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Being detached: no new connections, established ones finish.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 fn one() -> u32 {
@@ -435,6 +438,7 @@ mod tests {
             node_id: String::new(),
             service: None,
             weight: 1,
+            draining: false,
         })
         .unwrap();
         let k = endpoint_key("n1", Ipv4Addr::new(10, 0, 0, 2));

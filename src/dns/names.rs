@@ -206,6 +206,7 @@ mod tests {
             node_id: "a".into(),
             service: service.map(Into::into),
             weight: 1,
+            draining: false,
         }
     }
 

@@ -334,6 +334,7 @@ mod tests {
                 node_id: "a".into(),
                 service: None,
                 weight: 1,
+                draining: false,
             });
         }
         let s = shared();

@@ -16,6 +16,7 @@ use crate::tables::{PortId, TablesCell};
 use crate::wire::virtio::{self, VnetHeader};
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,8 @@ const BUF_LEN: usize = HEADROOM + 65536;
 const SEGMENT_HEADERS_LEN: usize = 128 * 142;
 /// How long the thread keeps polling after its last work before it sleeps.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+/// Ports whose activity is tracked (port IDs are small, reused integers).
+const MAX_PORTS: usize = 4096;
 /// Flows coalesced at once per batch.
 const COALESCE_SLOTS: usize = 8;
 
@@ -64,6 +67,8 @@ enum Command {
 pub struct Dataplane {
     commands: mpsc::Sender<Command>,
     wake: Arc<OwnedFd>,
+    /// Frames in and out, per port (to see when a draining task is quiet).
+    activity: Arc<Vec<AtomicU64>>,
     pub counters: Arc<Counters>,
     pub tables: Arc<TablesCell>,
 }
@@ -90,7 +95,10 @@ impl Dataplane {
         epoll_add(&ep, underlay.raw_fd(), TOKEN_UNDERLAY).map_err(DataplaneError::Setup)?;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
+        let activity: Arc<Vec<AtomicU64>> =
+            Arc::new((0..MAX_PORTS).map(|_| AtomicU64::new(0)).collect());
         let mut thread = DriverThread {
+            activity: activity.clone(),
             ep,
             wake: wake.clone(),
             commands: rx,
@@ -113,9 +121,17 @@ impl Dataplane {
         Ok(Dataplane {
             commands: tx,
             wake,
+            activity,
             counters,
             tables,
         })
+    }
+
+    /// A number that changes whenever port `port` sends frames.
+    pub fn activity(&self, port: PortId) -> u64 {
+        self.activity
+            .get(port as usize)
+            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn send(&self, c: Command) -> Result<(), DataplaneError> {
@@ -163,6 +179,7 @@ struct DriverThread {
     underlay: udp::Underlay,
     /// TAP fds indexed by port id.
     ports: Vec<Option<OwnedFd>>,
+    activity: Arc<Vec<AtomicU64>>,
     tables: Arc<TablesCell>,
     generation: u64,
     pipeline: Pipeline,
@@ -268,6 +285,9 @@ impl DriverThread {
 
     fn rx_tap(&mut self, port: PortId) {
         let now = Instant::now();
+        if let Some(a) = self.activity.get(port as usize) {
+            bump(a);
+        }
         let mut next = 0;
         for _ in 0..BATCH {
             let Some(Some(fd)) = self.ports.get(port as usize) else {

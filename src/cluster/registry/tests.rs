@@ -281,6 +281,7 @@ fn service_refusals() {
         node_id: "a".into(),
         service: Some("s".into()),
         weight: 1,
+        draining: false,
     });
     let e = plan(
         &v,
@@ -307,6 +308,7 @@ fn a_network_with_containers_is_not_removed() {
         node_id: "a".into(),
         service: None,
         weight: 1,
+        draining: false,
     });
     let e = plan(
         &v,
