@@ -285,3 +285,29 @@ tcp_ok() {
     stop_pid "$lpid"
     grep -qxF "$msg" "$out" || { echo "payload did not arrive: got '$(head -c 100 "$out")'"; return 1; }
 }
+
+# ---- benchmarks ---------------------------------------------------------------
+
+# agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
+# normally the tracked pid itself; else its mesh-agent child).
+agent_pid() {
+    local pid=${AGENT_PID[$1]} c
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-agent ] && { echo "$pid"; return 0; }
+    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        [ "$(cat "/proc/$c/comm" 2>/dev/null)" = mesh-agent ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+
+# cpu_ticks PID...: utime + stime (clock ticks, all threads) of the processes,
+# summed; fails if one is gone. /proc/PID/stat: after "(comm) " come state,
+# ppid, ..., utime (12th) and stime (13th).
+cpu_ticks() {
+    local pid stat f t=0
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+        read -ra f <<<"${stat##*) }"
+        t=$((t + f[11] + f[12]))
+    done
+    echo "$t"
+}

@@ -78,16 +78,6 @@ done
 mk_container client
 attach 116 client demo >/dev/null || die "setup: attach client"
 
-# agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
-# normally the tracked pid itself; else its mesh-agent child).
-agent_pid() {
-    local pid=${AGENT_PID[$1]} c
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-agent ] && { echo "$pid"; return 0; }
-    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        [ "$(cat "/proc/$c/comm" 2>/dev/null)" = mesh-agent ] && { echo "$c"; return 0; }
-    done
-    return 1
-}
 MESH_PID=$(agent_pid 116) || die "setup: no mesh-agent process for .116"
 
 # a_of NS NAME: the A records NS's 127.0.0.11 gives for NAME, sorted, on one line.
@@ -134,12 +124,8 @@ done
 # --- measure ---------------------------------------------------------------------
 for _ in $(seq 1 25); do printf '%s A\n' "${NAMES[@]}"; done >"$TMP/queries.txt"
 
-# ticks PID: utime + stime (clock ticks, all threads) of PID.
-ticks() {
-    local stat f; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    read -ra f <<<"${stat##*) }"
-    echo $((f[11] + f[12]))
-}
+# ticks PID: CPU clock ticks PID has used (lib.sh: cpu_ticks).
+ticks() { cpu_ticks "$1"; }
 forwarded() { curl -s --max-time 5 --unix-socket "$TMP/h116.sock" http://x/v1/stats | jq -er .dns_forwarded; }
 
 # run_dnsperf LABEL NS SERVER_PID: dnsperf from NS against its 127.0.0.11 for

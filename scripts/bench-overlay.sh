@@ -77,17 +77,8 @@ ratio() {
         if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
 }
 
-# agent_ticks: utime + stime (clock ticks, all threads) of both mesh agents.
-# /proc/PID/stat: fields after "(comm) " are state ppid ... utime(12th) stime(13th).
-agent_ticks() {
-    local pid stat f t=0
-    for pid in "${MESH_PIDS[@]}"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-        read -ra f <<<"${stat##*) }"
-        t=$((t + f[11] + f[12]))
-    done
-    echo "$t"
-}
+# agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
+agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 
 # mesh_measure VAR CPUVAR LABEL CMD...: measure VAR LABEL CMD..., and CPUVAR =
 # CPU seconds both mesh agents used meanwhile (n/a if an agent is gone).
@@ -98,17 +89,6 @@ mesh_measure() {
     if [ -n "$t0" ] && [ -n "$t1" ]; then
         printf -v "$cpuvar" %s "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')"
     else printf -v "$cpuvar" n/a; fi
-}
-
-# agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
-# normally the tracked pid itself; else its mesh-agent child).
-agent_pid() {
-    local pid=${AGENT_PID[$1]} c
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-agent ] && { echo "$pid"; return 0; }
-    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        [ "$(cat "/proc/$c/comm" 2>/dev/null)" = mesh-agent ] && { echo "$c"; return 0; }
-    done
-    return 1
 }
 
 # measure VAR LABEL CMD...: VAR=$(CMD), or a FAIL line and VAR=0.

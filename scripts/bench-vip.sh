@@ -189,32 +189,14 @@ ratio() {
         if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
 }
 
-# agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
-# normally the tracked pid itself; else its mesh-agent child).
-agent_pid() {
-    local pid=${AGENT_PID[$1]} c
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-agent ] && { echo "$pid"; return 0; }
-    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        [ "$(cat "/proc/$c/comm" 2>/dev/null)" = mesh-agent ] && { echo "$c"; return 0; }
-    done
-    return 1
-}
 MESH_PIDS=()
 for id in 116 117 118; do
     pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
     MESH_PIDS+=("$pid")
 done
 
-# agent_ticks: utime + stime (clock ticks, all threads) of the mesh agents.
-agent_ticks() {
-    local pid stat f t=0
-    for pid in "${MESH_PIDS[@]}"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-        read -ra f <<<"${stat##*) }"
-        t=$((t + f[11] + f[12]))
-    done
-    echo "$t"
-}
+# agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
+agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 
 # wrk_rps OUT NS URL [WRK_ARGS...]: wrk -t1 -c16 for DURATION s from NS, its
 # output in OUT; prints requests/s. Fails (wrk's output on stderr) without a

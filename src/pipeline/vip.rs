@@ -120,7 +120,7 @@ impl Balancer {
         };
         let tcp = proto == ipv4::protocol::TCP;
         let mut new_flow = false;
-        let backend = match self.conntrack.get(&key, now) {
+        let backend = match self.conntrack.touch(&key, flags, true, now) {
             Some(e) => e.backend,
             None => {
                 if tcp && flags & l4::tcp_flags::RST != 0 {
@@ -139,9 +139,13 @@ impl Balancer {
                     dst_port: ports.dst,
                     protocol: proto,
                 };
+                // Only least-connections reads open-flow counts, and counting
+                // scans the table: do it for that scheduler alone.
                 self.active.clear();
-                for b in &vip.backends {
-                    self.active.push(self.conntrack.active(vip.vip, b.ip));
+                if matches!(self.schedulers.get(idx), Some(Scheduler::LeastConnections)) {
+                    for b in &vip.backends {
+                        self.active.push(self.conntrack.active(vip.vip, b.ip));
+                    }
                 }
                 let Some(i) = self
                     .schedulers
@@ -160,7 +164,9 @@ impl Balancer {
                 backend
             }
         };
-        self.conntrack.update(&key, flags, true, now);
+        if new_flow {
+            self.conntrack.update(&key, flags, true, now);
+        }
         let Some(ep) = net.by_ip.get(&backend) else {
             // The task left this network: forget the flow, reset the client.
             self.conntrack.remove(&key);
@@ -213,10 +219,9 @@ impl Balancer {
             client: ip.dst(),
             client_port: ports.dst,
         };
-        let Some((key, _)) = self.conntrack.reply(&r, now) else {
+        let Some((key, _)) = self.conntrack.touch_reply(&r, flags, now) else {
             return false;
         };
-        self.conntrack.update(&key, flags, false, now);
         if let Some(vip) = net.vips.get(&key.vip).and_then(|i| tables.vips.get(*i)) {
             vip.count(r.backend, pkt.len(), false);
         }

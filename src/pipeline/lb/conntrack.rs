@@ -183,11 +183,34 @@ impl Conntrack {
 
     /// Notes a packet of the flow (TCP `flags`, from the client or the task).
     pub fn update(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) {
-        let Some(e) = self.flows.get_mut(k) else {
-            return;
-        };
+        if let Some(e) = self.flows.get_mut(k) {
+            Self::advance(e, k.protocol, flags, from_client, now);
+        }
+    }
+
+    /// The live entry of a flow, noting this packet of it, in one lookup
+    /// (the per-packet path); an expired entry is removed and `None` returned.
+    pub fn touch(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) -> Option<Entry> {
+        let timeouts = self.timeouts;
+        let e = self.flows.get_mut(k)?;
+        if now.saturating_duration_since(e.last_seen) > Self::timeout_of(&timeouts, e, k.protocol) {
+            self.remove(k);
+            return None;
+        }
+        Self::advance(e, k.protocol, flags, from_client, now);
+        Some(*e)
+    }
+
+    /// The client flow a reply belongs to, noting the reply (see [`Conntrack::touch`]).
+    pub fn touch_reply(&mut self, r: &ReplyKey, flags: u8, now: Instant) -> Option<(Key, Entry)> {
+        let k = *self.replies.get(r)?;
+        self.touch(&k, flags, false, now).map(|e| (k, e))
+    }
+
+    /// Moves an entry's state on for a packet with TCP `flags`.
+    fn advance(e: &mut Entry, protocol: u8, flags: u8, from_client: bool, now: Instant) {
         e.last_seen = now;
-        if k.protocol != crate::wire::ipv4::protocol::TCP {
+        if protocol != crate::wire::ipv4::protocol::TCP {
             e.state = TcpState::Established;
             return;
         }
