@@ -3,10 +3,13 @@
 //! behind theirs, and the VTEPs allowed to send us VXLAN.
 
 use super::Attachment;
-use crate::cluster::model::View;
+use crate::cluster::model::{Protocol, View};
 use crate::pipeline::lb::stats::StatsRegistry;
 use crate::pipeline::lb::Backend;
-use crate::tables::{Endpoint, Location, NetworkTable, Peer, Port, PortId, Tables, VipTable};
+use crate::tables::{
+    Endpoint, Location, NetworkTable, Peer, Port, PortId, Published, Tables, VipTable,
+};
+use crate::wire::ipv4;
 use crate::wire::vxlan::Vni;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -111,6 +114,23 @@ pub fn build_tables(
             if let Some(net) = t.networks.get_mut(vni) {
                 net.vips.insert(*vip, idx);
             }
+            // Published ports are served by the tasks on the service's
+            // first network.
+            if s.networks.first() == Some(net_id) {
+                for p in &s.ports {
+                    let proto = match p.protocol {
+                        Protocol::Tcp => ipv4::protocol::TCP,
+                        Protocol::Udp => ipv4::protocol::UDP,
+                    };
+                    t.published.insert(
+                        (proto, p.published),
+                        Published {
+                            vip: idx,
+                            target: p.target,
+                        },
+                    );
+                }
+            }
         }
     }
     // Local ports go in last: our own attachments are the truth for this host,
@@ -133,6 +153,11 @@ pub fn build_tables(
                 mac: a.mac,
                 location: Location::Local(a.port),
             });
+        }
+    }
+    for (vni, net) in &t.networks {
+        for ip in net.by_ip.keys() {
+            t.routed.insert(*ip, *vni);
         }
     }
     t

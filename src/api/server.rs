@@ -259,6 +259,9 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
                 Ok(p) => p,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
             };
+            if let Some(e) = ports.iter().find_map(|p| agent.reserved_port(p)) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
             let m = Mutation::CreateService {
                 name: b.name,
                 networks: b.networks,

@@ -142,9 +142,11 @@ async fn run(args: Args) -> Result<(), String> {
         upstreams,
         drain,
     );
+    agent.start_ingress().await?;
     tokio::spawn(agent.clone().run());
     let api = args.api.clone();
-    let server = tokio::spawn(async move { mesh::api::server::serve(&api, agent).await });
+    let served = agent.clone();
+    let server = tokio::spawn(async move { mesh::api::server::serve(&api, served).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     let result = tokio::select! {
@@ -156,6 +158,7 @@ async fn run(args: Args) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     };
+    agent.stop_ingress();
     let _ = std::fs::remove_file(&args.api);
     tracing::info!("mesh-agent stopping");
     result

@@ -38,7 +38,8 @@ const COALESCE_SLOTS: usize = 8;
 
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_UNDERLAY: u64 = 1;
-const TOKEN_PORT_BASE: u64 = 2;
+const TOKEN_HOST: u64 = 2;
+const TOKEN_PORT_BASE: u64 = 3;
 
 /// Errors starting or commanding the dataplane.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,11 @@ enum Command {
     RemovePort {
         id: PortId,
         done: oneshot::Sender<()>,
+    },
+    /// The host's ingress TUN (see `io::tun`).
+    SetHost {
+        fd: OwnedFd,
+        done: oneshot::Sender<Result<(), std::io::Error>>,
     },
 }
 
@@ -104,6 +110,7 @@ impl Dataplane {
             commands: rx,
             underlay,
             ports: Vec::new(),
+            host: None,
             tables: tables.clone(),
             generation: 0,
             pipeline: Pipeline::with_balancer(tables.load().1, counters.clone(), balancer),
@@ -151,6 +158,16 @@ impl Dataplane {
             .map_err(|e| DataplaneError::AddPort(id, e))
     }
 
+    /// Hands the ingress TUN to the dataplane: from now on published ports,
+    /// egress and the host's traffic to containers flow through it.
+    pub async fn set_host(&self, fd: OwnedFd) -> Result<(), DataplaneError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::SetHost { fd, done })?;
+        wait.await
+            .map_err(|_| DataplaneError::Stopped)?
+            .map_err(DataplaneError::Setup)
+    }
+
     /// Closes port `id`'s TAP (the interface disappears) once the dataplane
     /// has let go of it.
     pub async fn remove_port(&self, id: PortId) -> Result<(), DataplaneError> {
@@ -179,6 +196,8 @@ struct DriverThread {
     underlay: udp::Underlay,
     /// TAP fds indexed by port id.
     ports: Vec<Option<OwnedFd>>,
+    /// The ingress TUN in the host's namespace.
+    host: Option<OwnedFd>,
     activity: Arc<Vec<AtomicU64>>,
     tables: Arc<TablesCell>,
     generation: u64,
@@ -238,6 +257,7 @@ impl DriverThread {
                         }
                     }
                     TOKEN_UNDERLAY => self.rx_underlay(),
+                    TOKEN_HOST => self.rx_host(),
                     t => self.rx_tap((t - TOKEN_PORT_BASE) as PortId),
                 }
             }
@@ -276,6 +296,13 @@ impl DriverThread {
                         drop(fd);
                     }
                     let _ = done.send(());
+                }
+                Ok(Command::SetHost { fd, done }) => {
+                    let r = epoll_add(&self.ep, fd.as_raw_fd(), TOKEN_HOST);
+                    if r.is_ok() {
+                        self.host = Some(fd);
+                    }
+                    let _ = done.send(r);
                 }
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Err(mpsc::TryRecvError::Disconnected) => return false,
@@ -324,6 +351,14 @@ impl DriverThread {
                     let (start, end) = (pkt.start, pkt.end);
                     self.flush();
                     self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
+                }
+                Verdict::ToHost => {
+                    let v = if pkt.plain {
+                        VnetHeader::default()
+                    } else {
+                        vnet
+                    };
+                    write_host(&self.host, &v, pkt.bytes());
                 }
                 Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
                     bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
@@ -391,6 +426,66 @@ impl DriverThread {
         }
     }
 
+    /// Packets from the host stack: published ports, replies to egress, the
+    /// host's own traffic to containers. The TUN has no offloads turned on,
+    /// so they come whole, with their checksums done.
+    fn rx_host(&mut self) {
+        let now = Instant::now();
+        let mut next = 0;
+        for _ in 0..BATCH {
+            let Some(fd) = &self.host else {
+                return;
+            };
+            let buf = &mut self.bufs[next];
+            let n = match tap::read(fd, &mut buf[HEADROOM - virtio::HEADER_LEN..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ingress TUN read failed");
+                    break;
+                }
+            };
+            let Ok(vnet) = VnetHeader::parse(&buf[HEADROOM - virtio::HEADER_LEN..HEADROOM]) else {
+                continue;
+            };
+            let len = n.saturating_sub(virtio::HEADER_LEN);
+            if vnet.gso_kind() != virtio::GSO_NONE {
+                bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
+                continue;
+            }
+            if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
+                let packet = &mut buf[HEADROOM..HEADROOM + len];
+                let (start, offset) = (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
+                if offload::complete_checksum(packet, start, offset).is_err() {
+                    bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
+                    continue;
+                }
+            }
+            let mut pkt = Packet::new(buf, HEADROOM, len);
+            let verdict = self.pipeline.process(now, Input::Host, &mut pkt);
+            let (start, end) = (pkt.start, pkt.end);
+            match verdict {
+                Verdict::ToTap(p) => write_tap(
+                    &self.ports,
+                    p,
+                    &VnetHeader::default(),
+                    &self.bufs[next][start..end],
+                ),
+                Verdict::ToUnderlay(dst) => {
+                    self.pending.push((next, start, end, dst));
+                    next += 1;
+                }
+                Verdict::ToHost => write_host(
+                    &self.host,
+                    &VnetHeader::default(),
+                    &self.bufs[next][start..end],
+                ),
+                Verdict::Drop(_) => {}
+            }
+        }
+        self.flush();
+    }
+
     fn rx_underlay(&mut self) {
         let now = Instant::now();
         let got = match self.underlay.recv_batch(
@@ -442,6 +537,16 @@ impl DriverThread {
                         }
                     }
                     Verdict::ToUnderlay(dst) => self.pending.push((i, start, end, dst)),
+                    Verdict::ToHost => {
+                        let frame = &self.bufs[i][start..end];
+                        let partial =
+                            crate::wire::vxlan::is_csum_partial(&self.bufs[i][datagram..]);
+                        let vnet = match partial {
+                            true => offload::partial_checksum_vnet(frame).unwrap_or_default(),
+                            false => VnetHeader::default(),
+                        };
+                        write_host(&self.host, &vnet, frame);
+                    }
                     Verdict::Drop(_) => {}
                 }
             }
@@ -470,6 +575,25 @@ impl DriverThread {
             tracing::debug!(error = %e, "underlay sendmmsg failed");
         }
         self.pending.clear();
+    }
+}
+
+/// Writes the IPv4 packet inside `frame` to the host's TUN; `vnet` describes
+/// the frame and is moved to the packet (no Ethernet header on a TUN).
+fn write_host(host: &Option<OwnedFd>, vnet: &VnetHeader, frame: &[u8]) {
+    let (Some(fd), Some(packet)) = (host, frame.get(crate::wire::ethernet::HEADER_LEN..)) else {
+        return;
+    };
+    let eth = crate::wire::ethernet::HEADER_LEN as u16;
+    let mut v = *vnet;
+    if v.flags & virtio::F_NEEDS_CSUM != 0 {
+        v.csum_start = v.csum_start.saturating_sub(eth);
+    }
+    if v.gso_kind() != virtio::GSO_NONE {
+        v.hdr_len = v.hdr_len.saturating_sub(eth);
+    }
+    if let Err(e) = tap::write(fd, &v, packet) {
+        tracing::debug!(error = %e, "ingress TUN write failed");
     }
 }
 

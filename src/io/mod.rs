@@ -3,11 +3,14 @@
 //! - [`tap`]: container TAP devices, opened inside the container's namespace.
 //! - [`udp`]: the underlay VXLAN socket, read and written in batches
 //!   (`recvmmsg`/`sendmmsg`).
+//! - [`tun`]: the ingress TUN in the host's namespace: published ports,
+//!   egress and the host's traffic to containers.
 //! - [`driver`]: the dataplane thread: epoll over the TAPs and the socket,
 //!   bounded work per wake-up, buffers allocated once.
 
 pub mod driver;
 pub mod tap;
+pub mod tun;
 pub mod udp;
 
 pub use driver::{Dataplane, DataplaneError};

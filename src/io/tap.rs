@@ -18,6 +18,27 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Creates TAP `name` in the calling thread's namespace, non-blocking.
 pub fn create(name: &str) -> Result<OwnedFd, NetnsError> {
+    let fd = open(name, libc::IFF_TAP)?;
+    let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+    // SAFETY: TUNSETOFFLOAD takes the flags by value.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            offloads as libc::c_ulong,
+        )
+    } < 0
+    {
+        // Without offloads the kernel sends plain frames (still behind a
+        // virtio-net header): slower, but correct.
+        tracing::warn!(tap = name, error = %std::io::Error::last_os_error(), "TAP offloads refused; running without TSO");
+    }
+    Ok(fd)
+}
+
+/// Opens /dev/net/tun as device `name` of `kind` (`IFF_TAP` or `IFF_TUN`),
+/// non-blocking, with a virtio-net header on every read and write.
+pub(super) fn open(name: &str, kind: libc::c_int) -> Result<OwnedFd, NetnsError> {
     // SAFETY: open(2) of a fixed path; the fd is owned right away.
     let fd = unsafe {
         libc::open(
@@ -43,8 +64,7 @@ pub fn create(name: &str) -> Result<OwnedFd, NetnsError> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    req.ifr_ifru.ifru_flags = (kind | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: TUNSETIFF takes a pointer to an ifreq that lives for the call.
     if unsafe {
         libc::ioctl(
@@ -55,23 +75,9 @@ pub fn create(name: &str) -> Result<OwnedFd, NetnsError> {
     } < 0
     {
         return Err(NetnsError::Config(format!(
-            "cannot create TAP {name}: {}",
+            "cannot create device {name}: {}",
             std::io::Error::last_os_error()
         )));
-    }
-    let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
-    // SAFETY: TUNSETOFFLOAD takes the flags by value.
-    if unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::TUNSETOFFLOAD,
-            offloads as libc::c_ulong,
-        )
-    } < 0
-    {
-        // Without offloads the kernel sends plain frames (still behind a
-        // virtio-net header): slower, but correct.
-        tracing::warn!(tap = name, error = %std::io::Error::last_os_error(), "TAP offloads refused; running without TSO");
     }
     Ok(fd)
 }

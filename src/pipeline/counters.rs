@@ -87,6 +87,11 @@ pub struct Counters {
     pub from_underlay: AtomicU64,
     pub to_tap: AtomicU64,
     pub to_underlay: AtomicU64,
+    /// Packets the host stack handed us through the ingress TUN, and back.
+    pub from_host: AtomicU64,
+    pub to_host: AtomicU64,
+    /// Frames containers sent out of the overlay (masqueraded by the host).
+    pub egress: AtomicU64,
     pub arp_replies: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
 }
@@ -109,6 +114,9 @@ impl Counters {
             ("from_underlay", self.from_underlay.load(Ordering::Relaxed)),
             ("to_tap", self.to_tap.load(Ordering::Relaxed)),
             ("to_underlay", self.to_underlay.load(Ordering::Relaxed)),
+            ("from_host", self.from_host.load(Ordering::Relaxed)),
+            ("to_host", self.to_host.load(Ordering::Relaxed)),
+            ("egress", self.egress.load(Ordering::Relaxed)),
             ("arp_replies", self.arp_replies.load(Ordering::Relaxed)),
         ];
         for r in DropReason::ALL {

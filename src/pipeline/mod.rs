@@ -11,11 +11,17 @@
 //! 2. ARP: answered from the tables ([`arp`]); anything else is switched ([`switch`])
 //! 3. encap: VXLAN header in front, to the VTEP of the destination's host ([`encap`])
 //! 4. decap: on the receiving host, VXLAN header off, to the container's TAP
+//!
+//! Beside them: service VIPs are balanced on the client's host ([`vip`],
+//! [`lb`]); published ports, the task's replies and egress cross between the
+//! host stack and the overlay in [`ingress`]; super-frames are cut and joined
+//! in [`offload`] and [`coalesce`].
 
 pub mod arp;
 pub mod coalesce;
 pub mod counters;
 pub mod encap;
+pub mod ingress;
 pub mod lb;
 pub mod offload;
 pub mod switch;
@@ -82,6 +88,9 @@ pub enum Input {
     Tap(PortId),
     /// A UDP datagram (VXLAN header + Ethernet frame) from the underlay.
     Underlay(SocketAddrV4),
+    /// An IPv4 packet from the host stack (the ingress TUN), with room for
+    /// an Ethernet header in front of `start`.
+    Host,
 }
 
 /// What to do with the packet now in the buffer.
@@ -91,6 +100,8 @@ pub enum Verdict {
     ToTap(PortId),
     /// Send the VXLAN datagram to this VTEP.
     ToUnderlay(SocketAddrV4),
+    /// Hand the IPv4 packet inside this Ethernet frame to the host stack.
+    ToHost,
     /// Nothing to send; the reason has been counted.
     Drop(DropReason),
 }
@@ -101,6 +112,7 @@ pub struct Pipeline {
     tables: Arc<Tables>,
     counters: Arc<Counters>,
     balancer: vip::Balancer,
+    ingress: ingress::Ingress,
 }
 
 impl Pipeline {
@@ -114,10 +126,12 @@ impl Pipeline {
         config: vip::BalancerConfig,
     ) -> Self {
         let balancer = vip::Balancer::new(config, &tables, counters.clone());
+        let ingress = ingress::Ingress::new(config, counters.clone());
         Pipeline {
             tables,
             counters,
             balancer,
+            ingress,
         }
     }
 
@@ -130,6 +144,7 @@ impl Pipeline {
     /// Timers: expires idle tracked flows (bounded work; call once per batch).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.balancer.handle_timeout(now);
+        self.ingress.handle_timeout(now);
     }
 
     /// Flows tracked now.
@@ -157,6 +172,10 @@ impl Pipeline {
                 bump(&self.counters.from_underlay);
                 self.on_underlay(now, src, pkt)
             }
+            Input::Host => {
+                bump(&self.counters.from_host);
+                self.on_host(now, pkt)
+            }
         };
         match verdict {
             Ok(v @ Verdict::ToTap(_)) => {
@@ -166,6 +185,10 @@ impl Pipeline {
             Ok(v @ Verdict::ToUnderlay(_)) => {
                 bump(&self.counters.to_underlay);
                 v
+            }
+            Ok(Verdict::ToHost) => {
+                bump(&self.counters.to_host);
+                Verdict::ToHost
             }
             Ok(Verdict::Drop(r)) | Err(r) => {
                 bump(&self.counters.drops[r as usize]);
@@ -192,6 +215,9 @@ impl Pipeline {
             pkt.end = pkt.start + len;
             bump(&self.counters.arp_replies);
             return Ok(Verdict::ToTap(port));
+        }
+        if eth.dst() == net.gateway_mac {
+            return self.ingress.from_container(now, tables, net, pkt);
         }
         if let Some(idx) = vip_of(net, pkt.bytes()) {
             return match self.balancer.balance(now, tables, net, idx, pkt)? {
@@ -244,9 +270,31 @@ impl Pipeline {
             encap::encap(pkt, vni)?;
             return Ok(Verdict::ToUnderlay(SocketAddrV4::new(*src.ip(), peer_port)));
         }
+        let (dst_mac, src_mac) = (eth.dst(), eth.src());
+        if dst_mac == net.gateway_mac {
+            return self.ingress.from_underlay(now, tables, pkt);
+        }
         let port = switch::from_underlay(net, pkt.bytes())?;
+        if src_mac == net.gateway_mac {
+            // Routed here by another host's ingress: replies go back through it.
+            self.ingress.learn_return(now, *src.ip(), pkt.bytes());
+        }
         self.balancer.reverse(now, tables, net, pkt);
         Ok(Verdict::ToTap(port))
+    }
+
+    /// A packet from the host stack: an Ethernet header goes in front (the
+    /// pipeline's frames all have one), then ingress decides.
+    fn on_host(&mut self, now: Instant, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> {
+        if pkt.start < ethernet::HEADER_LEN {
+            return Err(DropReason::NoHeadroom);
+        }
+        pkt.start -= ethernet::HEADER_LEN;
+        let head = &mut pkt.buf[pkt.start..pkt.start + ethernet::HEADER_LEN];
+        head[..12].fill(0);
+        head[12..].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
+        let tables = &*self.tables;
+        self.ingress.from_host(now, &mut self.balancer, tables, pkt)
     }
 }
 

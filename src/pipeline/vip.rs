@@ -139,19 +139,15 @@ impl Balancer {
                     dst_port: ports.dst,
                     protocol: proto,
                 };
-                // Only least-connections reads open-flow counts, and counting
-                // scans the table: do it for that scheduler alone.
-                self.active.clear();
-                if matches!(self.schedulers.get(idx), Some(Scheduler::LeastConnections)) {
-                    for b in &vip.backends {
-                        self.active.push(self.conntrack.active(vip.vip, b.ip));
-                    }
-                }
-                let Some(i) = self
-                    .schedulers
-                    .get_mut(idx)
-                    .and_then(|s| s.pick(&vip.backends, &flow, &self.active))
-                else {
+                let (ct, vip_ip) = (&self.conntrack, vip.vip);
+                let Some(i) = pick(
+                    &mut self.schedulers,
+                    &mut self.active,
+                    idx,
+                    &vip.backends,
+                    &flow,
+                    |b| ct.active(vip_ip, b),
+                ) else {
                     bump(&vip.stats.refused_no_task);
                     return self.refuse(pkt, DropReason::NoBackend);
                 };
@@ -242,20 +238,11 @@ impl Balancer {
         pkt: &mut Packet<'_>,
         reason: DropReason,
     ) -> Result<VipOutcome, DropReason> {
-        let ip_at = pkt.start + ethernet::HEADER_LEN;
-        let proto = pkt.buf.get(ip_at + 9).copied().unwrap_or(0);
-        let end = match proto {
-            ipv4::protocol::TCP => nat::tcp_reset(pkt.bytes_mut()).map(|len| pkt.start + len),
-            ipv4::protocol::UDP => nat::port_unreachable(pkt.buf, pkt.start, pkt.end),
-            _ => None,
-        };
         bump(&self.counters.drops[reason as usize]);
-        match end {
-            Some(end) => {
-                pkt.end = end;
-                Ok(self.replied(pkt))
-            }
-            None => Err(reason),
+        if refusal(pkt) {
+            Ok(VipOutcome::Reply)
+        } else {
+            Err(reason)
         }
     }
 
@@ -263,6 +250,24 @@ impl Balancer {
         pkt.plain = true;
         pkt.csum_partial = false;
         VipOutcome::Reply
+    }
+
+    /// Picks a task of VIP table `idx` for a new flow (see [`pick`]).
+    pub(super) fn pick(
+        &mut self,
+        idx: usize,
+        backends: &[crate::pipeline::lb::Backend],
+        flow: &FlowKey,
+        open_flows: impl Fn(std::net::Ipv4Addr) -> u32,
+    ) -> Option<usize> {
+        pick(
+            &mut self.schedulers,
+            &mut self.active,
+            idx,
+            backends,
+            flow,
+            open_flows,
+        )
     }
 
     /// Expires idle flows: a full sweep at most once a second.
@@ -274,5 +279,44 @@ impl Balancer {
         }
         self.last_sweep = now;
         self.conntrack.sweep(now);
+    }
+}
+
+/// Picks a task with scheduler `idx` for a new flow. Only least-connections
+/// reads open-flow counts, and counting scans a table: they are taken for
+/// that scheduler alone.
+fn pick(
+    schedulers: &mut [Scheduler],
+    active: &mut Vec<u32>,
+    idx: usize,
+    backends: &[crate::pipeline::lb::Backend],
+    flow: &FlowKey,
+    open_flows: impl Fn(std::net::Ipv4Addr) -> u32,
+) -> Option<usize> {
+    active.clear();
+    if matches!(schedulers.get(idx), Some(Scheduler::LeastConnections)) {
+        active.extend(backends.iter().map(|b| open_flows(b.ip)));
+    }
+    schedulers.get_mut(idx)?.pick(backends, flow, active)
+}
+
+/// Turns the frame into the answer that refuses it: a TCP RST, or ICMP port
+/// unreachable for UDP, back to its sender. False if there is none to make.
+pub(super) fn refusal(pkt: &mut Packet<'_>) -> bool {
+    let ip_at = pkt.start + ethernet::HEADER_LEN;
+    let proto = pkt.buf.get(ip_at + 9).copied().unwrap_or(0);
+    let end = match proto {
+        ipv4::protocol::TCP => nat::tcp_reset(pkt.bytes_mut()).map(|len| pkt.start + len),
+        ipv4::protocol::UDP => nat::port_unreachable(pkt.buf, pkt.start, pkt.end),
+        _ => None,
+    };
+    match end {
+        Some(end) => {
+            pkt.end = end;
+            pkt.plain = true;
+            pkt.csum_partial = false;
+            true
+        }
+        None => false,
     }
 }

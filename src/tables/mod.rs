@@ -193,6 +193,14 @@ impl VipTable {
     }
 }
 
+/// A port published on every host: the service's VIP table (whose tasks
+/// serve it) and the tasks' port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub vip: usize,
+    pub target: u16,
+}
+
 /// One immutable snapshot of everything the pipeline looks up.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
@@ -202,6 +210,11 @@ pub struct Tables {
     pub peers: FastMap<Ipv4Addr, Peer>,
     /// Every service VIP, on every network.
     pub vips: Vec<VipTable>,
+    /// Published ports by (IP protocol, port).
+    pub published: FastMap<(u8, u16), Published>,
+    /// Every endpoint's address -> its network: where traffic from the host
+    /// stack to a container goes.
+    pub routed: FastMap<Ipv4Addr, Vni>,
 }
 
 /// The published snapshot plus a generation counter for cheap change checks.

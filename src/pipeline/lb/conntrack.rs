@@ -54,6 +54,8 @@ pub enum TcpState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub backend: Ipv4Addr,
+    /// The task's port: the flow's own for a VIP, the target for a published port.
+    pub backend_port: u16,
     pub state: TcpState,
     pub last_seen: Instant,
     fin_from_client: bool,
@@ -130,11 +132,11 @@ impl Conntrack {
         }
     }
 
-    fn reply_key(k: &Key, backend: Ipv4Addr) -> ReplyKey {
+    fn reply_key(k: &Key, e: &Entry) -> ReplyKey {
         ReplyKey {
             protocol: k.protocol,
-            backend,
-            port: k.port,
+            backend: e.backend,
+            port: e.backend_port,
             client: k.client,
             client_port: k.client_port,
         }
@@ -156,28 +158,40 @@ impl Conntrack {
         self.get(&k, now).map(|e| (k, e))
     }
 
-    /// Tracks a new flow to `backend`.
+    /// Tracks a new flow to `backend` on the flow's own port.
     pub fn insert(&mut self, k: Key, backend: Ipv4Addr, now: Instant) -> Result<Entry, Refusal> {
+        self.insert_to(k, backend, k.port, now)
+    }
+
+    /// Tracks a new flow to `backend`:`backend_port`.
+    pub fn insert_to(
+        &mut self,
+        k: Key,
+        backend: Ipv4Addr,
+        backend_port: u16,
+        now: Instant,
+    ) -> Result<Entry, Refusal> {
         if self.flows.len() >= self.max && !self.flows.contains_key(&k) {
             return Err(Refusal::Full);
         }
         let e = Entry {
             backend,
+            backend_port,
             state: TcpState::SynSent,
             last_seen: now,
             fin_from_client: false,
             fin_from_backend: false,
         };
         if let Some(old) = self.flows.insert(k, e) {
-            self.replies.remove(&Self::reply_key(&k, old.backend));
+            self.replies.remove(&Self::reply_key(&k, &old));
         }
-        self.replies.insert(Self::reply_key(&k, backend), k);
+        self.replies.insert(Self::reply_key(&k, &e), k);
         Ok(e)
     }
 
     pub fn remove(&mut self, k: &Key) {
         if let Some(e) = self.flows.remove(k) {
-            self.replies.remove(&Self::reply_key(k, e.backend));
+            self.replies.remove(&Self::reply_key(k, &e));
         }
     }
 
@@ -247,6 +261,14 @@ impl Conntrack {
             .count() as u32
     }
 
+    /// Open flows to `backend`, whatever address the clients used.
+    pub fn active_to(&self, backend: Ipv4Addr) -> u32 {
+        self.flows
+            .values()
+            .filter(|e| e.backend == backend && e.state != TcpState::Closed)
+            .count() as u32
+    }
+
     /// Removes expired entries. A full pass, so the caller runs it rarely
     /// (once a second): lookups already drop the expired entries they meet.
     pub fn sweep(&mut self, now: Instant) {
@@ -256,7 +278,7 @@ impl Conntrack {
             let t = Self::timeout_of(&timeouts, e, k.protocol);
             let keep = now.saturating_duration_since(e.last_seen) <= t;
             if !keep {
-                replies.remove(&Self::reply_key(k, e.backend));
+                replies.remove(&Self::reply_key(k, e));
             }
             keep
         });

@@ -90,6 +90,43 @@ pub fn rewrite(frame: &mut [u8], side: Side, ip: Ipv4Addr, mac: Mac, partial: bo
     set16(frame, csum_at, replace32(field, old, ip, partial));
 }
 
+/// Rewrites the source or destination port of a TCP or UDP frame, fixing
+/// its checksum. A partial checksum covers only the pseudo-header, which
+/// holds no ports, so it stays as it is.
+pub fn rewrite_port(frame: &mut [u8], side: Side, port: u16, partial: bool) {
+    let ip_at = ethernet::HEADER_LEN;
+    let Ok(p) = ipv4::Packet::new_checked(&frame[ip_at..]) else {
+        return;
+    };
+    let (hl, proto) = (p.header_len(), p.protocol());
+    if !p.is_first_fragment() {
+        return;
+    }
+    let l4_at = ip_at + hl;
+    let csum_at = match proto {
+        ipv4::protocol::TCP => l4_at + 16,
+        ipv4::protocol::UDP => l4_at + 6,
+        _ => return,
+    };
+    if csum_at + 2 > frame.len() {
+        return;
+    }
+    let port_at = match side {
+        Side::Source => l4_at,
+        Side::Destination => l4_at + 2,
+    };
+    let old = get16(frame, port_at);
+    if old == port {
+        return;
+    }
+    set16(frame, port_at, port);
+    let field = get16(frame, csum_at);
+    if partial || (proto == ipv4::protocol::UDP && field == 0) {
+        return;
+    }
+    set16(frame, csum_at, replace16(field, old, port, false));
+}
+
 /// Turns an ICMP echo request into its reply, in place: addresses and MACs
 /// swapped, type 0. Returns false if it is not an echo request.
 pub fn echo_reply(frame: &mut [u8]) -> bool {
@@ -232,6 +269,27 @@ mod tests {
     use crate::pipeline::offload::tests::{checksums_ok, tcp_frame};
     use crate::pipeline::offload::{complete_checksum, pseudo_header_sum};
     use crate::wire::checksum;
+
+    #[test]
+    fn port_rewrites_keep_full_and_partial_checksums_right() {
+        let mut f = tcp_frame(5, l4::tcp_flags::ACK, b"published port");
+        rewrite_port(&mut f, Side::Destination, 8080, false);
+        assert_eq!(get16(&f, 36), 8080);
+        assert!(checksums_ok(&f));
+        rewrite_port(&mut f, Side::Source, 41000, false);
+        assert_eq!(get16(&f, 34), 41000);
+        assert!(checksums_ok(&f));
+        // Partial: the pseudo-header sum has no ports, so it must not move.
+        let mut g = tcp_frame(5, l4::tcp_flags::ACK, b"published port");
+        let len = g.len() - 34;
+        let pseudo = pseudo_header_sum(&g[14..34], ipv4::protocol::TCP, len) as u16;
+        set16(&mut g, 50, pseudo);
+        rewrite_port(&mut g, Side::Destination, 8080, true);
+        assert_eq!(get16(&g, 50), pseudo);
+        rewrite_port(&mut g, Side::Source, 41000, true);
+        complete_checksum(&mut g, 34, 16).unwrap();
+        assert_eq!(g, f);
+    }
 
     #[test]
     fn dnat_keeps_full_and_partial_checksums_right() {

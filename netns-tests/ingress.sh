@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# netns-tests/ingress.sh: the routing mesh (issue 6). A published port answers
+# on every host, and the task sees the real client.
+#
+#   mt-out (.10): the outside client; also an HTTP server for egress
+#      |  curl 192.168.100.116:8000        (.116 runs no whoami task)
+#   mt-h116 ------------- mt-h117 ------------- mt-h118
+#   (no task)             w1: whoami            w2: whoami
+#   mesh-ingress TUN      (HTTP :80 answering   (same)
+#   + ip rules            "NAME CLIENT_IP")
+#
+# Host traffic for a published port is steered by policy routing into the
+# agent's TUN, balanced there over the tasks on any host, and only the
+# destination is rewritten: each task sees 192.168.100.10 as the client. The
+# replies go back through the host the client reached. Containers reach the
+# outside through their own host (masqueraded to its address).
+. "$(dirname "$0")/lib.sh"
+
+testbed_up
+start_cluster
+mctl 116 network create web >/dev/null || die "setup: network create"
+mctl 116 service create --name whoami --network web --publish 8000:80 --publish 9001:9000/udp \
+    --publish 7001:7000 >/dev/null || die "setup: service create"
+
+# task NAME HOST: a whoami task: HTTP on :80 answering "NAME CLIENT_IP:PORT",
+# UDP on :9000 answering "NAME CLIENT_IP", TCP lines on :7000 echoed as NAME.
+task() {
+    local name=$1 id=$2
+    mk_container "$name"
+    attach "$id" "$name" web --service whoami >/dev/null || die "setup: attach $name"
+    ip netns exec "mt-$name" timeout 300 python3 -c '
+import socket, socketserver, sys, threading, http.server
+name = sys.argv[1]
+class Who(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%s %s:%d\n" % (name, self.client_address[0], self.client_address[1])).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+class Lines(socketserver.StreamRequestHandler):
+    def handle(self):
+        for _ in self.rfile:
+            self.wfile.write(name.encode() + b"\n")
+for cls, port, h in ((http.server.ThreadingHTTPServer, 80, Who), (socketserver.ThreadingTCPServer, 7000, Lines)):
+    cls.allow_reuse_address = True
+    threading.Thread(target=cls(("0.0.0.0", port), h).serve_forever, daemon=True).start()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
+while True:
+    d, a = s.recvfrom(2048); s.sendto(("%s %s" % (name, a[0])).encode(), a)' "$name" >/dev/null 2>&1 &
+    track $!
+    wait_until 5 listening "mt-$name" 80 || die "setup: $name HTTP server"
+}
+task w1 117; task w2 118
+# The outside client's own HTTP server (for egress), on port 8000 too.
+mkdir -p "$TMP/outside"; echo outside >"$TMP/outside/index.html"
+ip netns exec mt-out timeout 300 python3 -m http.server 8000 --bind "$UNDERLAY.10" --directory "$TMP/outside" \
+    >"$TMP/outside.log" 2>&1 &
+track $!
+wait_until 5 listening mt-out 8000 || die "setup: outside HTTP server"
+
+replicas() { [ "$(mctl "$1" service ls --format json | jq -r '.[] | select(.name == "whoami") | .replicas')" = "$2" ]; }
+check "whoami has 2 tasks on .116" wait_until 3 replicas 116 2
+
+# get NS URL: one request, bounded.
+get() { ip netns exec "$1" curl -s -m 3 "$2"; }
+
+# ---- the outside client reaches a host without a task -------------------------
+check "curl .116:8000 from the outside client answers" wait_until 5 get mt-out "http://$UNDERLAY.116:8000/"
+out=$(for _ in 1 2 3 4; do get mt-out "http://$UNDERLAY.116:8000/"; done)
+note "4 requests to .116:8000: $(echo "$out" | tr '\n' ' ')"
+alternates() { [ "$(echo "$out" | awk '{print $1}' | sort | uniq -c | awk '{print $1}' | tr '\n' ' ')" = "2 2 " ]; }
+check "the requests alternate between w1 and w2 (2 each)" alternates
+real_client() { [ "$(echo "$out" | awk '{print $2}' | cut -d: -f1 | sort -u)" = "$UNDERLAY.10" ]; }
+check "each task sees the real client 192.168.100.10 as the source" real_client
+check "requests to .117 (a task host) and .118 answer too" \
+    bash -c "ip netns exec mt-out curl -sf -m 3 http://$UNDERLAY.117:8000/ && ip netns exec mt-out curl -sf -m 3 http://$UNDERLAY.118:8000/"
+
+# ---- from the host itself --------------------------------------------------
+out=$(for _ in 1 2 3 4; do get mt-h116 "http://127.0.0.1:8000/"; done)
+note "4 requests to 127.0.0.1:8000 on .116: $(echo "$out" | tr '\n' ' ')"
+check "curl 127.0.0.1:8000 on .116 alternates between w1 and w2" alternates
+out=$(for _ in 1 2; do get mt-h116 "http://$UNDERLAY.116:8000/"; done)
+check "curl ADVERTISE_ADDR:8000 on .116 answers" grep -q "^w[12] " <<<"$out"
+check "the host's own connections to port 8000 elsewhere are not captured" \
+    bash -c "ip netns exec mt-h116 curl -sf -m 3 http://$UNDERLAY.10:8000/ | grep -qx outside"
+
+# ---- UDP --------------------------------------------------------------------
+udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }
+check "a UDP published port answers from a host without a task" wait_until 5 bash -c "udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 $UNDERLAY.116 9001; }; udp | grep -q '^w[12] $UNDERLAY.10\$'"
+note "UDP answer: $(udp)"
+
+# ---- a long connection survives scaling -------------------------------------
+fifo="$TMP/lines.in"; mkfifo "$fifo"
+ip netns exec mt-out timeout 60 nc -n "$UNDERLAY.116" 7001 <"$fifo" >"$TMP/lines.out" 2>/dev/null &
+track $!
+exec 7>"$fifo"
+echo a >&7
+first_line() { [ -s "$TMP/lines.out" ]; }
+check "a long-lived TCP connection through .116:7001 is answered" wait_until 5 first_line
+first=$(head -n1 "$TMP/lines.out")
+task w3 116
+check "whoami has 3 tasks after a scale-up" wait_until 3 replicas 116 3
+for i in 1 2 3; do echo "b$i" >&7; sleep 0.2; done
+four_lines() { [ "$(wc -l <"$TMP/lines.out")" -ge 4 ]; }
+check "the connection keeps working across the scale-up" wait_until 5 four_lines
+same_task() { [ "$(sort -u "$TMP/lines.out")" = "$first" ]; }
+check "and keeps its task ($first)" same_task
+exec 7>&-
+out=$(for _ in 1 2 3 4 5 6; do get mt-out "http://$UNDERLAY.116:8000/"; done)
+three() { [ "$(echo "$out" | awk '{print $1}' | sort -u | wc -l)" -eq 3 ]; }
+check "new requests reach the new task too (6 over 3)" three
+check "the task on .116 itself also sees the real client" bash -c "echo '$out' | grep -q '^w3 $UNDERLAY.10:'"
+
+# ---- port conflicts and reserved ports -----------------------------------------
+expect_error "a port already published is refused" mctl 117 service create --name other --network web --publish 8000:80
+expect_error "the VXLAN port cannot be published" mctl 117 service create --name vx --network web --publish 4789:80/udp
+created() { mctl 116 service ls --format json | jq -e 'any(.[]; .name == "other" or .name == "vx")'; }
+check_not "nothing was created for either" created
+
+# ---- egress -----------------------------------------------------------------
+# (The outside server listens on 8000, a port the cluster publishes: only
+# traffic to the hosts' own addresses is steered.)
+check "a container reaches an HTTP server outside the overlay" \
+    wait_until 5 bash -c "ip netns exec mt-w1 curl -sf -m 3 http://$UNDERLAY.10:8000/ | grep -qx outside"
+check "the outside server sees the container's host (.117) as the source" grep -q "^$UNDERLAY.117 " "$TMP/outside.log"
+check "a container on .116 reaches it too, as .116" \
+    bash -c "ip netns exec mt-w3 curl -sf -m 3 http://$UNDERLAY.10:8000/ >/dev/null && grep -q '^$UNDERLAY.116 ' $TMP/outside.log"
+
+# ---- a task host going Down -----------------------------------------------------
+kill_agent 118
+only_up() {
+    local r; for _ in 1 2 3 4 5 6; do r=$(get mt-out "http://$UNDERLAY.116:8000/") || return 1
+        case $r in w1*|w3*) ;; *) return 1 ;; esac; done
+}
+check "within 10 s of .118 dying, .116 sends requests only to live tasks" wait_until 10 only_up
+note "took ${WAITED}s"
+
+# ---- service rm stops publishing, and a stopped agent leaves nothing behind ------
+ip netns exec mt-w1 true
+for n in w1 w3; do
+    id=117; [ "$n" = w3 ] && id=116
+    mctl "$id" container detach --netns "mt-$n" --network web >/dev/null || fail "detach $n"
+done
+mctl 116 service rm whoami >/dev/null || fail "service rm whoami"
+rules_gone() { ! ip -n mt-h117 rule | grep -q 'dport 8000'; }
+check "after service rm, .117 steers port 8000 no more" wait_until 3 rules_gone
+check_not "and .116:8000 no longer answers" get mt-out "http://$UNDERLAY.116:8000/"
+kill_agent 117 TERM
+wait_until 5 gone "$(agent_pid 117 2>/dev/null || echo 0)"
+clean() {
+    ! ip -n mt-h117 rule | grep -q 4789000 &&
+        ip -n mt-h117 rule | grep -q '^0:.*lookup local' &&
+        ! ip -n mt-h117 link show mesh-ingress >/dev/null 2>&1 &&
+        ! ip netns exec mt-h117 nft list table ip mesh_egress >/dev/null 2>&1
+}
+check "a stopped agent leaves no rule, no TUN, no nftables table; local rule back at 0" wait_until 5 clean
+
+finish

@@ -1,0 +1,331 @@
+//! Step 2d: the host's door. Traffic between the host's own stack (through
+//! the ingress TUN: `io::tun`, set up by `netns::ingress`) and the overlay.
+//!
+//! 1. Ingress ([`Ingress::from_host`]): a client reaches a published port on
+//!    this host. The flow is tracked here, a task is picked by the service's
+//!    scheduler, and only the destination changes (address and port): the
+//!    task sees the client's real address and port (no SNAT, unlike Swarm's
+//!    ingress sandbox). The frame leaves with the network gateway's MAC as
+//!    its source, which tells the task's host that it was routed.
+//! 2. Return paths ([`Ingress::learn_return`]): the task's host notes which
+//!    host such a routed flow came through, and sends the task's replies back
+//!    there ([`Ingress::from_container`]) instead of out of its own host, so
+//!    the client gets them from the address it connected to.
+//! 3. Egress ([`Ingress::from_container`]): whatever else a container sends
+//!    to its gateway for an address outside the overlay goes to this host's
+//!    stack, which masquerades it (as Swarm's docker_gwbridge does); the
+//!    replies come back in through the TUN addressed to the container, and
+//!    are routed to it like any packet from the host to a container.
+//!
+//! Both tables here are keyed by 5-tuples from the wire, so they are
+//! [`Conntrack`]s (keyed SipHash, bounded, TCP states, timeouts).
+
+use super::counters::{bump, Counters};
+use super::lb::conntrack::{Conntrack, Key, ReplyKey};
+use super::lb::nat::{self, Side};
+use super::lb::FlowKey;
+use super::vip::{refusal, Balancer, BalancerConfig};
+use super::{encap, DropReason, Packet, Verdict};
+use crate::tables::{Location, NetworkTable, Tables};
+use crate::wire::{ethernet, ipv4, l4, Mac};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The ingress state of one dataplane thread.
+pub struct Ingress {
+    /// Flows that entered through this host's published ports.
+    pub flows: Conntrack,
+    /// Flows another host's ingress brought to our tasks. The key is the
+    /// flow as it reaches the task (client -> task); the entry's backend is
+    /// the VTEP of the host it came through.
+    pub returns: Conntrack,
+    counters: Arc<Counters>,
+    last_sweep: Instant,
+}
+
+/// The parts of an IPv4 TCP or UDP packet that ingress looks at.
+struct Flow {
+    protocol: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: l4::Ports,
+    flags: u8,
+}
+
+/// Reads the flow of the IPv4 packet in an Ethernet frame; `None` for other
+/// protocols and for fragments after the first.
+fn flow_of(frame: &[u8]) -> Result<Option<Flow>, DropReason> {
+    let ip = frame
+        .get(ethernet::HEADER_LEN..)
+        .and_then(|b| ipv4::Packet::new_checked(b).ok())
+        .ok_or(DropReason::Malformed)?;
+    if !ip.is_first_fragment() {
+        return Ok(None);
+    }
+    let (ports, flags) = match ip.protocol() {
+        ipv4::protocol::TCP => {
+            let t = l4::TcpHeader::parse(ip.payload()).map_err(|_| DropReason::Malformed)?;
+            (t.ports, t.flags)
+        }
+        ipv4::protocol::UDP => (
+            l4::Ports::parse(ip.payload()).map_err(|_| DropReason::Malformed)?,
+            0,
+        ),
+        _ => return Ok(None),
+    };
+    Ok(Some(Flow {
+        protocol: ip.protocol(),
+        src: ip.src(),
+        dst: ip.dst(),
+        ports,
+        flags,
+    }))
+}
+
+impl Ingress {
+    pub fn new(config: BalancerConfig, counters: Arc<Counters>) -> Ingress {
+        Ingress {
+            flows: Conntrack::new(config.conntrack_max, config.timeouts),
+            returns: Conntrack::new(config.conntrack_max, config.timeouts),
+            counters,
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// A packet from the host stack. The caller has put an Ethernet header
+    /// in front of it (addresses zero), so the frame code applies; a
+    /// [`Verdict::ToHost`] answer goes back without that header.
+    pub(super) fn from_host(
+        &mut self,
+        now: Instant,
+        balancer: &mut Balancer,
+        tables: &Tables,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
+        let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
+            .map_err(|_| DropReason::Malformed)?;
+        let dst = ip.dst();
+        // To a container: the host's own traffic, or replies to egress that
+        // the host's NAT has turned back to the container's address.
+        if let Some(vni) = tables.routed.get(&dst) {
+            let net = tables.networks.get(vni).ok_or(DropReason::UnknownVni)?;
+            let ep = net.by_ip.get(&dst).ok_or(DropReason::UnknownDestination)?;
+            set_macs(pkt, ep.mac, net.gateway_mac);
+            return deliver(pkt, net, ep.location);
+        }
+        let Some(f) = flow_of(pkt.bytes())? else {
+            return Err(DropReason::UnsupportedProtocol);
+        };
+        let Some(publ) = tables.published.get(&(f.protocol, f.ports.dst)) else {
+            return Err(DropReason::NoRoute);
+        };
+        let vip = tables.vips.get(publ.vip).ok_or(DropReason::NoBackend)?;
+        let key = Key {
+            protocol: f.protocol,
+            client: f.src,
+            client_port: f.ports.src,
+            vip: dst,
+            port: f.ports.dst,
+        };
+        let tcp = f.protocol == ipv4::protocol::TCP;
+        let (entry, new_flow) = match self.flows.touch(&key, f.flags, true, now) {
+            Some(e) => (e, false),
+            None => {
+                if tcp && f.flags & l4::tcp_flags::RST != 0 {
+                    return Err(DropReason::NoRoute);
+                }
+                // A segment of a flow we do not know: reset it, so the
+                // client learns now instead of hanging.
+                if tcp && f.flags & l4::tcp_flags::SYN == 0 {
+                    bump(&vip.stats.reset_untracked);
+                    return self.refuse(pkt, DropReason::UntrackedFlow);
+                }
+                let flow = FlowKey {
+                    src: f.src,
+                    src_port: f.ports.src,
+                    dst_port: f.ports.dst,
+                    protocol: f.protocol,
+                };
+                let flows = &self.flows;
+                let Some(i) = balancer.pick(publ.vip, &vip.backends, &flow, |b| flows.active_to(b))
+                else {
+                    bump(&vip.stats.refused_no_task);
+                    return self.refuse(pkt, DropReason::NoBackend);
+                };
+                let backend = vip.backends[i].ip;
+                let Ok(e) = self.flows.insert_to(key, backend, publ.target, now) else {
+                    bump(&vip.stats.refused_table_full);
+                    return self.refuse(pkt, DropReason::ConntrackFull);
+                };
+                self.flows.update(&key, f.flags, true, now);
+                (e, true)
+            }
+        };
+        let net = tables
+            .networks
+            .get(&vip.vni)
+            .ok_or(DropReason::UnknownVni)?;
+        let Some(ep) = net.by_ip.get(&entry.backend) else {
+            // The task left: forget the flow, reset the client.
+            self.flows.remove(&key);
+            return self.refuse(pkt, DropReason::NoBackend);
+        };
+        vip.count(entry.backend, pkt.len(), new_flow);
+        let frame = pkt.bytes_mut();
+        nat::rewrite(frame, Side::Destination, entry.backend, ep.mac, false);
+        nat::rewrite_port(frame, Side::Destination, entry.backend_port, false);
+        set_macs(pkt, ep.mac, net.gateway_mac);
+        deliver(pkt, net, ep.location)
+    }
+
+    /// A frame a local container sent to its gateway (`net`'s): a reply of
+    /// an ingress flow, back to the host stack or to the host it came
+    /// through, or egress to the host stack.
+    pub(super) fn from_container(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        net: &NetworkTable,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
+        if let Some(f) = flow_of(pkt.bytes())? {
+            if self.reverse(now, tables, &f, pkt) {
+                return Ok(Verdict::ToHost);
+            }
+            let k = Key {
+                protocol: f.protocol,
+                client: f.dst,
+                client_port: f.ports.dst,
+                vip: f.src,
+                port: f.ports.src,
+            };
+            if let Some(e) = self.returns.touch(&k, f.flags, false, now) {
+                let peer = tables.peers.get(&e.backend).ok_or(DropReason::NoRoute)?;
+                encap::encap(pkt, net.vni)?;
+                return Ok(Verdict::ToUnderlay(SocketAddrV4::new(e.backend, peer.port)));
+            }
+        }
+        let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
+            .map_err(|_| DropReason::Malformed)?;
+        // Networks are isolated from each other, as in Swarm: the host
+        // stack would only send it back here.
+        if tables.routed.contains_key(&ip.dst()) {
+            return Err(DropReason::NoRoute);
+        }
+        bump(&self.counters.egress);
+        Ok(Verdict::ToHost)
+    }
+
+    /// A frame another agent routed to us (to our gateway MAC): a task's
+    /// reply to a flow that entered here, or to the host's own traffic.
+    pub(super) fn from_underlay(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
+        if let Some(f) = flow_of(pkt.bytes())? {
+            self.reverse(now, tables, &f, pkt);
+        }
+        Ok(Verdict::ToHost)
+    }
+
+    /// Gives a task's reply of an ingress flow the address and port the
+    /// client connected to. True if the frame belonged to one.
+    fn reverse(&mut self, now: Instant, tables: &Tables, f: &Flow, pkt: &mut Packet<'_>) -> bool {
+        if self.flows.is_empty() {
+            return false;
+        }
+        let r = ReplyKey {
+            protocol: f.protocol,
+            backend: f.src,
+            port: f.ports.src,
+            client: f.dst,
+            client_port: f.ports.dst,
+        };
+        let Some((key, _)) = self.flows.touch_reply(&r, f.flags, now) else {
+            return false;
+        };
+        if let Some(vip) = tables
+            .published
+            .get(&(key.protocol, key.port))
+            .and_then(|p| tables.vips.get(p.vip))
+        {
+            vip.count(f.src, pkt.len(), false);
+        }
+        let partial = pkt.csum_partial;
+        let frame = pkt.bytes_mut();
+        nat::rewrite(frame, Side::Source, key.vip, Mac([0; 6]), partial);
+        nat::rewrite_port(frame, Side::Source, key.port, partial);
+        true
+    }
+
+    /// Notes the host a routed frame for a local task came through (`vtep`),
+    /// so the task's replies go back that way.
+    pub(super) fn learn_return(&mut self, now: Instant, vtep: Ipv4Addr, frame: &[u8]) {
+        let Ok(Some(f)) = flow_of(frame) else {
+            return;
+        };
+        let k = Key {
+            protocol: f.protocol,
+            client: f.src,
+            client_port: f.ports.src,
+            vip: f.dst,
+            port: f.ports.dst,
+        };
+        match self.returns.touch(&k, f.flags, true, now) {
+            Some(e) if e.backend == vtep => {}
+            _ => {
+                if self.returns.insert(k, vtep, now).is_err() {
+                    bump(&self.counters.drops[DropReason::ConntrackFull as usize]);
+                    return;
+                }
+                self.returns.update(&k, f.flags, true, now);
+            }
+        }
+    }
+
+    fn refuse(&mut self, pkt: &mut Packet<'_>, reason: DropReason) -> Result<Verdict, DropReason> {
+        bump(&self.counters.drops[reason as usize]);
+        if refusal(pkt) {
+            Ok(Verdict::ToHost)
+        } else {
+            Err(reason)
+        }
+    }
+
+    /// Expires idle flows: a full sweep at most once a second.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_sweep) < Duration::from_secs(1) {
+            return;
+        }
+        self.last_sweep = now;
+        if !self.flows.is_empty() {
+            self.flows.sweep(now);
+        }
+        if !self.returns.is_empty() {
+            self.returns.sweep(now);
+        }
+    }
+}
+
+fn set_macs(pkt: &mut Packet<'_>, dst: Mac, src: Mac) {
+    let f = pkt.bytes_mut();
+    f[0..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&src.0);
+}
+
+fn deliver(
+    pkt: &mut Packet<'_>,
+    net: &NetworkTable,
+    location: Location,
+) -> Result<Verdict, DropReason> {
+    match location {
+        Location::Local(p) => Ok(Verdict::ToTap(p)),
+        Location::Remote(vtep) => {
+            encap::encap(pkt, net.vni)?;
+            Ok(Verdict::ToUnderlay(vtep))
+        }
+    }
+}
