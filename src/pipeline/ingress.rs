@@ -1,7 +1,7 @@
 //! Step 2d: the host's door. Traffic between the host's own stack (through
 //! the ingress TUN: `io::tun`, set up by `netns::ingress`) and the overlay.
 //!
-//! 1. Ingress ([`Ingress::from_host`]): a client reaches a published port on
+//! 1. Ingress ([`Ingress::on_host`]): a client reaches a published port on
 //!    this host. The flow is tracked here, a task is picked by the service's
 //!    scheduler, and only the destination changes (address and port): the
 //!    task sees the client's real address and port (no SNAT, unlike Swarm's
@@ -9,9 +9,9 @@
 //!    its source, which tells the task's host that it was routed.
 //! 2. Return paths ([`Ingress::learn_return`]): the task's host notes which
 //!    host such a routed flow came through, and sends the task's replies back
-//!    there ([`Ingress::from_container`]) instead of out of its own host, so
+//!    there ([`Ingress::on_container`]) instead of out of its own host, so
 //!    the client gets them from the address it connected to.
-//! 3. Egress ([`Ingress::from_container`]): whatever else a container sends
+//! 3. Egress ([`Ingress::on_container`]): whatever else a container sends
 //!    to its gateway for an address outside the overlay goes to this host's
 //!    stack, which masquerades it (as Swarm's docker_gwbridge does); the
 //!    replies come back in through the TUN addressed to the container, and
@@ -96,7 +96,7 @@ impl Ingress {
     /// A packet from the host stack. The caller has put an Ethernet header
     /// in front of it (addresses zero), so the frame code applies; a
     /// [`Verdict::ToHost`] answer goes back without that header.
-    pub(super) fn from_host(
+    pub(super) fn on_host(
         &mut self,
         now: Instant,
         balancer: &mut Balancer,
@@ -182,7 +182,7 @@ impl Ingress {
     /// A frame a local container sent to its gateway (`net`'s): a reply of
     /// an ingress flow, back to the host stack or to the host it came
     /// through, or egress to the host stack.
-    pub(super) fn from_container(
+    pub(super) fn on_container(
         &mut self,
         now: Instant,
         tables: &Tables,
@@ -219,7 +219,7 @@ impl Ingress {
 
     /// A frame another agent routed to us (to our gateway MAC): a task's
     /// reply to a flow that entered here, or to the host's own traffic.
-    pub(super) fn from_underlay(
+    pub(super) fn on_underlay(
         &mut self,
         now: Instant,
         tables: &Tables,
@@ -329,3 +329,6 @@ fn deliver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -217,7 +217,7 @@ impl Pipeline {
             return Ok(Verdict::ToTap(port));
         }
         if eth.dst() == net.gateway_mac {
-            return self.ingress.from_container(now, tables, net, pkt);
+            return self.ingress.on_container(now, tables, net, pkt);
         }
         if let Some(idx) = vip_of(net, pkt.bytes()) {
             return match self.balancer.balance(now, tables, net, idx, pkt)? {
@@ -272,7 +272,7 @@ impl Pipeline {
         }
         let (dst_mac, src_mac) = (eth.dst(), eth.src());
         if dst_mac == net.gateway_mac {
-            return self.ingress.from_underlay(now, tables, pkt);
+            return self.ingress.on_underlay(now, tables, pkt);
         }
         let port = switch::from_underlay(net, pkt.bytes())?;
         if src_mac == net.gateway_mac {
@@ -294,7 +294,7 @@ impl Pipeline {
         head[..12].fill(0);
         head[12..].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
         let tables = &*self.tables;
-        self.ingress.from_host(now, &mut self.balancer, tables, pkt)
+        self.ingress.on_host(now, &mut self.balancer, tables, pkt)
     }
 }
 

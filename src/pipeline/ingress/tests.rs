@@ -1,0 +1,290 @@
+//! Two agents wired together in memory (as quinn's tests do): the host the
+//! client reaches (A, no task) and the task's host (B). Every step of an
+//! ingress flow, its reply, egress, and the refusals.
+
+use super::*;
+use crate::pipeline::lb::Backend;
+use crate::pipeline::offload::pseudo_header_sum;
+use crate::pipeline::{Input, Pipeline, HEADROOM};
+use crate::tables::{Endpoint, Peer, Port, Published, VipTable};
+use crate::wire::l4::tcp_flags::{ACK, SYN};
+use crate::wire::{checksum, checksum_fold, vxlan, vxlan::Vni};
+use proptest::prelude::*;
+
+const HOST_A: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 116);
+const HOST_B: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 117);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const VNI: u32 = 4096;
+const TCP: u8 = ipv4::protocol::TCP;
+
+/// The tables of host `me`: the task is local on B (port 1), remote on A.
+/// `tasks` false: the service has no task at all.
+fn tables(me: Ipv4Addr, tasks: bool) -> Tables {
+    let vni = Vni::new(VNI).unwrap();
+    let mut t = Tables::default();
+    let mut net = NetworkTable::new(vni, GATEWAY);
+    let other = if me == HOST_A { HOST_B } else { HOST_A };
+    let location = if me == HOST_B {
+        t.ports.insert(
+            1,
+            Port {
+                vni,
+                ip: TASK,
+                mac: Mac::for_ip(TASK),
+            },
+        );
+        Location::Local(1)
+    } else {
+        Location::Remote(SocketAddrV4::new(HOST_B, 4789))
+    };
+    net.insert(Endpoint {
+        ip: TASK,
+        mac: Mac::for_ip(TASK),
+        location,
+    });
+    let backends = if tasks {
+        vec![Backend {
+            ip: TASK,
+            weight: 1,
+        }]
+    } else {
+        vec![]
+    };
+    t.vips.push(VipTable::new("web", VIP, vni, "rr", backends));
+    net.vips.insert(VIP, 0);
+    t.published
+        .insert((TCP, 8000), Published { vip: 0, target: 80 });
+    t.routed.insert(TASK, vni);
+    t.networks.insert(vni, net);
+    t.peers.insert(
+        other,
+        Peer {
+            port: 4789,
+            agent: true,
+        },
+    );
+    t
+}
+
+fn agent(me: Ipv4Addr, tasks: bool) -> Pipeline {
+    Pipeline::new(Arc::new(tables(me, tasks)), Arc::new(Counters::default()))
+}
+
+/// An IPv4 TCP packet (no Ethernet header) with 4 bytes of payload and
+/// valid checksums.
+fn tcp_packet(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 20 + 4];
+    ipv4::Repr {
+        src: src.0,
+        dst: dst.0,
+        protocol: TCP,
+        ttl: 64,
+        ident: 7,
+        dont_fragment: true,
+        payload_len: 24,
+    }
+    .emit(&mut p)
+    .unwrap();
+    p[20..22].copy_from_slice(&src.1.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.1.to_be_bytes());
+    p[24..28].copy_from_slice(&1000u32.to_be_bytes());
+    p[32] = 0x50;
+    p[33] = flags;
+    p[40..].copy_from_slice(b"data");
+    let pseudo = pseudo_header_sum(&p[..20], TCP, 24);
+    let c = !(checksum_fold(pseudo, &p[20..]) as u16);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// `packet` behind an Ethernet header.
+fn frame(dst: Mac, src: Mac, packet: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    ethernet::emit(&mut f, dst, src, ethernet::ethertype::IPV4).unwrap();
+    f.extend_from_slice(packet);
+    f
+}
+
+fn run(p: &mut Pipeline, input: Input, bytes: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; HEADROOM + bytes.len() + 100];
+    buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
+    let mut pkt = Packet::new(&mut buf, HEADROOM, bytes.len());
+    let v = p.process(Instant::now(), input, &mut pkt);
+    (v, pkt.bytes().to_vec())
+}
+
+/// Addresses and ports of the IPv4 packet in an Ethernet frame.
+fn ends(f: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+    let ip = ipv4::Packet::new_checked(&f[14..]).unwrap();
+    let ports = l4::Ports::parse(ip.payload()).unwrap();
+    ((ip.src(), ports.src), (ip.dst(), ports.dst))
+}
+
+fn checksums_ok(f: &[u8]) -> bool {
+    let ip = ipv4::Packet::new_checked(&f[14..]).unwrap();
+    let pseudo = pseudo_header_sum(&f[14..34], ip.protocol(), ip.payload().len());
+    checksum(&f[14..34]) == 0 && !(checksum_fold(pseudo, ip.payload()) as u16) == 0
+}
+
+fn underlay(from: Ipv4Addr) -> Input {
+    Input::Underlay(SocketAddrV4::new(from, 4789))
+}
+
+#[test]
+fn a_client_reaches_a_task_on_another_host_and_the_reply_returns_through_the_same_host() {
+    let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
+    // 1. The host stack hands A the client's SYN to its published port.
+    let syn = tcp_packet((CLIENT, 5555), (HOST_A, 8000), SYN);
+    let (v, d) = run(&mut a, Input::Host, &syn);
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+    assert_eq!(vxlan::parse(&d).unwrap().get(), VNI);
+    let inner = &d[vxlan::HEADER_LEN..];
+    let eth = ethernet::Frame::new_checked(inner).unwrap();
+    assert_eq!(
+        (eth.dst(), eth.src()),
+        (Mac::for_ip(TASK), Mac::for_gateway(GATEWAY))
+    );
+    assert_eq!(
+        ends(inner),
+        ((CLIENT, 5555), (TASK, 80)),
+        "only the destination changes: the task sees the real client"
+    );
+    assert!(checksums_ok(inner));
+    // 2. B delivers it to the task and notes that it came through A.
+    let (v, f) = run(&mut b, underlay(HOST_A), &d);
+    assert_eq!(v, Verdict::ToTap(1));
+    assert_eq!(f, inner);
+    // 3. The task answers the client through its gateway: B sends it back to A.
+    let synack = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 80), (CLIENT, 5555), SYN | ACK),
+    );
+    let (v, d) = run(&mut b, Input::Tap(1), &synack);
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
+    assert_eq!(
+        b.counters()
+            .egress
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // 4. A gives it the published address back and hands it to the host stack.
+    let (v, f) = run(&mut a, underlay(HOST_B), &d);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(ends(&f), ((HOST_A, 8000), (CLIENT, 5555)));
+    assert!(checksums_ok(&f));
+    // 5. The next segment of the flow goes to the same task.
+    let ack = tcp_packet((CLIENT, 5555), (HOST_A, 8000), ACK);
+    let (v, d) = run(&mut a, Input::Host, &ack);
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+    assert_eq!(ends(&d[vxlan::HEADER_LEN..]).1, (TASK, 80));
+}
+
+#[test]
+fn a_task_on_the_ingress_host_is_reached_directly() {
+    let mut b = agent(HOST_B, true);
+    let syn = tcp_packet((CLIENT, 6000), (Ipv4Addr::LOCALHOST, 8000), SYN);
+    let (v, f) = run(&mut b, Input::Host, &syn);
+    assert_eq!(v, Verdict::ToTap(1));
+    assert_eq!(ends(&f), ((CLIENT, 6000), (TASK, 80)));
+    let reply = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 80), (CLIENT, 6000), SYN | ACK),
+    );
+    let (v, f) = run(&mut b, Input::Tap(1), &reply);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(ends(&f), ((Ipv4Addr::LOCALHOST, 8000), (CLIENT, 6000)));
+    assert!(checksums_ok(&f));
+}
+
+#[test]
+fn egress_goes_to_the_host_and_other_networks_stay_closed() {
+    let mut b = agent(HOST_B, true);
+    let out = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 40000), (CLIENT, 80), SYN),
+    );
+    let (v, f) = run(&mut b, Input::Tap(1), &out);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(f, out, "egress is masqueraded by the host, not here");
+    assert_eq!(
+        b.counters()
+            .egress
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // To an overlay address through the gateway: never via the host.
+    let routed = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 40000), (TASK, 80), SYN),
+    );
+    assert_eq!(
+        run(&mut b, Input::Tap(1), &routed).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    // The host's replies to egress (NAT undone by the kernel) reach the task.
+    let back = tcp_packet((CLIENT, 80), (TASK, 40000), SYN | ACK);
+    let (v, f) = run(&mut b, Input::Host, &back);
+    assert_eq!(v, Verdict::ToTap(1));
+    let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
+    assert_eq!(
+        (eth.dst(), eth.src()),
+        (Mac::for_ip(TASK), Mac::for_gateway(GATEWAY))
+    );
+    assert_eq!(&f[14..], &back[..]);
+}
+
+#[test]
+fn refusals_are_answered_at_once() {
+    let mut empty = agent(HOST_A, false);
+    let syn = tcp_packet((CLIENT, 5555), (HOST_A, 8000), SYN);
+    let (v, f) = run(&mut empty, Input::Host, &syn);
+    assert_eq!(v, Verdict::ToHost, "no task: RST to the client");
+    assert_eq!(ends(&f), ((HOST_A, 8000), (CLIENT, 5555)));
+    assert_ne!(f[14 + 20 + 13] & l4::tcp_flags::RST, 0);
+    assert_eq!(empty.counters().dropped(DropReason::NoBackend), 1);
+    let mut a = agent(HOST_A, true);
+    let late = tcp_packet((CLIENT, 5556), (HOST_A, 8000), ACK);
+    let (v, f) = run(&mut a, Input::Host, &late);
+    assert_eq!(v, Verdict::ToHost, "a segment of an unknown flow: RST");
+    assert_ne!(f[14 + 20 + 13] & l4::tcp_flags::RST, 0);
+    let other = tcp_packet((CLIENT, 5555), (HOST_A, 9999), SYN);
+    assert_eq!(
+        run(&mut a, Input::Host, &other).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    assert_eq!(
+        run(&mut a, Input::Host, &syn[..30]).0,
+        Verdict::Drop(DropReason::Malformed)
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_packets_from_the_host_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..120),
+        seed in any::<bool>(),
+        edits in proptest::collection::vec((0usize..44, any::<u8>()), 0..6),
+        headroom in 0usize..HEADROOM,
+    ) {
+        let mut p = agent(HOST_A, true);
+        let mut packet = if seed { tcp_packet((CLIENT, 1), (HOST_A, 8000), SYN) } else { bytes };
+        for (at, b) in edits {
+            if let Some(x) = packet.get_mut(at) { *x = b; }
+        }
+        let mut buf = vec![0u8; headroom + packet.len()];
+        buf[headroom..].copy_from_slice(&packet);
+        let mut pkt = Packet::new(&mut buf, headroom, packet.len());
+        let v = p.process(Instant::now(), Input::Host, &mut pkt);
+        prop_assert!(pkt.start <= pkt.end && pkt.end <= pkt.buf.len());
+        if let Verdict::ToUnderlay(_) = v {
+            prop_assert!(vxlan::parse(pkt.bytes()).is_ok());
+        }
+    }
+}
