@@ -126,6 +126,44 @@ check "the outside server sees the container's host (.117) as the source" grep -
 check "a container on .116 reaches it too, as .116" \
     bash -c "ip netns exec mt-w3 curl -sf -m 3 http://$UNDERLAY.10:8000/ >/dev/null && grep -q '^$UNDERLAY.116 ' $TMP/outside.log"
 
+# ---- the wordpress scene: web reaches db by name, web published on every host ----
+mctl 116 network create wp >/dev/null || die "setup: network create wp"
+mctl 116 service create --name db --network wp >/dev/null || die "setup: service create db"
+mctl 117 service create --name wordpress --network wp --publish 8080:80 >/dev/null ||
+    die "setup: service create wordpress"
+mk_container db
+attach 118 db wp --service db >/dev/null || die "setup: attach db"
+ip netns exec mt-db timeout 300 python3 -c '
+import socketserver
+class Db(socketserver.StreamRequestHandler):
+    def handle(self):
+        for _ in self.rfile:
+            self.wfile.write(b"rows-from-db\n")
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("0.0.0.0", 3306), Db).serve_forever()' >/dev/null 2>&1 &
+track $!
+wait_until 5 listening mt-db 3306 || die "setup: db server"
+mk_container wp
+attach 117 wp wp --service wordpress >/dev/null || die "setup: attach wordpress"
+ip netns exec mt-wp timeout 300 python3 -c '
+import socket, http.server
+class Web(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with socket.create_connection(("db", 3306), timeout=2) as s:
+            s.sendall(b"SELECT\n"); rows = s.makefile().readline().strip()
+        body = ("wordpress: %s, for %s\n" % (rows, self.client_address[0])).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), Web).serve_forever()' >/dev/null 2>&1 &
+track $!
+wait_until 5 listening mt-wp 80 || die "setup: wordpress server"
+wp_ok() { get mt-out "http://$UNDERLAY.$1:8080/" | grep -qx "wordpress: rows-from-db, for $UNDERLAY.10"; }
+for id in 116 117 118; do
+    check "wordpress on .$id:8080 answers with rows from db (reached by name), for the real client" \
+        wait_until 5 wp_ok "$id"
+done
+
 # ---- a task host going Down -----------------------------------------------------
 kill_agent 118
 only_up() {

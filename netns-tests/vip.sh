@@ -118,20 +118,25 @@ f = s.makefile("rwb")
 for i in range(10):
     f.write(b"hello\n"); f.flush()
     print(f.readline().decode().strip(), flush=True)
-    time.sleep(0.3)
+    # Idle for 2 s midway, as a keep-alive connection is: still open.
+    time.sleep(2.0 if i == 4 else 0.3)
 PY
 dpid=$!; track $dpid
 wait_until 5 grep -q . "$TMP/drain.txt" || die "drain: the session did not start"
 T=$(head -1 "$TMP/drain.txt")
 note "the session is on $T; detaching it"
-( mctl "${HOST_OF[$T]}" container detach --netns "mt-$T" --network demo >/dev/null 2>&1; echo "$?" >"$TMP/detached" ) &
+( mctl "${HOST_OF[$T]}" container detach --netns "mt-$T" --network demo >/dev/null 2>&1; rc=$?
+  date +%s%3N >"$TMP/detached.at"; echo "$rc" >"$TMP/detached" ) &
 track $!
 sleep 0.5
 others=$(for i in 1 2 3 4; do get whoami || echo failed; done | sort -u | tr '\n' ' ')
 check "new connections during the drain avoid $T: $others" sh -c "! echo '$others' | grep -Eq '$T|failed'"
 wait_until 10 gone $dpid
+session_end=$(date +%s%3N)
 check "the draining task's open connection finished: 10 answers from $T" test "$(grep -cx "$T" "$TMP/drain.txt")" = 10
 check "the detach completed after the drain" wait_until 10 test -s "$TMP/detached"
+check "the idle pause did not end the drain: detached after the session closed" \
+    sh -c "[ \$(cat $TMP/detached.at) -ge $((session_end - 300)) ]"
 check "... and $T's eth0 is gone" sh -c "! ip -n mt-$T link show eth0 >/dev/null 2>&1"
 
 finish

@@ -205,8 +205,9 @@ impl Agent {
             ep.draining = true;
             self.cluster.publish_endpoint(&ep).await;
             self.refresh(&local).await;
+            let netns = att.netns.clone();
             drop(local);
-            self.drain(port).await;
+            self.drain(port, &netns).await;
             local = self.local.lock().await;
         }
         let Some(att) = local.remove(&port) else {
@@ -232,20 +233,44 @@ impl Agent {
 }
 
 impl Agent {
-    /// Waits until port `port` has been quiet for [`QUIET`] (its connections
-    /// are done) or the drain timeout has passed.
-    async fn drain(&self, port: PortId) {
+    /// Waits until the task in `netns` (port `port`) is done with its
+    /// clients, or the drain timeout has passed. Done: no TCP connection a
+    /// client opened to it is still open (an idle keep-alive connection
+    /// counts: it is waited for, not cut), and its port has been quiet for
+    /// [`QUIET`] (for UDP, which has no connections to look at).
+    async fn drain(&self, port: PortId, netns: &str) {
         let deadline = std::time::Instant::now() + self.drain_timeout;
         let mut last = self.dataplane.activity(port);
         let mut quiet_since = std::time::Instant::now();
+        let path = netns::resolve(netns);
         while std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let now = self.dataplane.activity(port);
             if now != last {
                 last = now;
                 quiet_since = std::time::Instant::now();
-            } else if quiet_since.elapsed() >= QUIET {
-                return;
+                continue;
+            }
+            if quiet_since.elapsed() < QUIET {
+                continue;
+            }
+            let p = path.clone();
+            let open = tokio::task::spawn_blocking(move || {
+                netns::run_in(&p, || {
+                    netns::sockets::inbound_open()
+                        .map_err(|e| netns::NetnsError::Config(e.to_string()))
+                })
+            })
+            .await;
+            match open {
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) => tracing::debug!(port, open = n, "draining: connections still open"),
+                // The namespace is gone or unreadable: nothing left to wait for.
+                Ok(Err(e)) => {
+                    tracing::debug!(port, error = %e, "draining: cannot read the task's sockets");
+                    return;
+                }
+                Err(_) => return,
             }
         }
         tracing::info!(

@@ -11,6 +11,7 @@
 
 pub mod ingress;
 mod ioctl;
+pub mod sockets;
 
 pub use ioctl::{
     addr_add, link_exists, link_set_mac, link_set_mtu, link_set_up, mtu_of_address,

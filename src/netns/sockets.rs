@@ -1,0 +1,60 @@
+//! What a namespace's TCP sockets say about its connections: a draining
+//! task is done when no connection that a client opened to it is left.
+
+/// Connections clients opened to the listeners of the calling thread's
+/// namespace and that are not closed yet (so not counting TIME_WAIT), from
+/// `/proc/thread-self/net/tcp`. Call it on a thread inside the namespace
+/// ([`super::run_in`]).
+pub fn inbound_open() -> std::io::Result<usize> {
+    let table = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+    Ok(count_inbound_open(&table))
+}
+
+/// TCP states in /proc/net/tcp (include/net/tcp_states.h).
+const LISTEN: u8 = 0x0A;
+const TIME_WAIT: u8 = 0x06;
+const CLOSE: u8 = 0x07;
+
+/// The count [`inbound_open`] makes, from the text of a /proc/net/tcp table.
+pub fn count_inbound_open(table: &str) -> usize {
+    let rows: Vec<(u16, u8)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            let state = u8::from_str_radix(state, 16).ok()?;
+            Some((port, state))
+        })
+        .collect();
+    let listening: Vec<u16> = rows
+        .iter()
+        .filter(|(_, s)| *s == LISTEN)
+        .map(|(p, _)| *p)
+        .collect();
+    rows.iter()
+        .filter(|(p, s)| ![LISTEN, TIME_WAIT, CLOSE].contains(s) && listening.contains(p))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_open_connections_to_a_listener_count() {
+        // A listener on :80, an established client connection to it, one in
+        // TIME_WAIT, and an outbound connection from port 40000 to a db.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0400000A:0050 0A64A8C0:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0400000A:0050 0A64A8C0:D432 06 00000000:00000000 03:00000F5C 00000000     0        0 0 3
+   3: 0400000A:9C40 0500000A:0CEA 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+";
+        assert_eq!(count_inbound_open(table), 1);
+        assert_eq!(count_inbound_open(""), 0);
+        assert_eq!(count_inbound_open("header\ngarbage line\n"), 0);
+    }
+}
