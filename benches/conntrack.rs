@@ -25,15 +25,33 @@ fn shuffled(n: u32) -> Vec<u32> {
     v
 }
 
+/// The process's resident memory, from /proc/self/statm (0 if unreadable).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 fn bench(c: &mut Criterion) {
     let now = Instant::now();
     let backend = Ipv4Addr::new(10, 0, 0, 5);
     let mut g = c.benchmark_group("conntrack");
     for n in [1_000u32, 1_000_000] {
+        let before = rss_bytes();
         let mut ct = Conntrack::new(2 * n as usize, Timeouts::default());
         for i in 0..n {
             let _ = ct.insert(key(i), backend, now);
         }
+        let grown = rss_bytes().saturating_sub(before);
+        println!(
+            "conntrack memory: {n} flows take {:.1} MB of resident memory ({} bytes a flow)",
+            grown as f64 / 1e6,
+            grown / u64::from(n)
+        );
         let order = shuffled(n);
         let mut at = 0usize;
         g.bench_function(format!("hit, {n} flows"), |b| {

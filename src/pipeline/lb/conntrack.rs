@@ -4,9 +4,10 @@
 //! way.
 //!
 //! The table is the dataplane thread's own (no lock). It is keyed by 5-tuples
-//! that come from the wire, so it uses the standard library's keyed SipHash:
-//! a sender cannot choose ports that collide. It is bounded: when full, new
-//! flows are refused and counted while existing ones go on.
+//! that come from the wire, so its hash is keyed with two secret random words
+//! per table ([`FlowHash`]): a sender cannot compute which ports collide. It
+//! is bounded: when full, new flows are refused and counted while existing
+//! ones go on.
 //!
 //! TCP entries follow the flags (SYN, established, FIN, RST) with timeouts per
 //! state. An idle established connection is kept for a long time by default
@@ -16,11 +17,75 @@
 
 use crate::wire::l4::tcp_flags::{ACK, FIN, RST, SYN};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+/// The hash of the conntrack tables: a folded 64x64->128 multiply keyed
+/// with two random words drawn per table (the construction of foldhash and
+/// of aHash's portable path). A 5-tuple is hashed as two words, so a lookup
+/// costs two multiplies instead of SipHash's rounds over 13 bytes. The keys
+/// never leave the process, so a sender who picks addresses and ports from
+/// the wire cannot aim them at one bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowHash {
+    k0: u64,
+    k1: u64,
+}
+
+impl FlowHash {
+    /// Fresh secret keys.
+    pub fn random() -> FlowHash {
+        FlowHash {
+            k0: rand::random(),
+            k1: rand::random::<u64>() | 1,
+        }
+    }
+}
+
+impl BuildHasher for FlowHash {
+    type Hasher = FlowHasher;
+    fn build_hasher(&self) -> FlowHasher {
+        FlowHasher {
+            h: self.k0,
+            k: self.k1,
+        }
+    }
+}
+
+/// See [`FlowHash`].
+pub struct FlowHasher {
+    h: u64,
+    k: u64,
+}
+
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+impl Hasher for FlowHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.h = folded_multiply(self.h ^ v, self.k);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.h
+    }
+}
+
 /// A flow as the client sent it: protocol, client, VIP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub protocol: u8,
     pub client: Ipv4Addr,
@@ -30,13 +95,51 @@ pub struct Key {
 }
 
 /// A reply as the task sends it: protocol, task, client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyKey {
     pub protocol: u8,
     pub backend: Ipv4Addr,
     pub port: u16,
     pub client: Ipv4Addr,
     pub client_port: u16,
+}
+
+/// Two words for the hash: every field, packed (consistent with `Eq`).
+fn words(protocol: u8, a: Ipv4Addr, a_port: u16, b: Ipv4Addr, b_port: u16) -> (u64, u64) {
+    (
+        u64::from(u32::from(a)) << 32 | u64::from(u32::from(b)),
+        u64::from(protocol) << 32 | u64::from(a_port) << 16 | u64::from(b_port),
+    )
+}
+
+impl Hash for Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (x, y) = words(
+            self.protocol,
+            self.client,
+            self.client_port,
+            self.vip,
+            self.port,
+        );
+        state.write_u64(x);
+        state.write_u64(y);
+    }
+}
+
+impl Hash for ReplyKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (x, y) = words(
+            self.protocol,
+            self.backend,
+            self.port,
+            self.client,
+            self.client_port,
+        );
+        state.write_u64(x);
+        state.write_u64(y);
+    }
 }
 
 /// Where a TCP connection stands.
@@ -92,8 +195,8 @@ pub enum Refusal {
 
 /// The table.
 pub struct Conntrack {
-    flows: HashMap<Key, Entry>,
-    replies: HashMap<ReplyKey, Key>,
+    flows: HashMap<Key, Entry, FlowHash>,
+    replies: HashMap<ReplyKey, Key, FlowHash>,
     max: usize,
     pub timeouts: Timeouts,
 }
@@ -101,8 +204,8 @@ pub struct Conntrack {
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
         Conntrack {
-            flows: HashMap::new(),
-            replies: HashMap::new(),
+            flows: HashMap::with_hasher(FlowHash::random()),
+            replies: HashMap::with_hasher(FlowHash::random()),
             max,
             timeouts,
         }
@@ -300,6 +403,15 @@ mod tests {
         }
     }
     const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+
+    #[test]
+    fn the_hash_is_keyed_per_table() {
+        let hash = |h: &FlowHash| h.hash_one(key(1));
+        let (a, b) = (FlowHash::random(), FlowHash::random());
+        assert_eq!(hash(&a), hash(&a));
+        assert_ne!(hash(&a), hash(&b), "another table, another key");
+        assert_ne!(a.hash_one(key(1)), a.hash_one(key(2)));
+    }
 
     #[test]
     fn a_flow_and_its_replies_find_the_same_entry() {

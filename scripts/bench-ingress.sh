@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# scripts/bench-ingress.sh: HTTP from an outside client to a published port on a host
+# without tasks, mesh routing mesh vs a Swarm-like kernel routing mesh, in one run.
+#
+#   both:    mt-out (.10) --wrk--> http://192.168.100.116:8000/   (.116 runs no task)
+#   kernel:  nftables on .116 (conntrack + NAT in the kernel, as Swarm's ingress does):
+#              ip daddr 192.168.100.116 tcp dport 8000
+#                dnat to numgen inc mod 2 map { 0 : 10.199.0.11, 1 : 10.199.0.12 } : 80
+#              oifname "mt-kbr" ct status dnat masquerade      (source -> 10.199.0.1)
+#            then mt-kbr -- mt-kvx (kernel vxlan, VNI 100, UDP 4790) to the task
+#   mesh:    the agents, service web published with `--publish 8000:80`: ip rules on
+#            .116 steer the port into the agent's TUN, the agent picks a task (rr)
+#            per new connection, rewrites only the destination and sends it over its
+#            VXLAN (UDP 4789); the task's host sends the replies back through .116
+#
+#   mt-out .10                      kt1 10.199.0.11 | w1      kt2 10.199.0.12 | w2
+#      |                              veth    TAP   |           veth    TAP   |
+#      |          mt-kbr 10.199.0.1  mt-kbr -- mt-kvx            mt-kbr -- mt-kvx
+#      |          mt-kvx | TUN         mesh-agent                  mesh-agent
+#      |          mesh-agent
+#      |          mt-h116 .116 eth0 -- mt-h117 .117 eth0 -------- mt-h118 .118 eth0
+#   (all on mt-br0 in mt-ul, 192.168.100.0/24)
+#
+#   The two systems share the hosts and the address wrk connects to, so they run
+#   one after the other and never coexist: first the kernel one (no agent running),
+#   which is then removed entirely (nftables table, vxlan, bridge, its task
+#   namespaces), then the mesh one. Every task, kernel ktN and mesh wN alike, is
+#   the same nginx (one worker, keep-alive without a request limit) answering its
+#   own name to GET /; task 1 runs on .117, task 2 on .118. Before measuring, 4
+#   curls to /client (one new connection each) must be answered by each task
+#   exactly twice; nginx logs only those requests (access_log if=, so logging does
+#   not weigh on the measurement), in the format "$remote_addr $request_uri", and
+#   the address there is the client address the task saw: the mesh must keep
+#   192.168.100.10 (else FAIL); the kernel shows .116's overlay-side address.
+#
+#   Two cases per system, `wrk -t1 -c16 -d DURATION`:
+#     ingress-keepalive  16 keep-alive connections: requests/s
+#     ingress-close      -H "Connection: close": every request a new connection
+#                        through the routing mesh (new connections/s)
+#   Shown: requests/s, wrk's errors (socket errors + non-2xx; more than 1 % of
+#   the requests is a FAIL), and the CPU seconds (utime + stime from
+#   /proc/PID/stat) the three mesh agents used meanwhile. ratio = mesh / kernel
+#   (higher is better). The last lines are machine-readable:
+#     RESULT case=ingress-keepalive kernel=RPS mesh=RPS ratio=R
+#     RESULT case=ingress-close kernel=RPS mesh=RPS ratio=R
+#     RESULT client-address kernel=IP mesh=IP kept=yes|no
+#
+# Usage: scripts/bench-ingress.sh [--smoke]
+#   DURATION=10 (seconds per wrk run); --smoke: 2 s runs, to keep the script working.
+#   Needs wrk, nginx (Debian nginx-light), nft (nftables), curl, jq.
+
+. "$(dirname "$0")/../netns-tests/lib.sh"
+
+DURATION=${DURATION:-10}
+CLK_TCK=$(getconf CLK_TCK)
+for arg in "$@"; do
+    case $arg in
+        --smoke) DURATION=2 ;;
+        *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
+    esac
+done
+if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ]; then
+    echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
+need_bins
+for b in wrk nginx nft curl jq; do
+    command -v "$b" >/dev/null || die "setup: $b not found (apt-get install wrk nginx-light nftables curl jq)"
+done
+
+TASKS=2
+PUB=8000                                      # the published port
+ENTRY=$UNDERLAY.116                           # the host wrk connects to (no task)
+CLIENT=$UNDERLAY.10                           # mt-out
+KGW=10.199.0.1                                # .116's address on the kernel overlay
+LIFE=$((4 * (DURATION + 20) + 300))           # upper bound for every server we start
+
+# task_host N: the host id of task N (1 on .117, 2 on .118).
+task_host() { echo $((116 + $1)); }
+
+# web NS NAME: nginx in NS on :80 answering NAME (config, pid and temp files in
+# $TMP/nginx-NAME, its logs in $TMP/nginx-NAME*.log; requests to /client logged
+# in $TMP/NAME.access as "$remote_addr $request_uri"); waits until it listens.
+# WEB_PID[NAME] is its pid.
+declare -A WEB_PID=()
+web() {
+    local ns=$1 name=$2 dir="$TMP/nginx-$2"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $TMP/nginx-$name.log;
+events { worker_connections 4096; }
+http {
+    log_format client '\$remote_addr \$request_uri';
+    map \$request_uri \$client_probe { /client 1; default 0; }
+    access_log $TMP/$name.access client if=\$client_probe;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 80 backlog=4096;
+        default_type text/plain;
+        location / { return 200 "$name\n"; }
+    }
+}
+EOF
+    ip netns exec "$ns" timeout "$LIFE" nginx -p "$dir" -e "$TMP/nginx-$name.log" -c "$dir/nginx.conf" \
+        >"$TMP/nginx-$name.out.log" 2>&1 </dev/null &
+    WEB_PID[$name]=$!; track $!
+    wait_until 5 listening "$ns" 80 || die "setup: nginx $name in $ns does not listen on :80"
+}
+
+# spread NS URL N: N curls to URL from NS, one new connection each; the answers
+# counted, e.g. "w1:2 w2:2 " (a curl that fails counts as "failed").
+spread() {
+    local i
+    for ((i = 0; i < $3; i++)); do ip netns exec "$1" curl -s -m 3 "$2" || echo failed; done |
+        sort | uniq -c | awk '{ print $2 ":" $1 }' | tr '\n' ' '
+}
+
+# expect_spread LABEL PREFIX: every task PREFIX1..PREFIXN answers exactly twice
+# in 2 x TASKS curls from mt-out to /client on .116, else stop here (the numbers
+# would mean nothing).
+expect_spread() {
+    local label=$1 prefix=$2 want='' i got
+    for ((i = 1; i <= TASKS; i++)); do want+="$prefix$i:2 "; done
+    got=$(spread mt-out "http://$ENTRY:$PUB/client" $((2 * TASKS)))
+    if [ "$got" = "$want" ]; then pass "$label: $((2 * TASKS)) new connections spread evenly: $got"
+    else die "$label: $((2 * TASKS)) new connections: got '$got', want '$want'"; fi
+}
+
+# seen_by PREFIX: the client addresses the tasks PREFIX1..PREFIXN logged for
+# /client, sorted and joined by commas (e.g. "192.168.100.10").
+seen_by() {
+    local i files=()
+    for ((i = 1; i <= TASKS; i++)); do files+=("$TMP/$1$i.access"); done
+    awk '{ print $1 }' "${files[@]}" 2>/dev/null | sort -u | paste -sd, -
+}
+
+# logged PREFIX: each task PREFIX1..PREFIXN has logged 2 requests to /client.
+logged() {
+    local i
+    for ((i = 1; i <= TASKS; i++)); do
+        [ "$(grep -c ' /client$' "$TMP/$1$i.access" 2>/dev/null)" -ge 2 ] || return 1
+    done
+}
+
+get_ok() { ip netns exec mt-out curl -s -m 3 -o /dev/null "http://$ENTRY:$PUB/"; }
+
+# ratio A B: A / B, or n/a unless both are positive numbers.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
+        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
+}
+
+# wrk_rps OUT URL [WRK_ARGS...]: wrk -t1 -c16 for DURATION s from mt-out, its
+# output in OUT; prints requests/s. Fails (wrk's output on stderr) without a
+# result or with errors (socket errors + non-2xx) on more than 1 % of requests.
+wrk_rps() {
+    local out=$1 url=$2; shift 2
+    ip netns exec mt-out timeout $((DURATION + 15)) wrk -t1 -c16 -d"${DURATION}s" "$@" "$url" \
+        >"$out" 2>&1 </dev/null
+    if awk -v e="$(wrk_errors "$out")" '
+            / requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
+            END { if (r > 0 && e <= n / 100) { printf "%.0f\n", r; exit 0 } exit 1 }' "$out"; then return 0; fi
+    sed 's/^/    /' "$out" >&2
+    return 1
+}
+
+# wrk_errors OUT: socket errors + non-2xx/3xx responses in wrk's output OUT.
+wrk_errors() {
+    awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
+         /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
+}
+
+CASES=(ingress-keepalive ingress-close)
+declare -A CASE_ARGS=([ingress-keepalive]="" [ingress-close]="Connection: close")
+declare -A CASE_LABEL=([ingress-keepalive]="keep-alive         req/s" [ingress-close]="Connection: close  conn/s")
+declare -A KV=() MV=() CPU=()
+
+# measure SYSTEM: both cases with wrk from mt-out to .116:PUB, results in KV or
+# MV; for mesh also the agents' CPU seconds in CPU.
+measure() {
+    local sys=$1 c out t0 t1 args
+    for c in "${CASES[@]}"; do
+        args=()
+        [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
+        t0=
+        [ "$sys" = mesh ] && { t0=$(agent_ticks) || t0=; }
+        if out=$(wrk_rps "$TMP/wrk-$sys-$c.txt" "http://$ENTRY:$PUB/" "${args[@]}"); then :; else
+            out=0; fail "$sys wrk $c: no result"; fi
+        if [ "$sys" = kernel ]; then KV[$c]=$out; continue; fi
+        MV[$c]=$out
+        t1=$(agent_ticks) || t1=
+        if [ -n "$t0" ] && [ -n "$t1" ]; then
+            CPU[$c]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')
+        else CPU[$c]=n/a; fi
+    done
+}
+
+# --- kernel: VXLAN + bridge on every host, VNI 100 on UDP 4790 -----------------------
+testbed_up 116 117 118
+for id in 116 117 118; do
+    h=mt-h$id
+    ip -n "$h" link add mt-kvx type vxlan id 100 dstport 4790 local "$UNDERLAY.$id" dev eth0 ||
+        die "setup: kernel vxlan on .$id"
+    ip -n "$h" link add mt-kbr type bridge
+    ip -n "$h" link set mt-kvx master mt-kbr up
+    ip -n "$h" link set mt-kbr up
+    for peer in 116 117 118; do
+        [ "$peer" = "$id" ] || bridge -n "$h" fdb append 00:00:00:00:00:00 dev mt-kvx dst "$UNDERLAY.$peer"
+    done
+done
+ip -n mt-h116 addr add "$KGW/24" dev mt-kbr
+nsx mt-h116 sysctl -qw net.ipv4.ip_forward=1
+
+# kport NS ID IP: netns NS with eth0 = IP/24 on the kernel bridge of host .ID.
+kport() {
+    local ns=$1 id=$2 ip=$3
+    mk_ns "$ns" noipv6
+    ip -n "mt-h$id" link add "$ns" mtu 1450 type veth peer name eth0 netns "$ns" mtu 1450 ||
+        die "setup: veth for $ns"
+    ip -n "mt-h$id" link set "$ns" master mt-kbr up
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+
+KMAP=
+for ((n = 1; n <= TASKS; n++)); do
+    kport "mt-kt$n" "$(task_host $n)" "10.199.0.$((10 + n))"
+    web "mt-kt$n" "kt$n"
+    KMAP+="${KMAP:+, }$((n - 1)) : 10.199.0.$((10 + n))"
+    wait_until 5 ping_ok mt-h116 "10.199.0.$((10 + n))" || die "setup: kernel vxlan: .116 -> kt$n does not ping"
+done
+nsx mt-h116 nft -f - <<EOF || die "setup: nftables DNAT + masquerade on .116"
+table ip mt_ingress {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr $ENTRY tcp dport $PUB dnat to numgen inc mod $TASKS map { $KMAP } : 80
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "mt-kbr" ct status dnat masquerade
+    }
+}
+EOF
+note "kernel: $ENTRY:$PUB -> numgen inc mod $TASKS map { $KMAP } :80, masquerade to $KGW (nftables on .116)"
+
+wait_until 5 get_ok || die "setup: curl $ENTRY:$PUB from mt-out (kernel)"
+expect_spread "kernel $ENTRY:$PUB" kt
+wait_until 3 logged kt || die "kernel: the tasks did not log the /client requests"
+KSEEN=$(seen_by kt)
+note "kernel: the tasks saw the client as $KSEEN"
+measure kernel
+
+# --- remove the kernel routing mesh entirely ---------------------------------------------
+for ((n = 1; n <= TASKS; n++)); do
+    stop_pid "${WEB_PID[kt$n]}"
+    ip netns del "mt-kt$n" 2>/dev/null
+done
+nsx mt-h116 nft delete table ip mt_ingress || die "teardown: nftables table on .116"
+for id in 116 117 118; do
+    ip -n "mt-h$id" link del mt-kvx
+    ip -n "mt-h$id" link del mt-kbr
+done
+nsx mt-h116 sysctl -qw net.ipv4.ip_forward=0
+kernel_gone() {
+    local id
+    [ -z "$(nsx mt-h116 nft list ruleset)" ] || return 1
+    for id in 116 117 118; do ! ip -n "mt-h$id" link show mt-kbr >/dev/null 2>&1 || return 1; done
+    ! get_ok
+}
+wait_until 3 kernel_gone || die "teardown: the kernel routing mesh is not gone (nftables, links, or .116:$PUB still answers)"
+note "kernel: removed (nftables table, vxlan, bridge, task namespaces)"
+
+# --- mesh: three agents, network web, service web published on 8000 -----------------------
+start_cluster 116 117 118
+mctl 116 network create web >/dev/null || die "setup: network create web"
+mctl 116 service create --name web --network web --publish "$PUB:80" >/dev/null ||
+    die "setup: service create web --publish $PUB:80"
+for ((n = 1; n <= TASKS; n++)); do
+    mk_container "w$n"
+    attach "$(task_host $n)" "w$n" web --service web >/dev/null || die "setup: attach w$n on .$(task_host $n)"
+    web "mt-w$n" "w$n"
+done
+replicas() { [ "$(mctl 116 service ls --format json | jq -r '.[] | select(.name == "web") | .replicas')" = "$TASKS" ]; }
+wait_until 5 replicas || die "setup: web does not have $TASKS tasks on .116"
+note "mesh: $ENTRY:$PUB -> web:80, $TASKS tasks (rr, mesh-agent on .116)"
+
+MESH_PIDS=()
+for id in 116 117 118; do
+    pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
+    MESH_PIDS+=("$pid")
+done
+# agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
+agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
+
+wait_until 5 get_ok || die "setup: curl $ENTRY:$PUB from mt-out (mesh)"
+expect_spread "mesh $ENTRY:$PUB" w
+wait_until 3 logged w || die "mesh: the tasks did not log the /client requests"
+MSEEN=$(seen_by w)
+note "mesh: the tasks saw the client as $MSEEN"
+if [ "$MSEEN" = "$CLIENT" ]; then pass "mesh: every task logged the real client $CLIENT"
+else fail "mesh: the tasks logged '$MSEEN', not the real client $CLIENT"; fi
+measure mesh
+
+# --- report ----------------------------------------------------------------------------------
+row() { printf '  %-26s %-13s %-13s %-7s %-16s %s\n' "$@"; }
+echo
+echo "HTTP GET / from the outside client $CLIENT to $ENTRY:$PUB (a host with no task),"
+echo "$TASKS nginx tasks on .117 and .118: wrk -t1 -c16 -d${DURATION}s"
+echo "kernel = nftables DNAT (numgen inc) + masquerade on .116 + kernel vxlan;"
+echo "mesh = mesh-agent routing mesh (--publish $PUB:80); ratio = mesh / kernel"
+row case kernel mesh ratio "errors k/m" "mesh agents CPU s"
+for c in "${CASES[@]}"; do
+    row "${CASE_LABEL[$c]}" "${KV[$c]}" "${MV[$c]}" "$(ratio "${MV[$c]}" "${KV[$c]}")" \
+        "$(wrk_errors "$TMP/wrk-kernel-$c.txt")/$(wrk_errors "$TMP/wrk-mesh-$c.txt")" "${CPU[$c]}"
+done
+# kept SEEN: what became of the client address, as the tasks logged it.
+kept() { if [ "$1" = "$CLIENT" ]; then echo kept; elif [ "$1" = "$KGW" ]; then echo "lost: .116's overlay address"
+         else echo lost; fi; }
+KEPT=no; [ "$MSEEN" = "$CLIENT" ] && KEPT=yes
+echo "client address seen by the tasks: kernel ${KSEEN:-none} ($(kept "$KSEEN")), mesh ${MSEEN:-none} ($(kept "$MSEEN"))"
+echo
+for c in "${CASES[@]}"; do
+    echo "RESULT case=$c kernel=${KV[$c]} mesh=${MV[$c]} ratio=$(ratio "${MV[$c]}" "${KV[$c]}")"
+done
+echo "RESULT client-address kernel=${KSEEN:-none} mesh=${MSEEN:-none} kept=$KEPT"
+finish
