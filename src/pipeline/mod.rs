@@ -272,6 +272,11 @@ impl Pipeline {
         }
         let (dst_mac, src_mac) = (eth.dst(), eth.src());
         if dst_mac == net.gateway_mac {
+            // Only another agent routes to us (a plain VTEP has no business
+            // reaching this host's stack through the overlay).
+            if !tables.peers.get(src.ip()).is_some_and(|p| p.agent) {
+                return Err(DropReason::NoRoute);
+            }
             return self.ingress.on_underlay(now, tables, pkt);
         }
         let port = switch::from_underlay(net, pkt.bytes())?;
