@@ -72,6 +72,10 @@ alternates() { [ "$(echo "$out" | awk '{print $1}' | sort | uniq -c | awk '{prin
 check "the requests alternate between w1 and w2 (2 each)" alternates
 real_client() { [ "$(echo "$out" | awk '{print $2}' | cut -d: -f1 | sort -u)" = "$UNDERLAY.10" ]; }
 check "each task sees the real client 192.168.100.10 as the source" real_client
+ct_count() { ip netns exec mt-h116 cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0; }
+before=$(ct_count); for _ in 1 2 3 4 5 6; do get mt-out "http://$UNDERLAY.116:8000/" >/dev/null; done
+note "kernel conntrack entries on .116: $before before 6 requests, $(ct_count) after"
+check "the kernel does not track ingress flows (notrack): the agent alone does" test "$(ct_count)" -lt $((before + 3))
 check "requests to .117 (a task host) and .118 answer too" \
     bash -c "ip netns exec mt-out curl -sf -m 3 http://$UNDERLAY.117:8000/ && ip netns exec mt-out curl -sf -m 3 http://$UNDERLAY.118:8000/"
 
@@ -189,7 +193,7 @@ clean() {
     ! ip -n mt-h117 rule | grep -q 4789000 &&
         ip -n mt-h117 rule | grep -q '^0:.*lookup local' &&
         ! ip -n mt-h117 link show mesh-ingress >/dev/null 2>&1 &&
-        ! ip netns exec mt-h117 nft list table ip mesh_egress >/dev/null 2>&1
+        ! ip netns exec mt-h117 nft list table ip mesh >/dev/null 2>&1
 }
 check "a stopped agent leaves no rule, no TUN, no nftables table; local rule back at 0" wait_until 5 clean
 

@@ -13,13 +13,17 @@
 #            per new connection, rewrites only the destination and sends it over its
 #            VXLAN (UDP 4789); the task's host sends the replies back through .116
 #
-#   mt-out .10                      kt1 10.199.0.11 | w1      kt2 10.199.0.12 | w2
-#      |                              veth    TAP   |           veth    TAP   |
-#      |          mt-kbr 10.199.0.1  mt-kbr -- mt-kvx            mt-kbr -- mt-kvx
-#      |          mt-kvx | TUN         mesh-agent                  mesh-agent
-#      |          mesh-agent
-#      |          mt-h116 .116 eth0 -- mt-h117 .117 eth0 -------- mt-h118 .118 eth0
-#   (all on mt-br0 in mt-ul, 192.168.100.0/24)
+#   mt-out .10: wrk
+#      |
+#      |   mt-h116 .116 (no task)      mt-h117 .117                 mt-h118 .118
+#      |   kernel: nftables DNAT +     kernel: mt-kt1 10.199.0.11   kernel: mt-kt2 10.199.0.12
+#      |     masquerade, mt-kbr          (veth) on mt-kbr             (veth) on mt-kbr
+#      |     10.199.0.1 + mt-kvx         + mt-kvx                     + mt-kvx
+#      |   mesh: mesh-agent,           mesh: mesh-agent,            mesh: mesh-agent,
+#      |     TUN mesh-ingress            mt-w1 (TAP)                  mt-w2 (TAP)
+#  +---+---------+---------------------------+----------------------------+----+
+#  |                 mt-br0 in mt-ul, 192.168.100.0/24, eth0 of each             |
+#  +-----------------------------------------------------------------------------+
 #
 #   The two systems share the hosts and the address wrk connects to, so they run
 #   one after the other and never coexist: first the kernel one (no agent running),
@@ -32,6 +36,8 @@
 #   not weigh on the measurement), in the format "$remote_addr $request_uri", and
 #   the address there is the client address the task saw: the mesh must keep
 #   192.168.100.10 (else FAIL); the kernel shows .116's overlay-side address.
+#   (In the mesh run the kernel of .116 does not track these flows: the agent's
+#   nftables table `mesh` marks the published ports notrack.)
 #
 #   Two cases per system, `wrk -t1 -c16 -d DURATION`:
 #     ingress-keepalive  16 keep-alive connections: requests/s

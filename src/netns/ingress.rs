@@ -24,7 +24,10 @@
 //! one nftables rule (as Swarm's docker_gwbridge does with iptables); the
 //! replies are turned back by the kernel's NAT and routed to the TUN by one
 //! rule per overlay subnet. Without the `nft` binary egress is off and the
-//! agent says so.
+//! agent says so. A NAT table turns the kernel's connection tracking on for
+//! the whole namespace, so the same nftables table marks the published
+//! ports' packets `notrack` (both ways): ingress flows are tracked by the
+//! agent alone, and a full kernel conntrack table cannot drop them.
 //!
 //! Everything here is undone by [`HostRouting::teardown`] (also on drop);
 //! rules left by an agent that was killed are removed when the next one
@@ -44,8 +47,8 @@ pub const PREF_PUBLISHED: u32 = 10;
 pub const PREF_SUBNETS: u32 = 11;
 /// Where the host's `local` rule goes, after ours.
 pub const PREF_LOCAL: u32 = 1000;
-/// The nftables table of the egress masquerade.
-const NFT_TABLE: &str = "mesh_egress";
+/// The nftables table: egress masquerade, and `notrack` for ingress.
+pub const NFT_TABLE: &str = "mesh";
 
 /// A published port as the host's rules see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,8 +226,8 @@ impl HostRouting {
         let plan = plan.clone();
         let old = std::mem::replace(&mut self.applied, plan.clone());
         ip_batch(&cmds)?;
-        if self.nft && plan.subnets != old.subnets {
-            self.masquerade(&plan.subnets)?;
+        if self.nft && plan != old {
+            self.apply_nft(&plan)?;
         }
         tracing::info!(
             published = plan.published.len(),
@@ -234,17 +237,9 @@ impl HostRouting {
         Ok(())
     }
 
-    /// Replaces the egress masquerade rule, in one nftables transaction.
-    fn masquerade(&self, subnets: &BTreeSet<(Ipv4Addr, u8)>) -> Result<(), NetnsError> {
-        let mut text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
-        if !subnets.is_empty() {
-            let set: Vec<String> = subnets.iter().map(|(a, l)| format!("{a}/{l}")).collect();
-            text += &format!(
-                "table ip {NFT_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{}\" return\n    ip saddr {{ {} }} masquerade\n  }}\n}}\n",
-                self.tun,
-                set.join(", ")
-            );
-        }
+    /// Replaces the nftables table, in one transaction.
+    fn apply_nft(&self, plan: &HostPlan) -> Result<(), NetnsError> {
+        let text = nft_ruleset(&self.tun, self.advertise, plan);
         let mut child = Command::new("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -260,7 +255,7 @@ impl HostRouting {
             .map_err(|e| NetnsError::Config(format!("nft failed: {e}")))?;
         if !out.status.success() {
             return Err(NetnsError::Config(format!(
-                "egress masquerade: {}",
+                "nftables (egress masquerade, ingress notrack): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
@@ -301,8 +296,101 @@ impl HostRouting {
     }
 }
 
+/// The nftables script that replaces table [`NFT_TABLE`] for `plan`: the
+/// egress masquerade of the overlay subnets, and `notrack` for the published
+/// ports' packets (the clients' on the way in, locally made ones on the way
+/// out, the replies coming back from the TUN).
+pub fn nft_ruleset(tun: &str, advertise: Ipv4Addr, plan: &HostPlan) -> String {
+    let mut text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    if plan.subnets.is_empty() && plan.published.is_empty() {
+        return text;
+    }
+    text += &format!("table ip {NFT_TABLE} {{\n");
+    let ours = format!("{{ {advertise}, 127.0.0.0/8 }}");
+    let mut pre = vec![];
+    let mut out = vec![];
+    for proto in ["tcp", "udp"] {
+        let ports: Vec<String> = plan
+            .published
+            .iter()
+            .filter(|p| p.protocol == proto)
+            .map(|p| p.port.to_string())
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        let ports = ports.join(", ");
+        pre.push(format!(
+            "ip daddr {ours} {proto} dport {{ {ports} }} notrack"
+        ));
+        pre.push(format!(
+            "iifname \"{tun}\" ip saddr {ours} {proto} sport {{ {ports} }} notrack"
+        ));
+        out.push(format!(
+            "ip daddr {ours} {proto} dport {{ {ports} }} notrack"
+        ));
+    }
+    let chain = |name: &str, hook: &str, rules: &[String]| {
+        let mut c = format!(
+            "  chain {name} {{\n    type filter hook {hook} priority raw; policy accept;\n"
+        );
+        for r in rules {
+            c += &format!("    {r}\n");
+        }
+        c + "  }\n"
+    };
+    if !pre.is_empty() {
+        text += &chain("ingress_notrack", "prerouting", &pre);
+        text += &chain("local_notrack", "output", &out);
+    }
+    if !plan.subnets.is_empty() {
+        let set: Vec<String> = plan
+            .subnets
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
+        text += &format!(
+            "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{tun}\" return\n    ip saddr {{ {} }} masquerade\n  }}\n",
+            set.join(", ")
+        );
+    }
+    text + "}\n"
+}
+
 impl Drop for HostRouting {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nftables_script_masquerades_egress_and_leaves_ingress_untracked() {
+        let mut plan = HostPlan::default();
+        let adv = Ipv4Addr::new(192, 168, 100, 116);
+        let empty = nft_ruleset("mesh-ingress", adv, &plan);
+        assert_eq!(empty, "add table ip mesh\ndelete table ip mesh\n");
+        plan.subnets.insert((Ipv4Addr::new(10, 0, 0, 0), 24));
+        plan.published.insert(PublishedPort {
+            protocol: "tcp",
+            port: 8000,
+        });
+        plan.published.insert(PublishedPort {
+            protocol: "tcp",
+            port: 7001,
+        });
+        let s = nft_ruleset("mesh-ingress", adv, &plan);
+        assert!(s.contains(
+            "ip daddr { 192.168.100.116, 127.0.0.0/8 } tcp dport { 7001, 8000 } notrack"
+        ));
+        assert!(s.contains(
+            "iifname \"mesh-ingress\" ip saddr { 192.168.100.116, 127.0.0.0/8 } tcp sport { 7001, 8000 } notrack"
+        ));
+        assert!(!s.contains("udp"), "no UDP port published, no empty set");
+        assert!(s.contains("ip saddr { 10.0.0.0/24 } masquerade"));
+        assert!(s.contains("hook output priority raw"));
     }
 }
