@@ -86,6 +86,23 @@ for _ in range(6):
 ' | sort | uniq -c | awk '{print $2 ":" $1}' | tr '\n' ' ')
 note "lc, 6 held connections: $held"
 check "lc: six held connections are spread 2 per task" test "$held" = "lc1:2 lc2:2 lc3:2 "
+# Four held connections (one task gets two); close those two; the next two
+# new connections go to that task, now the least loaded (rr would not).
+lc_refill=$(ip netns exec mt-client timeout 20 python3 -c '
+import socket, time, collections
+def conn():
+    s = socket.create_connection(("s-lc", 7000), timeout=3)
+    s.sendall(b"x\n"); return s, s.makefile().readline().strip()
+held = [conn() for _ in range(4)]
+busiest = collections.Counter(n for _, n in held).most_common(1)[0][0]
+for s, n in held:
+    if n == busiest: s.close()
+time.sleep(1)
+print(busiest, *[conn()[1] for _ in range(2)])
+')
+note "lc: closed the two connections of the busiest task, then two new ones went to: $lc_refill"
+check "lc: new connections go to the task with the fewest open ones" \
+    bash -c "set -- $lc_refill; [ \$# -eq 3 ] && [ \$2 = \$1 ] && [ \$3 = \$1 ]"
 
 got=$(spread s-sh 6); note "sh, 6 requests from one client: $got"
 check "sh: one client stays on one task" grep -Eq '^sh[123]:6 $' <<<"$got"
@@ -93,16 +110,30 @@ check "sh: one client stays on one task" grep -Eq '^sh[123]:6 $' <<<"$got"
 got=$(spread s-mh 12); note "mh, 12 requests: $got"
 check "mh: new flows are spread over more than one task" bash -c "[ \$(wc -w <<<'$got') -ge 2 ] && ! grep -q failed <<<'$got'"
 # Six flows with fixed source ports, from .116 and then from .117.
+# (The server closes first, so the client keeps no TIME_WAIT that would
+# stop the same ports from connecting again.)
 mh_flows() {
-    for p in 45101 45102 45103 45104 45105 45106; do
-        ip netns exec mt-client curl -s -m 3 --local-port "$p" http://s-mh:8000/ || echo failed
-    done | tr '\n' ' '
+    ip netns exec mt-client timeout 20 python3 -c '
+import socket
+for port in range(61101, 61107):  # outside the ephemeral range
+    try:
+        s = socket.socket(); s.settimeout(3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", port)); s.connect(("s-mh", 8000))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096): data += chunk
+        s.close()
+        print(data.split(b"\r\n\r\n", 1)[1].decode().strip(), end=" ")
+    except OSError as e:
+        print("failed:%s" % type(e).__name__, end=" ")
+'
 }
 one=$(mh_flows); note "mh, six flows from .116: $one"
 check "mh: the six flows were all answered" bash -c "! grep -q failed <<<'$one'"
 CIP=$(containers 116 client | jq -r .ip)
 mctl 116 container detach --netns mt-client --network demo >/dev/null || die "detach client"
-attach 117 client demo --ip "$CIP" >/dev/null || die "setup: re-attach the client on .117"
+out=$(attach 117 client demo --ip "$CIP" 2>&1) || die "setup: re-attach the client on .117: $out"
 wait_until 5 bash -c "ip netns exec mt-client curl -sf -m 2 http://s-rr:8000/" || die "setup: client on .117 does not answer"
 again=$(mh_flows); note "mh, the same six flows from .117: $again"
 check "mh: each flow picks the same task from another host" test "$again" = "$one"

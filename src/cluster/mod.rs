@@ -295,9 +295,13 @@ impl Cluster {
     async fn decide(&self, m: Mutation) -> Result<Outcome, String> {
         // A removal refused for attached containers may race their detach on
         // another host, still on its way here: give gossip a moment first.
+        // So may an address asked for by name (`attach --ip`) that a
+        // container detached elsewhere a moment ago.
         if matches!(
             m,
-            Mutation::RemoveService { .. } | Mutation::RemoveNetwork { .. }
+            Mutation::RemoveService { .. }
+                | Mutation::RemoveNetwork { .. }
+                | Mutation::ReserveIp { ip: Some(_), .. }
         ) {
             let deadline = Instant::now() + Duration::from_millis(1500);
             while Instant::now() < deadline {
@@ -309,6 +313,14 @@ impl Cluster {
                     Mutation::RemoveNetwork { name } => view
                         .find_network(name)
                         .is_some_and(|n| view.containers.iter().any(|c| c.network_id == n.id)),
+                    Mutation::ReserveIp {
+                        network,
+                        ip: Some(ip),
+                    } => view.find_network(network).is_some_and(|n| {
+                        view.containers
+                            .iter()
+                            .any(|c| c.network_id == n.id && c.ip == *ip)
+                    }),
                     _ => false,
                 };
                 if !busy {

@@ -530,6 +530,24 @@ mod vip {
     }
 
     #[test]
+    fn round_robin_keeps_its_place_when_unrelated_tables_change() {
+        let mut p = pipeline();
+        let syn = |port| l4_frame((ip(2), port), (VIP, 80), Mac::for_ip(VIP), 6, SYN);
+        assert_eq!(
+            run_plain(&mut p, Input::Tap(1), &syn(41000)).0,
+            Verdict::ToTap(2)
+        );
+        // New tables with the same tasks (another container came, say).
+        let same = (*p.tables).clone();
+        p.set_tables(Arc::new(same));
+        assert_eq!(
+            run_plain(&mut p, Input::Tap(1), &syn(41001)).0,
+            Verdict::ToUnderlay(SocketAddrV4::new(HOST2, 4789)),
+            "the next task, not the first one again"
+        );
+    }
+
+    #[test]
     fn empty_vips_and_untracked_segments_are_refused_at_once() {
         let mut p = pipeline();
         let (v, out, plain) = run_plain(

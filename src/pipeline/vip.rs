@@ -37,6 +37,13 @@ pub struct Balancer {
     pub conntrack: Conntrack,
     /// One scheduler per entry of `Tables::vips`, rebuilt with the tables.
     schedulers: Vec<Scheduler>,
+    /// What each scheduler was built for (VIP, scheduler name, tasks), so an
+    /// unchanged VIP keeps its scheduler's state across new tables.
+    built_for: Vec<(
+        std::net::Ipv4Addr,
+        String,
+        Vec<crate::pipeline::lb::Backend>,
+    )>,
     active: Vec<u32>,
     counters: Arc<Counters>,
     last_sweep: Instant,
@@ -55,6 +62,7 @@ impl Balancer {
         let mut b = Balancer {
             conntrack: Conntrack::new(config.conntrack_max, config.timeouts),
             schedulers: vec![],
+            built_for: vec![],
             active: Vec::with_capacity(64),
             counters,
             last_sweep: Instant::now(),
@@ -64,16 +72,30 @@ impl Balancer {
     }
 
     /// Rebuilds the schedulers for new tables (a Maglev table is built here,
-    /// off the per-packet path).
+    /// off the per-packet path). A VIP whose tasks did not change keeps its
+    /// scheduler as it was: tables change for many reasons (any container
+    /// anywhere), and round-robin must not start over each time.
     pub fn set_tables(&mut self, tables: &Tables) {
-        self.schedulers = tables
-            .vips
-            .iter()
-            .map(|v| {
+        let mut old: Vec<Option<Scheduler>> = std::mem::take(&mut self.schedulers)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let built_for = std::mem::take(&mut self.built_for);
+        for v in &tables.vips {
+            let kept = built_for
+                .iter()
+                .position(|(vip, name, backends)| {
+                    *vip == v.vip && *name == v.scheduler && *backends == v.backends
+                })
+                .and_then(|i| old.get_mut(i).and_then(Option::take));
+            let s = kept.unwrap_or_else(|| {
                 Scheduler::named(&v.scheduler, &v.backends)
                     .unwrap_or(Scheduler::RoundRobin { next: 0 })
-            })
-            .collect();
+            });
+            self.schedulers.push(s);
+            self.built_for
+                .push((v.vip, v.scheduler.clone(), v.backends.clone()));
+        }
     }
 
     /// Handles a frame to `vip` (index `idx` in the tables) from a container.
