@@ -294,7 +294,8 @@ fn floods_spoofs_and_hairpins_are_dropped() {
     );
     assert_eq!(
         run(&mut p, Input::Tap(1), &f).0,
-        Verdict::Drop(DropReason::NoRoute)
+        Verdict::ToHost,
+        "to the gateway for the outside: egress through the host"
     );
     assert_eq!(
         run(&mut p, Input::Tap(77), &f).0,
