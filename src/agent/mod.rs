@@ -164,7 +164,10 @@ impl Agent {
         let Some(routing) = guard.as_mut() else {
             return;
         };
-        let mut plan = HostPlan::default();
+        let mut plan = HostPlan {
+            vxlan_port: self.cluster.config.vxlan_port,
+            ..HostPlan::default()
+        };
         for s in view.services.values() {
             for p in &s.ports {
                 if let Some(why) = self.reserved_port(p) {

@@ -65,6 +65,9 @@ pub struct HostPlan {
     /// Overlay subnets (address, prefix length): replies to egress, and the
     /// host's own traffic to containers.
     pub subnets: BTreeSet<(Ipv4Addr, u8)>,
+    /// The underlay's VXLAN port: its datagrams are not tracked either (the
+    /// NAT table would otherwise put every one through conntrack).
+    pub vxlan_port: u16,
 }
 
 /// The host side of ingress, as set up in the agent's namespace.
@@ -309,6 +312,11 @@ pub fn nft_ruleset(tun: &str, advertise: Ipv4Addr, plan: &HostPlan) -> String {
     let ours = format!("{{ {advertise}, 127.0.0.0/8 }}");
     let mut pre = vec![];
     let mut out = vec![];
+    if plan.vxlan_port != 0 {
+        let p = plan.vxlan_port;
+        pre.push(format!("udp dport {p} notrack"));
+        out.push(format!("udp dport {p} notrack"));
+    }
     for proto in ["tcp", "udp"] {
         let ports: Vec<String> = plan
             .published
@@ -340,8 +348,8 @@ pub fn nft_ruleset(tun: &str, advertise: Ipv4Addr, plan: &HostPlan) -> String {
         c + "  }\n"
     };
     if !pre.is_empty() {
-        text += &chain("ingress_notrack", "prerouting", &pre);
-        text += &chain("local_notrack", "output", &out);
+        text += &chain("notrack_in", "prerouting", &pre);
+        text += &chain("notrack_out", "output", &out);
     }
     if !plan.subnets.is_empty() {
         let set: Vec<String> = plan
@@ -392,5 +400,12 @@ mod tests {
         assert!(!s.contains("udp"), "no UDP port published, no empty set");
         assert!(s.contains("ip saddr { 10.0.0.0/24 } masquerade"));
         assert!(s.contains("hook output priority raw"));
+        assert!(
+            !s.contains("udp dport 4789"),
+            "no port given, none untracked"
+        );
+        plan.vxlan_port = 4789;
+        let s = nft_ruleset("mesh-ingress", adv, &plan);
+        assert_eq!(s.matches("udp dport 4789 notrack").count(), 2);
     }
 }
