@@ -72,10 +72,16 @@ alternates() { [ "$(echo "$out" | awk '{print $1}' | sort | uniq -c | awk '{prin
 check "the requests alternate between w1 and w2 (2 each)" alternates
 real_client() { [ "$(echo "$out" | awk '{print $2}' | cut -d: -f1 | sort -u)" = "$UNDERLAY.10" ]; }
 check "each task sees the real client 192.168.100.10 as the source" real_client
-ct_count() { ip netns exec mt-h116 cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0; }
-before=$(ct_count); for _ in 1 2 3 4 5 6; do get mt-out "http://$UNDERLAY.116:8000/" >/dev/null; done
-note "kernel conntrack entries on .116: $before before 6 requests, $(ct_count) after"
-check "the kernel does not track ingress flows (notrack): the agent alone does" test "$(ct_count)" -lt $((before + 3))
+reserved() { ip netns exec "mt-h$1" cat /proc/sys/net/ipv4/ip_local_reserved_ports; }
+check "published ports are kept off the hosts' own ephemeral ports" bash -c "[ '$(reserved 116)' = '7001,8000,9001' ]"
+TASK_IP=$(containers 117 w1 | jq -r .ip)
+lan_reaches_task() {
+    ip -n mt-out route replace 10.0.0.0/8 via "$UNDERLAY.116"
+    local rc=0; ip netns exec mt-out curl -s -m 2 "http://$TASK_IP:80/" >/dev/null || rc=1
+    ip -n mt-out route del 10.0.0.0/8 via "$UNDERLAY.116"
+    return $rc
+}
+check_not "the LAN cannot reach a task's address through a host, only published ports" lan_reaches_task
 check "requests to .117 (a task host) and .118 answer too" \
     bash -c "ip netns exec mt-out curl -sf -m 3 http://$UNDERLAY.117:8000/ && ip netns exec mt-out curl -sf -m 3 http://$UNDERLAY.118:8000/"
 
@@ -114,6 +120,11 @@ out=$(for _ in 1 2 3 4 5 6; do get mt-out "http://$UNDERLAY.116:8000/"; done)
 three() { [ "$(echo "$out" | awk '{print $1}' | sort -u | wc -l)" -eq 3 ]; }
 check "new requests reach the new task too (6 over 3)" three
 check "the task on .116 itself also sees the real client" bash -c "echo '$out' | grep -q '^w3 $UNDERLAY.10:'"
+hairpin() {
+    for _ in 1 2 3; do ip netns exec "mt-$1" curl -sf -m 3 "http://$UNDERLAY.$2:8000/" | grep -q '^w[123] ' || return 1; done
+}
+check "a task calling its own host's published port (.116 from w3) gets answers" hairpin w3 116
+check "so does a container calling another host's published port (.118 from w1)" hairpin w1 118
 
 # ---- port conflicts and reserved ports -----------------------------------------
 expect_error "a port already published is refused" mctl 117 service create --name other --network web --publish 8000:80
@@ -193,8 +204,9 @@ clean() {
     ! ip -n mt-h117 rule | grep -q 4789000 &&
         ip -n mt-h117 rule | grep -q '^0:.*lookup local' &&
         ! ip -n mt-h117 link show mesh-ingress >/dev/null 2>&1 &&
-        ! ip netns exec mt-h117 nft list table ip mesh >/dev/null 2>&1
+        ! ip netns exec mt-h117 nft list table ip mesh >/dev/null 2>&1 &&
+        [ -z "$(reserved 117)" ]
 }
-check "a stopped agent leaves no rule, no TUN, no nftables table; local rule back at 0" wait_until 5 clean
+check "a stopped agent leaves no rule, no TUN, no nftables table, no reserved port; local rule back at 0" wait_until 5 clean
 
 finish

@@ -180,7 +180,18 @@ impl Agent {
                 });
             }
         }
+        let advertise = self.cluster.config.advertise;
         for n in view.networks.values() {
+            // Routing a subnet that holds a node's address to the TUN would
+            // cut that node off: leave it to the host (no egress for it).
+            let node_inside = std::iter::once(advertise)
+                .chain(view.nodes.iter().map(|m| m.record.address))
+                .find(|a| n.subnet.contains(*a));
+            if let Some(a) = node_inside {
+                tracing::warn!(network = %n.name, subnet = %n.subnet, node = %a,
+                    "the overlay subnet holds a node's address: no egress or host routes for it");
+                continue;
+            }
             plan.subnets
                 .insert((n.subnet.addr(), n.subnet.prefix_len()));
         }
@@ -191,13 +202,19 @@ impl Agent {
 
     /// Publishes the dataplane tables and the DNS names for `view`.
     fn publish(&self, view: &View, local: &BTreeMap<PortId, Attachment>) {
-        let tables = build_tables(
+        let mut tables = build_tables(
             view,
             local,
             &self.cluster.self_id,
             self.cluster.config.vxlan_port,
             &self.lb_stats,
         );
+        tables.egress = self
+            .host_routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(HostRouting::egress);
         self.dataplane.tables.publish(tables);
         self.apply_host_plan(view);
         let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
@@ -292,5 +309,9 @@ impl Agent {
 /// this address).
 pub fn ingress_address(advertise: Ipv4Addr) -> Ipv4Addr {
     let o = advertise.octets();
-    Ipv4Addr::new(169, 254, o[2], o[3])
+    match Ipv4Addr::new(169, 254, o[2], o[3]) {
+        // Not the cloud metadata address.
+        a if a == Ipv4Addr::new(169, 254, 169, 254) => Ipv4Addr::new(169, 254, 169, 253),
+        a => a,
+    }
 }

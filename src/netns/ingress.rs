@@ -1,14 +1,14 @@
 //! How host traffic reaches the agent: the ingress TUN and policy routing.
 //!
-//! The choice: no netfilter on the ingress path at all. The host's routing
+//! The choice: no netfilter on the ingress path itself. The host's routing
 //! already picks packets by protocol and destination port (`ip rule ...
 //! ipproto tcp dport 8000`), so a rule per published port sends them to a
 //! routing table whose only route is the TUN; the `local` rule moves from
 //! priority 0 to 1000 so that these rules are looked at before the host
 //! delivers to itself. What this buys:
 //! - the packet reaches the agent untouched: the client's address and port
-//!   are intact (no DNAT or SNAT by the kernel, no conntrack entry to keep
-//!   in step with ours), which is what lets the task see the real client;
+//!   are intact (no DNAT or SNAT by the kernel), which is what lets the task
+//!   see the real client;
 //! - the task's replies, written back to the TUN with the published address
 //!   as source, pass the kernel's source check through the same rule (the
 //!   reverse lookup of that address and port leads to the TUN), and leave
@@ -16,22 +16,30 @@
 //! - it works with no iptables at all, and undoing it is deleting rules.
 //!
 //! The rules match the destination as well as the port (ADVERTISE_ADDR and
-//! 127.0.0.0/8): a bare `dport 80` rule would also catch the host's own
-//! connections to port 80 elsewhere.
+//! 127.0.0.1): a bare `dport 80` rule would also catch the host's own
+//! connections to port 80 elsewhere. The published ports are also added to
+//! `ip_local_reserved_ports`, so that no socket of the host's own takes one
+//! as its ephemeral port (its replies would be steered to the TUN).
 //!
-//! Egress is the one place netfilter is used: containers' packets to the
-//! outside leave the TUN with their overlay source and are masqueraded by
-//! one nftables rule (as Swarm's docker_gwbridge does with iptables); the
-//! replies are turned back by the kernel's NAT and routed to the TUN by one
-//! rule per overlay subnet. Without the `nft` binary egress is off and the
-//! agent says so. A NAT table turns the kernel's connection tracking on for
-//! the whole namespace, so the same nftables table marks the published
-//! ports' packets `notrack` (both ways): ingress flows are tracked by the
-//! agent alone, and a full kernel conntrack table cannot drop them.
+//! Overlay subnets are routed to the TUN too (replies to egress, the host's
+//! own traffic to containers), by rules placed after `local` (the host's own
+//! addresses stay its own) and before `main`. A subnet that holds a cluster
+//! node's address is not routed (that would cut the node off); the agent
+//! skips it with a warning.
 //!
-//! Everything here is undone by [`HostRouting::teardown`] (also on drop);
-//! rules left by an agent that was killed are removed when the next one
-//! starts.
+//! Egress is where netfilter is used, in one nftables table (`ip mesh`):
+//! containers' packets to the outside leave the TUN with their overlay
+//! source and are masqueraded (as Swarm's docker_gwbridge does with
+//! iptables); the kernel's NAT turns the replies back to the container's
+//! address. The same table drops new connections from outside to container
+//! addresses (the TUN route would otherwise make every container reachable
+//! from the LAN), and marks VXLAN datagrams `notrack`, so that the NAT table
+//! does not put every overlay packet through conntrack. Without the `nft`
+//! binary there is no egress, and the agent says so.
+//!
+//! Everything here is undone by [`HostRouting::teardown`] (also on drop, and
+//! when setting up fails half-way); rules left by an agent that was killed
+//! are removed when the next one starts.
 
 use super::NetnsError;
 use std::collections::BTreeSet;
@@ -41,12 +49,14 @@ use std::process::{Command, Stdio};
 
 /// The routing table whose default route is the ingress TUN.
 pub const TABLE: u32 = 4_789_000;
-/// Priority of the published-port rules (and of the overlay subnets' rules,
-/// one after them).
+/// Priority of the published-port rules.
 pub const PREF_PUBLISHED: u32 = 10;
-pub const PREF_SUBNETS: u32 = 11;
-/// Where the host's `local` rule goes, after ours.
+/// Where the host's `local` rule goes, after the published ports.
 pub const PREF_LOCAL: u32 = 1000;
+/// Priority of the overlay subnets' rules: after `local`, before `main`.
+pub const PREF_SUBNETS: u32 = 1001;
+const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 /// The nftables table: egress masquerade, and `notrack` for ingress.
 pub const NFT_TABLE: &str = "mesh";
 
@@ -75,7 +85,9 @@ pub struct HostRouting {
     tun: String,
     advertise: Ipv4Addr,
     applied: HostPlan,
+    /// Sysctls as they were before setup, put back by teardown.
     forward_before: Option<String>,
+    reserved_before: Option<String>,
     nft: bool,
     active: bool,
 }
@@ -123,7 +135,8 @@ fn rule(verb: &str, pref: u32, selector: &str) -> String {
 impl HostRouting {
     /// Gives the TUN (already created in this namespace) its address and
     /// MTU, routes table [`TABLE`] to it, moves the `local` rule after ours
-    /// and turns forwarding on. Removes rules a killed agent left.
+    /// and turns forwarding on. Removes rules a killed agent left. If a step
+    /// fails, what was done is undone.
     pub fn setup(
         tun: &str,
         advertise: Ipv4Addr,
@@ -131,6 +144,21 @@ impl HostRouting {
         mtu: u32,
     ) -> Result<HostRouting, NetnsError> {
         Self::remove_stale();
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        // The guard first: dropping it on an error below undoes the rest.
+        let mut r = HostRouting {
+            tun: tun.to_string(),
+            advertise,
+            applied: HostPlan::default(),
+            forward_before: read(FORWARD),
+            reserved_before: read(RESERVED_PORTS),
+            nft: false,
+            active: true,
+        };
         super::link_set_mtu(tun, mtu)?;
         super::addr_add(tun, address, 32)?;
         super::link_set_up(tun)?;
@@ -138,12 +166,7 @@ impl HostRouting {
         sysctl(&format!("{conf}/rp_filter"), "0")?;
         // Replies to `curl 127.0.0.1:PORT` come back from 127.0.0.1.
         sysctl(&format!("{conf}/route_localnet"), "1")?;
-        sysctl(&format!("{conf}/send_redirects"), "0")?;
-        let forward_path = "/proc/sys/net/ipv4/ip_forward";
-        let forward_before = std::fs::read_to_string(forward_path)
-            .ok()
-            .map(|s| s.trim().to_string());
-        sysctl(forward_path, "1")?;
+        sysctl(FORWARD, "1")?;
         ip_batch(&[format!("route replace default dev {tun} table {TABLE}")])?;
         // Add the new `local` rule before deleting the old one, so that there
         // is never a moment without it. Either may be done already (an agent
@@ -155,25 +178,23 @@ impl HostRouting {
         if let Err(e) = moved {
             tracing::debug!(error = %e, "local rule already moved");
         }
-        let nft = Command::new("nft")
+        r.nft = Command::new("nft")
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !nft {
+        if !r.nft {
             tracing::warn!(
                 "`nft` not found: containers get no egress to outside addresses (install nftables)"
             );
         }
-        Ok(HostRouting {
-            tun: tun.to_string(),
-            advertise,
-            applied: HostPlan::default(),
-            forward_before,
-            nft,
-            active: true,
-        })
+        Ok(r)
+    }
+
+    /// True if containers' egress is masqueraded (nftables is there).
+    pub fn egress(&self) -> bool {
+        self.nft
     }
 
     /// Deletes every rule that points at [`TABLE`] (left by an agent that
@@ -201,7 +222,7 @@ impl HostRouting {
         let sel = |to: String| format!("to {to} ipproto {} dport {}", p.protocol, p.port);
         [
             rule(verb, PREF_PUBLISHED, &sel(format!("{}/32", self.advertise))),
-            rule(verb, PREF_PUBLISHED, &sel("127.0.0.0/8".into())),
+            rule(verb, PREF_PUBLISHED, &sel("127.0.0.1/32".into())),
         ]
     }
 
@@ -225,24 +246,45 @@ impl HostRouting {
         }
         // Recorded as applied even if a command failed: the next plan
         // differs from this one only where the cluster changed, and a rule
-        // that failed to go in would fail again the same way.
+        // that failed to go in would fail again the same way. Every step is
+        // tried; the first error is returned.
         let plan = plan.clone();
-        let old = std::mem::replace(&mut self.applied, plan.clone());
-        ip_batch(&cmds)?;
-        if self.nft && plan != old {
-            self.apply_nft(&plan)?;
-        }
+        self.applied = plan.clone();
+        let rules = ip_batch(&cmds);
+        let reserved = self.reserve_ports(&plan);
+        let nft = if self.nft {
+            self.apply_nft(&plan)
+        } else {
+            Ok(())
+        };
         tracing::info!(
             published = plan.published.len(),
             subnets = plan.subnets.len(),
             "ingress rules updated"
         );
-        Ok(())
+        rules.and(reserved).and(nft)
+    }
+
+    /// Keeps the host's own sockets off the published ports as ephemeral
+    /// ports: the value the host had, plus the published ports.
+    fn reserve_ports(&self, plan: &HostPlan) -> Result<(), NetnsError> {
+        let Some(before) = &self.reserved_before else {
+            return Ok(());
+        };
+        let mut list: Vec<String> = before
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let ports: BTreeSet<u16> = plan.published.iter().map(|p| p.port).collect();
+        list.extend(ports.iter().map(u16::to_string));
+        sysctl(RESERVED_PORTS, &list.join(","))
     }
 
     /// Replaces the nftables table, in one transaction.
     fn apply_nft(&self, plan: &HostPlan) -> Result<(), NetnsError> {
-        let text = nft_ruleset(&self.tun, self.advertise, plan);
+        let text = nft_ruleset(&self.tun, plan);
         let mut child = Command::new("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -293,75 +335,47 @@ impl HostRouting {
                 .status();
         }
         if let Some(v) = &self.forward_before {
-            let _ = sysctl("/proc/sys/net/ipv4/ip_forward", v);
+            let _ = sysctl(FORWARD, v);
+        }
+        if let Some(v) = &self.reserved_before {
+            let _ = sysctl(RESERVED_PORTS, if v.is_empty() { "\n" } else { v });
         }
         tracing::info!("ingress rules removed");
     }
 }
 
-/// The nftables script that replaces table [`NFT_TABLE`] for `plan`: the
-/// egress masquerade of the overlay subnets, and `notrack` for the published
-/// ports' packets (the clients' on the way in, locally made ones on the way
-/// out, the replies coming back from the TUN).
-pub fn nft_ruleset(tun: &str, advertise: Ipv4Addr, plan: &HostPlan) -> String {
+/// The nftables script that replaces table [`NFT_TABLE`] for `plan`:
+/// masquerade for the overlay subnets' traffic to anything outside them
+/// (also a container calling its own host's published port, which then
+/// comes back into the TUN from the TUN's address, so that the reply finds
+/// its way back), a drop of new connections from outside to container
+/// addresses, and `notrack` for VXLAN datagrams.
+pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
     let mut text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
-    if plan.subnets.is_empty() && plan.published.is_empty() {
+    if plan.subnets.is_empty() {
         return text;
     }
+    let subnets: Vec<String> = plan
+        .subnets
+        .iter()
+        .map(|(a, l)| format!("{a}/{l}"))
+        .collect();
+    let subnets = subnets.join(", ");
     text += &format!("table ip {NFT_TABLE} {{\n");
-    let ours = format!("{{ {advertise}, 127.0.0.0/8 }}");
-    let mut pre = vec![];
-    let mut out = vec![];
     if plan.vxlan_port != 0 {
         let p = plan.vxlan_port;
-        pre.push(format!("udp dport {p} notrack"));
-        out.push(format!("udp dport {p} notrack"));
-    }
-    for proto in ["tcp", "udp"] {
-        let ports: Vec<String> = plan
-            .published
-            .iter()
-            .filter(|p| p.protocol == proto)
-            .map(|p| p.port.to_string())
-            .collect();
-        if ports.is_empty() {
-            continue;
+        for (name, hook) in [("notrack_in", "prerouting"), ("notrack_out", "output")] {
+            text += &format!(
+                "  chain {name} {{\n    type filter hook {hook} priority raw; policy accept;\n    udp dport {p} notrack\n  }}\n"
+            );
         }
-        let ports = ports.join(", ");
-        pre.push(format!(
-            "ip daddr {ours} {proto} dport {{ {ports} }} notrack"
-        ));
-        pre.push(format!(
-            "iifname \"{tun}\" ip saddr {ours} {proto} sport {{ {ports} }} notrack"
-        ));
-        out.push(format!(
-            "ip daddr {ours} {proto} dport {{ {ports} }} notrack"
-        ));
     }
-    let chain = |name: &str, hook: &str, rules: &[String]| {
-        let mut c = format!(
-            "  chain {name} {{\n    type filter hook {hook} priority raw; policy accept;\n"
-        );
-        for r in rules {
-            c += &format!("    {r}\n");
-        }
-        c + "  }\n"
-    };
-    if !pre.is_empty() {
-        text += &chain("notrack_in", "prerouting", &pre);
-        text += &chain("notrack_out", "output", &out);
-    }
-    if !plan.subnets.is_empty() {
-        let set: Vec<String> = plan
-            .subnets
-            .iter()
-            .map(|(a, l)| format!("{a}/{l}"))
-            .collect();
-        text += &format!(
-            "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{tun}\" return\n    ip saddr {{ {} }} masquerade\n  }}\n",
-            set.join(", ")
-        );
-    }
+    text += &format!(
+        "  chain containers {{\n    type filter hook forward priority filter; policy accept;\n    iifname != \"{tun}\" oifname \"{tun}\" ip daddr {{ {subnets} }} ct state new drop\n  }}\n"
+    );
+    text += &format!(
+        "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {subnets} }} ip daddr != {{ {subnets} }} masquerade\n  }}\n"
+    );
     text + "}\n"
 }
 
@@ -376,36 +390,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_nftables_script_masquerades_egress_and_leaves_ingress_untracked() {
+    fn the_nftables_script_masquerades_egress_and_keeps_containers_closed() {
         let mut plan = HostPlan::default();
-        let adv = Ipv4Addr::new(192, 168, 100, 116);
-        let empty = nft_ruleset("mesh-ingress", adv, &plan);
+        let empty = nft_ruleset("mesh-ingress", &plan);
         assert_eq!(empty, "add table ip mesh\ndelete table ip mesh\n");
         plan.subnets.insert((Ipv4Addr::new(10, 0, 0, 0), 24));
-        plan.published.insert(PublishedPort {
-            protocol: "tcp",
-            port: 8000,
-        });
-        plan.published.insert(PublishedPort {
-            protocol: "tcp",
-            port: 7001,
-        });
-        let s = nft_ruleset("mesh-ingress", adv, &plan);
+        plan.subnets.insert((Ipv4Addr::new(10, 0, 1, 0), 24));
+        let s = nft_ruleset("mesh-ingress", &plan);
         assert!(s.contains(
-            "ip daddr { 192.168.100.116, 127.0.0.0/8 } tcp dport { 7001, 8000 } notrack"
+            "ip saddr { 10.0.0.0/24, 10.0.1.0/24 } ip daddr != { 10.0.0.0/24, 10.0.1.0/24 } masquerade"
         ));
         assert!(s.contains(
-            "iifname \"mesh-ingress\" ip saddr { 192.168.100.116, 127.0.0.0/8 } tcp sport { 7001, 8000 } notrack"
+            "iifname != \"mesh-ingress\" oifname \"mesh-ingress\" ip daddr { 10.0.0.0/24, 10.0.1.0/24 } ct state new drop"
         ));
-        assert!(!s.contains("udp"), "no UDP port published, no empty set");
-        assert!(s.contains("ip saddr { 10.0.0.0/24 } masquerade"));
-        assert!(s.contains("hook output priority raw"));
         assert!(
-            !s.contains("udp dport 4789"),
-            "no port given, none untracked"
+            !s.contains("notrack"),
+            "no VXLAN port given, none untracked"
         );
         plan.vxlan_port = 4789;
-        let s = nft_ruleset("mesh-ingress", adv, &plan);
+        let s = nft_ruleset("mesh-ingress", &plan);
         assert_eq!(s.matches("udp dport 4789 notrack").count(), 2);
     }
 }

@@ -3,11 +3,14 @@
 
 /// Connections clients opened to the listeners of the calling thread's
 /// namespace and that are not closed yet (so not counting TIME_WAIT), from
-/// `/proc/thread-self/net/tcp`. Call it on a thread inside the namespace
+/// `/proc/thread-self/net/tcp` and `tcp6` (a dual-stack listener keeps its
+/// IPv4 clients there). Call it on a thread inside the namespace
 /// ([`super::run_in`]).
 pub fn inbound_open() -> std::io::Result<usize> {
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
-    Ok(count_inbound_open(&table))
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+    // No tcp6 table when IPv6 is off in the kernel: nothing to add.
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default();
+    Ok(count_inbound_open(&v4) + count_inbound_open(&v6))
 }
 
 /// TCP states in /proc/net/tcp (include/net/tcp_states.h).
@@ -55,6 +58,13 @@ mod tests {
 ";
         assert_eq!(count_inbound_open(table), 1);
         assert_eq!(count_inbound_open(""), 0);
+        // tcp6: a dual-stack listener on :80 and an IPv4-mapped client.
+        let v6 =
+            "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 0
+   1: 0000000000000000FFFF00000400000A:0050 0000000000000000FFFF00000A64A8C0:D431 01 0
+";
+        assert_eq!(count_inbound_open(v6), 1);
         assert_eq!(count_inbound_open("header\ngarbage line\n"), 0);
     }
 }

@@ -92,6 +92,10 @@ pub struct Counters {
     pub to_host: AtomicU64,
     /// Frames containers sent out of the overlay (masqueraded by the host).
     pub egress: AtomicU64,
+    /// Return paths not learned: the table was full, or another host
+    /// already carries the same open flow.
+    pub return_path_full: AtomicU64,
+    pub return_path_clashes: AtomicU64,
     pub arp_replies: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
 }
@@ -117,6 +121,14 @@ impl Counters {
             ("from_host", self.from_host.load(Ordering::Relaxed)),
             ("to_host", self.to_host.load(Ordering::Relaxed)),
             ("egress", self.egress.load(Ordering::Relaxed)),
+            (
+                "return_path_full",
+                self.return_path_full.load(Ordering::Relaxed),
+            ),
+            (
+                "return_path_clashes",
+                self.return_path_clashes.load(Ordering::Relaxed),
+            ),
             ("arp_replies", self.arp_replies.load(Ordering::Relaxed)),
         ];
         for r in DropReason::ALL {

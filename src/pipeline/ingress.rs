@@ -18,10 +18,10 @@
 //!    are routed to it like any packet from the host to a container.
 //!
 //! Both tables here are keyed by 5-tuples from the wire, so they are
-//! [`Conntrack`]s (keyed SipHash, bounded, TCP states, timeouts).
+//! [`Conntrack`]s (keyed hash, bounded, TCP states, timeouts).
 
 use super::counters::{bump, Counters};
-use super::lb::conntrack::{Conntrack, Key, ReplyKey};
+use super::lb::conntrack::{Conntrack, Key, ReplyKey, TcpState};
 use super::lb::nat::{self, Side};
 use super::lb::FlowKey;
 use super::vip::{refusal, Balancer, BalancerConfig};
@@ -210,7 +210,7 @@ impl Ingress {
             .map_err(|_| DropReason::Malformed)?;
         // Networks are isolated from each other, as in Swarm: the host
         // stack would only send it back here.
-        if tables.routed.contains_key(&ip.dst()) {
+        if tables.routed.contains_key(&ip.dst()) || !tables.egress {
             return Err(DropReason::NoRoute);
         }
         bump(&self.counters.egress);
@@ -218,17 +218,18 @@ impl Ingress {
     }
 
     /// A frame another agent routed to us (to our gateway MAC): a task's
-    /// reply to a flow that entered here, or to the host's own traffic.
+    /// reply to a flow that entered here. Anything else is dropped: handed
+    /// to the host it would leave with the task's address.
     pub(super) fn on_underlay(
         &mut self,
         now: Instant,
         tables: &Tables,
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
-        if let Some(f) = flow_of(pkt.bytes())? {
-            self.reverse(now, tables, &f, pkt);
+        match flow_of(pkt.bytes())? {
+            Some(f) if self.reverse(now, tables, &f, pkt) => Ok(Verdict::ToHost),
+            _ => Err(DropReason::NoRoute),
         }
-        Ok(Verdict::ToHost)
     }
 
     /// Gives a task's reply of an ingress flow the address and port the
@@ -276,9 +277,15 @@ impl Ingress {
         };
         match self.returns.touch(&k, f.flags, true, now) {
             Some(e) if e.backend == vtep => {}
+            // The same tuple through another host while this one is open
+            // (a client may use one source port towards two hosts): the
+            // open flow keeps its path.
+            Some(e) if e.state != TcpState::Closed => {
+                bump(&self.counters.return_path_clashes);
+            }
             _ => {
                 if self.returns.insert(k, vtep, now).is_err() {
-                    bump(&self.counters.drops[DropReason::ConntrackFull as usize]);
+                    bump(&self.counters.return_path_full);
                     return;
                 }
                 self.returns.update(&k, f.flags, true, now);
@@ -286,9 +293,11 @@ impl Ingress {
         }
     }
 
+    /// Refuses the flow with a RST or port unreachable back to the host (the
+    /// reason is counted here; if no answer can be made, by the caller's drop).
     fn refuse(&mut self, pkt: &mut Packet<'_>, reason: DropReason) -> Result<Verdict, DropReason> {
-        bump(&self.counters.drops[reason as usize]);
         if refusal(pkt) {
+            bump(&self.counters.drops[reason as usize]);
             Ok(Verdict::ToHost)
         } else {
             Err(reason)

@@ -1,7 +1,8 @@
 //! The packet core, sans-IO.
 //!
-//! [`Pipeline::process`] takes one frame (from a container's TAP or a VXLAN
-//! datagram from the underlay) and the time, rewrites it in its buffer, and
+//! [`Pipeline::process`] takes one frame (from a container's TAP, a VXLAN
+//! datagram from the underlay, or a packet from the host's ingress TUN) and
+//! the time, rewrites it in its buffer, and
 //! returns a [`Verdict`] that says where to transmit it. It never touches a
 //! file descriptor and never allocates, locks or panics; a frame it will not
 //! carry is dropped with a [`DropReason`] and counted.
@@ -280,7 +281,7 @@ impl Pipeline {
             return self.ingress.on_underlay(now, tables, pkt);
         }
         let port = switch::from_underlay(net, pkt.bytes())?;
-        if src_mac == net.gateway_mac {
+        if src_mac == net.gateway_mac && tables.peers.get(src.ip()).is_some_and(|p| p.agent) {
             // Routed here by another host's ingress: replies go back through it.
             self.ingress.learn_return(now, *src.ip(), pkt.bytes());
         }

@@ -294,8 +294,8 @@ fn floods_spoofs_and_hairpins_are_dropped() {
     );
     assert_eq!(
         run(&mut p, Input::Tap(1), &f).0,
-        Verdict::ToHost,
-        "to the gateway for the outside: egress through the host"
+        Verdict::Drop(DropReason::NoRoute),
+        "egress, on a host that does not masquerade it"
     );
     assert_eq!(
         run(&mut p, Input::Tap(77), &f).0,

@@ -260,8 +260,8 @@ impl Balancer {
         pkt: &mut Packet<'_>,
         reason: DropReason,
     ) -> Result<VipOutcome, DropReason> {
-        bump(&self.counters.drops[reason as usize]);
         if refusal(pkt) {
+            bump(&self.counters.drops[reason as usize]);
             Ok(VipOutcome::Reply)
         } else {
             Err(reason)

@@ -215,6 +215,9 @@ pub struct Tables {
     /// Every endpoint's address -> its network: where traffic from the host
     /// stack to a container goes.
     pub routed: FastMap<Ipv4Addr, Vni>,
+    /// Whether the host masquerades containers' egress (else it is dropped:
+    /// it would leave with overlay addresses).
+    pub egress: bool,
 }
 
 /// The published snapshot plus a generation counter for cheap change checks.

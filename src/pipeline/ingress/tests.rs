@@ -58,6 +58,7 @@ fn tables(me: Ipv4Addr, tasks: bool) -> Tables {
     t.published
         .insert((TCP, 8000), Published { vip: 0, target: 80 });
     t.routed.insert(TASK, vni);
+    t.egress = true;
     t.networks.insert(vni, net);
     t.peers.insert(
         other,

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 /// of aHash's portable path). A 5-tuple is hashed as two words, so a lookup
 /// costs two multiplies instead of SipHash's rounds over 13 bytes. The keys
 /// never leave the process, so a sender who picks addresses and ports from
-/// the wire cannot aim them at one bucket.
+/// the wire cannot compute collisions offline. This is weaker than SipHash's
+/// guarantee (foldhash claims only minimal flooding resistance); what bounds
+/// the damage of a flood is the table's size limit.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowHash {
     k0: u64,
@@ -335,6 +337,14 @@ impl Conntrack {
             e.state = TcpState::Closed;
             return;
         }
+        // A client reusing its port after a close opens a new connection:
+        // it starts over (else it would stay Closed and expire in seconds).
+        if from_client && flags & (SYN | ACK) == SYN && e.state == TcpState::Closed {
+            e.fin_from_client = false;
+            e.fin_from_backend = false;
+            e.state = TcpState::SynSent;
+            return;
+        }
         if flags & FIN != 0 {
             if from_client {
                 e.fin_from_client = true;
@@ -451,6 +461,11 @@ mod tests {
         ct.insert(k2, TASK, now).unwrap();
         ct.update(&k2, RST, false, now);
         assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Closed);
+        // The client's next SYN on the same ports is a new connection.
+        ct.update(&k2, SYN, true, now);
+        assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::SynSent);
+        ct.update(&k2, SYN | ACK, false, now);
+        assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Established);
     }
 
     #[test]
