@@ -254,6 +254,9 @@ impl Agent {
             self.cluster.replicate(&view).await;
             if last.as_ref() != Some(&view) {
                 let local = self.local.lock().await;
+                // Looked at again under the lock: an attach may have
+                // published a newer view meanwhile, which must not be undone.
+                let view = self.cluster.view().await;
                 self.publish(&view, &local);
                 drop(local);
                 last = Some(view);

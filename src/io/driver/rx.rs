@@ -1,0 +1,329 @@
+//! The packet paths of the dataplane thread: frames read from a TAP, from
+//! the host's ingress TUN and from the underlay socket, through the
+//! pipeline, and written where the verdict says: a TAP (coalesced when it
+//! can be), the TUN, or the underlay (in `sendmmsg` batches, super-frames
+//! cut into GSO segments).
+
+use super::*;
+
+impl DriverThread {
+    pub(super) fn rx_tap(&mut self, port: PortId) {
+        let now = Instant::now();
+        if let Some(a) = self.activity.get(port as usize) {
+            bump(a);
+        }
+        let mut next = 0;
+        for _ in 0..BATCH {
+            let Some(Some(fd)) = self.ports.get(port as usize) else {
+                return;
+            };
+            let buf = &mut self.bufs[next];
+            // The virtio-net header lands in the headroom, the frame at HEADROOM.
+            let n = match tap::read(fd, &mut buf[HEADROOM - virtio::HEADER_LEN..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(port, error = %e, "TAP read failed");
+                    break;
+                }
+            };
+            let Ok(vnet) = VnetHeader::parse(&buf[HEADROOM - virtio::HEADER_LEN..HEADROOM]) else {
+                continue;
+            };
+            let mut pkt = Packet::new(buf, HEADROOM, n.saturating_sub(virtio::HEADER_LEN));
+            pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
+            match self.pipeline.process(now, Input::Tap(port), &mut pkt) {
+                // Another container here takes the frame as it came, offloads and all.
+                Verdict::ToTap(p) => {
+                    let v = if pkt.plain {
+                        VnetHeader::default()
+                    } else {
+                        vnet
+                    };
+                    write_tap(&self.ports, p, &v, pkt.bytes())
+                }
+                Verdict::ToUnderlay(dst)
+                    if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
+                {
+                    let (start, end) = (pkt.start, pkt.end);
+                    self.flush();
+                    self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
+                }
+                Verdict::ToHost => {
+                    let v = if pkt.plain {
+                        VnetHeader::default()
+                    } else {
+                        vnet
+                    };
+                    write_host(&self.host, &v, pkt.bytes());
+                }
+                Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
+                    bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
+                }
+                Verdict::ToUnderlay(dst) => {
+                    if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
+                        if self.pipeline.peer_is_agent(*dst.ip()) {
+                            // Another agent hands it on as partial, as we got it.
+                            crate::wire::vxlan::set_csum_partial(pkt.bytes_mut());
+                        } else {
+                            // The frame starts after the VXLAN header now.
+                            let frame = &mut pkt.bytes_mut()[crate::wire::vxlan::HEADER_LEN..];
+                            let (start, offset) =
+                                (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
+                            if offload::complete_checksum(frame, start, offset).is_err() {
+                                bump(
+                                    &self.pipeline.counters().drops[DropReason::Malformed as usize],
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    self.pending.push((next, pkt.start, pkt.end, dst));
+                    next += 1;
+                }
+                Verdict::Drop(_) => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// Cuts the encapsulated super-frame in `bufs[i][start..end]` into
+    /// segments and sends them scatter-gather: fresh headers, payload in place.
+    fn send_super_frame(
+        &mut self,
+        i: usize,
+        start: usize,
+        end: usize,
+        mss: usize,
+        dst: SocketAddrV4,
+    ) {
+        let full_checksum = !self.pipeline.peer_is_agent(*dst.ip());
+        let datagram = &self.bufs[i][start..end];
+        let headers = &mut self.segment_headers;
+        match offload::segment_tcp4(datagram, mss, full_checksum, headers) {
+            Ok(seg) => {
+                let headers = &self.segment_headers;
+                let piece = |k: usize| {
+                    (
+                        &headers[k * seg.header_len..(k + 1) * seg.header_len],
+                        &datagram[seg.payload(k)],
+                    )
+                };
+                if let Err(e) = self.underlay.send_gather(
+                    &mut self.scratch,
+                    seg.count,
+                    seg.datagram_len(),
+                    dst,
+                    piece,
+                ) {
+                    tracing::debug!(error = %e, "underlay GSO send failed");
+                }
+            }
+            Err(r) => bump(&self.pipeline.counters().drops[r as usize]),
+        }
+    }
+
+    /// Packets from the host stack: published ports, replies to egress, the
+    /// host's own traffic to containers. The TUN has no offloads turned on,
+    /// so they come whole, with their checksums done.
+    pub(super) fn rx_host(&mut self) {
+        let now = Instant::now();
+        let mut next = 0;
+        for _ in 0..BATCH {
+            let Some(fd) = &self.host else {
+                return;
+            };
+            let buf = &mut self.bufs[next];
+            let n = match tap::read(fd, &mut buf[HEADROOM - virtio::HEADER_LEN..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ingress TUN read failed");
+                    break;
+                }
+            };
+            let Ok(vnet) = VnetHeader::parse(&buf[HEADROOM - virtio::HEADER_LEN..HEADROOM]) else {
+                continue;
+            };
+            let len = n.saturating_sub(virtio::HEADER_LEN);
+            if vnet.gso_kind() != virtio::GSO_NONE {
+                bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
+                continue;
+            }
+            if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
+                let packet = &mut buf[HEADROOM..HEADROOM + len];
+                let (start, offset) = (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
+                if offload::complete_checksum(packet, start, offset).is_err() {
+                    bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
+                    continue;
+                }
+            }
+            let mut pkt = Packet::new(buf, HEADROOM, len);
+            let verdict = self.pipeline.process(now, Input::Host, &mut pkt);
+            let (start, end) = (pkt.start, pkt.end);
+            match verdict {
+                Verdict::ToTap(p) => write_tap(
+                    &self.ports,
+                    p,
+                    &VnetHeader::default(),
+                    &self.bufs[next][start..end],
+                ),
+                Verdict::ToUnderlay(dst) => {
+                    self.pending.push((next, start, end, dst));
+                    next += 1;
+                }
+                Verdict::ToHost => write_host(
+                    &self.host,
+                    &VnetHeader::default(),
+                    &self.bufs[next][start..end],
+                ),
+                Verdict::Drop(_) => {}
+            }
+        }
+        self.flush();
+    }
+
+    pub(super) fn rx_underlay(&mut self) {
+        let now = Instant::now();
+        let got = match self.underlay.recv_batch(
+            &mut self.scratch,
+            &mut self.bufs,
+            HEADROOM,
+            &mut self.meta,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "underlay recvmmsg failed");
+                return;
+            }
+        };
+        for i in 0..got {
+            let m = self.meta[i];
+            let segment = m.segment.max(1);
+            // One slot may hold several datagrams of `segment` bytes (UDP GRO).
+            let mut at = 0;
+            while at < m.len {
+                let len = segment.min(m.len - at);
+                let datagram = HEADROOM + at;
+                at += len;
+                let mut pkt = Packet::new(&mut self.bufs[i], datagram, len);
+                let verdict = self
+                    .pipeline
+                    .process(now, Input::Underlay(m.from), &mut pkt);
+                let (start, end) = (pkt.start, pkt.end);
+                match verdict {
+                    Verdict::ToTap(p) => {
+                        let bufs = &self.bufs;
+                        let partial = crate::wire::vxlan::is_csum_partial(&bufs[i][datagram..]);
+                        let frame = &bufs[i][start..end];
+                        let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
+                            write_parts(&self.ports, bufs, p, v, head, parts)
+                        };
+                        let here = Part {
+                            buf: i as u32,
+                            start: start as u32,
+                            len: (end - start) as u32,
+                        };
+                        if !self.coalescer.offer(p, frame, here, partial, &mut sink) {
+                            let vnet = if partial {
+                                offload::partial_checksum_vnet(frame).unwrap_or_default()
+                            } else {
+                                VnetHeader::default()
+                            };
+                            write_tap(&self.ports, p, &vnet, frame);
+                        }
+                    }
+                    Verdict::ToUnderlay(dst) => self.pending.push((i, start, end, dst)),
+                    Verdict::ToHost => {
+                        let frame = &self.bufs[i][start..end];
+                        let partial =
+                            crate::wire::vxlan::is_csum_partial(&self.bufs[i][datagram..]);
+                        let vnet = match partial {
+                            true => offload::partial_checksum_vnet(frame).unwrap_or_default(),
+                            false => VnetHeader::default(),
+                        };
+                        write_host(&self.host, &vnet, frame);
+                    }
+                    Verdict::Drop(_) => {}
+                }
+            }
+        }
+        let bufs = &self.bufs;
+        let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
+            write_parts(&self.ports, bufs, p, v, head, parts)
+        };
+        self.coalescer.flush(&mut sink);
+        self.flush();
+    }
+
+    /// Sends every pending datagram in as few sendmmsg calls as possible.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut out: [(&[u8], SocketAddrV4); BATCH] =
+            [(&[], SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+        let n = self.pending.len().min(BATCH);
+        for (o, &(i, s, e, dst)) in out.iter_mut().zip(self.pending.iter()) {
+            *o = (&self.bufs[i][s..e], dst);
+        }
+        let (_, err) = self.underlay.send_batch(&mut self.scratch, &out[..n]);
+        if let Some(e) = err {
+            tracing::debug!(error = %e, "underlay sendmmsg failed");
+        }
+        self.pending.clear();
+    }
+}
+
+/// Writes the IPv4 packet inside `frame` to the host's TUN; `vnet` describes
+/// the frame and is moved to the packet (no Ethernet header on a TUN).
+fn write_host(host: &Option<OwnedFd>, vnet: &VnetHeader, frame: &[u8]) {
+    let (Some(fd), Some(packet)) = (host, frame.get(crate::wire::ethernet::HEADER_LEN..)) else {
+        return;
+    };
+    let eth = crate::wire::ethernet::HEADER_LEN as u16;
+    let mut v = *vnet;
+    if v.flags & virtio::F_NEEDS_CSUM != 0 {
+        v.csum_start = v.csum_start.saturating_sub(eth);
+    }
+    if v.gso_kind() != virtio::GSO_NONE {
+        v.hdr_len = v.hdr_len.saturating_sub(eth);
+    }
+    if let Err(e) = tap::write(fd, &v, packet) {
+        tracing::debug!(error = %e, "ingress TUN write failed");
+    }
+}
+
+/// Writes a coalesced frame: its headers, then its payload pieces from `bufs`.
+fn write_parts(
+    ports: &[Option<OwnedFd>],
+    bufs: &[Vec<u8>],
+    port: PortId,
+    vnet: &VnetHeader,
+    head: &[u8],
+    parts: &[Part],
+) {
+    let mut pieces: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+    let mut n = 0;
+    for (slot, p) in pieces.iter_mut().zip(parts) {
+        let (start, end) = (p.start as usize, p.start as usize + p.len as usize);
+        let Some(bytes) = bufs.get(p.buf as usize).and_then(|b| b.get(start..end)) else {
+            return;
+        };
+        *slot = bytes;
+        n += 1;
+    }
+    if let Some(Some(fd)) = ports.get(port as usize) {
+        if let Err(e) = tap::write_gather(fd, vnet, head, &pieces[..n]) {
+            tracing::debug!(port, error = %e, "TAP write failed");
+        }
+    }
+}
+
+fn write_tap(ports: &[Option<OwnedFd>], port: PortId, vnet: &VnetHeader, frame: &[u8]) {
+    if let Some(Some(fd)) = ports.get(port as usize) {
+        if let Err(e) = tap::write(fd, vnet, frame) {
+            tracing::debug!(port, error = %e, "TAP write failed");
+        }
+    }
+}
