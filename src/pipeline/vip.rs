@@ -161,14 +161,14 @@ impl Balancer {
                     dst_port: ports.dst,
                     protocol: proto,
                 };
-                let (ct, vip_ip) = (&self.conntrack, vip.vip);
+                let ct = &self.conntrack;
                 let Some(i) = pick(
                     &mut self.schedulers,
                     &mut self.active,
                     idx,
                     &vip.backends,
                     &flow,
-                    |b| ct.active(vip_ip, b),
+                    |b| ct.active_to(b),
                 ) else {
                     bump(&vip.stats.refused_no_task);
                     return self.refuse(pkt, DropReason::NoBackend);

@@ -199,6 +199,10 @@ pub enum Refusal {
 pub struct Conntrack {
     flows: HashMap<Key, Entry, FlowHash>,
     replies: HashMap<ReplyKey, Key, FlowHash>,
+    /// Open (not Closed) flows per task, kept as entries change, so that
+    /// least-connections reads a count instead of scanning the table. A task
+    /// belongs to one service, so per task is per VIP and task.
+    open: HashMap<Ipv4Addr, u32, FlowHash>,
     max: usize,
     pub timeouts: Timeouts,
 }
@@ -208,6 +212,7 @@ impl Conntrack {
         Conntrack {
             flows: HashMap::with_hasher(FlowHash::random()),
             replies: HashMap::with_hasher(FlowHash::random()),
+            open: HashMap::with_hasher(FlowHash::random()),
             max,
             timeouts,
         }
@@ -289,21 +294,26 @@ impl Conntrack {
         };
         if let Some(old) = self.flows.insert(k, e) {
             self.replies.remove(&Self::reply_key(&k, &old));
+            count(&mut self.open, &old, false);
         }
         self.replies.insert(Self::reply_key(&k, &e), k);
+        count(&mut self.open, &e, true);
         Ok(e)
     }
 
     pub fn remove(&mut self, k: &Key) {
         if let Some(e) = self.flows.remove(k) {
             self.replies.remove(&Self::reply_key(k, &e));
+            count(&mut self.open, &e, false);
         }
     }
 
     /// Notes a packet of the flow (TCP `flags`, from the client or the task).
     pub fn update(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) {
         if let Some(e) = self.flows.get_mut(k) {
+            let was = *e;
             Self::advance(e, k.protocol, flags, from_client, now);
+            recount(&mut self.open, &was, e);
         }
     }
 
@@ -316,7 +326,9 @@ impl Conntrack {
             self.remove(k);
             return None;
         }
+        let was = *e;
         Self::advance(e, k.protocol, flags, from_client, now);
+        recount(&mut self.open, &was, e);
         Some(*e)
     }
 
@@ -366,35 +378,49 @@ impl Conntrack {
         };
     }
 
-    /// Open flows to `backend` through `vip`, for least-connections.
-    pub fn active(&self, vip: Ipv4Addr, backend: Ipv4Addr) -> u32 {
-        self.flows
-            .iter()
-            .filter(|(k, e)| k.vip == vip && e.backend == backend && e.state != TcpState::Closed)
-            .count() as u32
-    }
-
-    /// Open flows to `backend`, whatever address the clients used.
+    /// Open flows to `backend`, for least-connections (one lookup).
     pub fn active_to(&self, backend: Ipv4Addr) -> u32 {
-        self.flows
-            .values()
-            .filter(|e| e.backend == backend && e.state != TcpState::Closed)
-            .count() as u32
+        self.open.get(&backend).copied().unwrap_or(0)
     }
 
     /// Removes expired entries. A full pass, so the caller runs it rarely
     /// (once a second): lookups already drop the expired entries they meet.
     pub fn sweep(&mut self, now: Instant) {
         let timeouts = self.timeouts;
-        let replies = &mut self.replies;
+        let (replies, open) = (&mut self.replies, &mut self.open);
         self.flows.retain(|k, e| {
             let t = Self::timeout_of(&timeouts, e, k.protocol);
             let keep = now.saturating_duration_since(e.last_seen) <= t;
             if !keep {
                 replies.remove(&Self::reply_key(k, e));
+                count(open, e, false);
             }
             keep
         });
+    }
+}
+
+/// Adds (or takes away) `e` to its task's open count, if it is open.
+fn count(open: &mut HashMap<Ipv4Addr, u32, FlowHash>, e: &Entry, add: bool) {
+    if e.state == TcpState::Closed {
+        return;
+    }
+    if add {
+        *open.entry(e.backend).or_insert(0) += 1;
+    } else if let Some(n) = open.get_mut(&e.backend) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            open.remove(&e.backend);
+        }
+    }
+}
+
+/// Moves the open count when an entry's state crosses Closed.
+fn recount(open: &mut HashMap<Ipv4Addr, u32, FlowHash>, was: &Entry, now: &Entry) {
+    match (was.state == TcpState::Closed, now.state == TcpState::Closed) {
+        (false, true) => count(open, was, false),
+        (true, false) => count(open, now, true),
+        _ => {}
     }
 }
 
@@ -500,6 +526,33 @@ mod tests {
         ct.insert(key(2), TASK, now).unwrap();
         assert_eq!(ct.insert(key(3), TASK, now), Err(Refusal::Full));
         assert!(ct.get(&key(1), now).is_some());
-        assert_eq!(ct.active(Ipv4Addr::new(10, 0, 0, 2), TASK), 2);
+        assert_eq!(ct.active_to(TASK), 2);
+    }
+
+    proptest::proptest! {
+        /// The open counts least-connections reads match a count over the
+        /// table, whatever happens to the entries.
+        #[test]
+        fn open_counts_match_a_scan(ops in proptest::collection::vec((0u8..5, 0u16..8, 0u8..3, 0u8..64), 1..200)) {
+            let mut ct = Conntrack::new(6, Timeouts { tcp_closed: Duration::from_secs(1), ..Timeouts::default() });
+            let t0 = Instant::now();
+            let mut now = t0;
+            for (op, port, task, flags) in ops {
+                let backend = Ipv4Addr::new(10, 0, 1, task);
+                let k = key(port);
+                match op {
+                    0 => { let _ = ct.insert(k, backend, now); }
+                    1 => ct.update(&k, flags, flags % 2 == 0, now),
+                    2 => { let _ = ct.touch(&k, flags, flags % 2 == 1, now); }
+                    3 => ct.remove(&k),
+                    _ => { now += Duration::from_secs(u64::from(flags % 20)); ct.sweep(now); }
+                }
+                for task in 0..3 {
+                    let b = Ipv4Addr::new(10, 0, 1, task);
+                    let scan = ct.flows.values().filter(|e| e.backend == b && e.state != TcpState::Closed).count() as u32;
+                    proptest::prop_assert_eq!(ct.active_to(b), scan);
+                }
+            }
+        }
     }
 }
