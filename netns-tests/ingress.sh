@@ -20,7 +20,7 @@ testbed_up
 start_cluster
 mctl 116 network create web >/dev/null || die "setup: network create"
 mctl 116 service create --name whoami --network web --publish 8000:80 --publish 9001:9000/udp \
-    --publish 7001:7000 >/dev/null || die "setup: service create"
+    --publish 7001:7000 --publish 9002:9999/udp >/dev/null || die "setup: service create"
 
 # task NAME HOST: a whoami task: HTTP on :80 answering "NAME CLIENT_IP:PORT",
 # UDP on :9000 answering "NAME CLIENT_IP", TCP lines on :7000 echoed as NAME.
@@ -73,7 +73,7 @@ check "the requests alternate between w1 and w2 (2 each)" alternates
 real_client() { [ "$(echo "$out" | awk '{print $2}' | cut -d: -f1 | sort -u)" = "$UNDERLAY.10" ]; }
 check "each task sees the real client 192.168.100.10 as the source" real_client
 reserved() { ip netns exec "mt-h$1" cat /proc/sys/net/ipv4/ip_local_reserved_ports; }
-check "published ports are kept off the hosts' own ephemeral ports" bash -c "[ '$(reserved 116)' = '7001,8000,9001' ]"
+check "published ports are kept off the hosts' own ephemeral ports" test "$(reserved 116)" = "7001,8000,9001-9002"
 TASK_IP=$(containers 117 w1 | jq -r .ip)
 lan_reaches_task() {
     ip -n mt-out route replace 10.0.0.0/8 via "$UNDERLAY.116"
@@ -98,11 +98,24 @@ check "the host's own connections to port 8000 elsewhere are not captured" \
 udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }
 check "a UDP published port answers from a host without a task" wait_until 5 bash -c "udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 $UNDERLAY.116 9001; }; udp | grep -q '^w[12] $UNDERLAY.10\$'"
 note "UDP answer: $(udp)"
+# No task listens on 9999: the task's port unreachable reaches the client
+# translated (from .116, about .116:9002), so its socket sees the refusal.
+refused() {
+    ip netns exec mt-out timeout 5 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.connect((sys.argv[1], 9002)); s.send(b"x")
+try:
+    s.recv(100)
+except ConnectionRefusedError:
+    print("refused")' "$UNDERLAY.116" | grep -qx refused
+}
+check "UDP to a published port no task listens on is refused at once (the ICMP error is translated)" refused
 
 # ---- a long connection survives scaling -------------------------------------
 fifo="$TMP/lines.in"; mkfifo "$fifo"
 ip netns exec mt-out timeout 60 nc -n "$UNDERLAY.116" 7001 <"$fifo" >"$TMP/lines.out" 2>/dev/null &
-track $!
+ncpid=$!; track $ncpid
 exec 7>"$fifo"
 echo a >&7
 first_line() { [ -s "$TMP/lines.out" ]; }
@@ -116,6 +129,7 @@ check "the connection keeps working across the scale-up" wait_until 5 four_lines
 same_task() { [ "$(sort -u "$TMP/lines.out")" = "$first" ]; }
 check "and keeps its task ($first)" same_task
 exec 7>&-
+stop_pid "$ncpid"     # its connection would hold a later drain for the full timeout
 out=$(for _ in 1 2 3 4 5 6; do get mt-out "http://$UNDERLAY.116:8000/"; done)
 three() { [ "$(echo "$out" | awk '{print $1}' | sort -u | wc -l)" -eq 3 ]; }
 check "new requests reach the new task too (6 over 3)" three

@@ -166,6 +166,10 @@ impl HostRouting {
         sysctl(&format!("{conf}/rp_filter"), "0")?;
         // Replies to `curl 127.0.0.1:PORT` come back from 127.0.0.1.
         sysctl(&format!("{conf}/route_localnet"), "1")?;
+        // A task's ICMP error, translated, comes back from this host's own
+        // address (TCP and UDP replies pass by the published-port rule,
+        // ICMP has no port to match).
+        sysctl(&format!("{conf}/accept_local"), "1")?;
         sysctl(FORWARD, "1")?;
         ip_batch(&[format!("route replace default dev {tun} table {TABLE}")])?;
         // Add the new `local` rule before deleting the old one, so that there

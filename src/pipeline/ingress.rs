@@ -22,6 +22,7 @@
 
 use super::counters::{bump, Counters};
 use super::lb::conntrack::{Conntrack, Key, ReplyKey, TcpState};
+use super::lb::icmp;
 use super::lb::nat::{self, Side};
 use super::lb::FlowKey;
 use super::vip::{refusal, Balancer, BalancerConfig};
@@ -189,6 +190,9 @@ impl Ingress {
         net: &NetworkTable,
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
+        if let Some(v) = self.icmp_error_from_task(now, tables, net, pkt)? {
+            return Ok(v);
+        }
         if let Some(f) = flow_of(pkt.bytes())? {
             if self.reverse(now, tables, &f, pkt) {
                 return Ok(Verdict::ToHost);
@@ -226,10 +230,68 @@ impl Ingress {
         tables: &Tables,
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
+        if let Some(q) = icmp::quoted(pkt.bytes()) {
+            return match self.flow_of_quoted(now, &q) {
+                Some(key) if icmp::translate_back(pkt.bytes_mut(), key.vip, key.vip, key.port) => {
+                    Ok(Verdict::ToHost)
+                }
+                _ => Err(DropReason::NoRoute),
+            };
+        }
         match flow_of(pkt.bytes())? {
             Some(f) if self.reverse(now, tables, &f, pkt) => Ok(Verdict::ToHost),
             _ => Err(DropReason::NoRoute),
         }
+    }
+
+    /// The ingress flow an ICMP error's quoted packet (client -> task)
+    /// belongs to.
+    fn flow_of_quoted(&mut self, now: Instant, q: &icmp::Quoted) -> Option<Key> {
+        let r = ReplyKey {
+            protocol: q.protocol,
+            backend: q.dst,
+            port: q.dst_port,
+            client: q.src,
+            client_port: q.src_port,
+        };
+        self.flows.reply(&r, now).map(|(k, _)| k)
+    }
+
+    /// An ICMP error a task sent about a packet of an ingress flow: back to
+    /// the host the flow came through, translated where it entered (else it
+    /// would leave with the task's address, and the client could not match
+    /// it). `None`: not such an error.
+    fn icmp_error_from_task(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        net: &NetworkTable,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Option<Verdict>, DropReason> {
+        let Some(q) = icmp::quoted(pkt.bytes()) else {
+            return Ok(None);
+        };
+        if let Some(key) = self.flow_of_quoted(now, &q) {
+            return Ok(
+                icmp::translate_back(pkt.bytes_mut(), key.vip, key.vip, key.port)
+                    .then_some(Verdict::ToHost),
+            );
+        }
+        let k = Key {
+            protocol: q.protocol,
+            client: q.src,
+            client_port: q.src_port,
+            vip: q.dst,
+            port: q.dst_port,
+        };
+        let Some(e) = self.returns.get(&k, now) else {
+            return Ok(None);
+        };
+        let peer = tables.peers.get(&e.backend).ok_or(DropReason::NoRoute)?;
+        encap::encap(pkt, net.vni)?;
+        Ok(Some(Verdict::ToUnderlay(SocketAddrV4::new(
+            e.backend, peer.port,
+        ))))
     }
 
     /// Gives a task's reply of an ingress flow the address and port the

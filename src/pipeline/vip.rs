@@ -208,6 +208,9 @@ impl Balancer {
         if self.conntrack.is_empty() {
             return false;
         }
+        if let Some(q) = super::lb::icmp::quoted(pkt.bytes()) {
+            return self.reverse_icmp_error(now, &q, pkt);
+        }
         let frame = pkt.bytes();
         let Ok(eth) = ethernet::Frame::new_checked(frame) else {
             return false;
@@ -251,6 +254,32 @@ impl Balancer {
             Mac::for_ip(key.vip),
             partial,
         );
+        true
+    }
+
+    /// An ICMP error a task sent about a packet of a VIP flow: it comes from
+    /// the VIP and quotes the packet as the client sent it.
+    fn reverse_icmp_error(
+        &mut self,
+        now: Instant,
+        q: &super::lb::icmp::Quoted,
+        pkt: &mut Packet<'_>,
+    ) -> bool {
+        let r = ReplyKey {
+            protocol: q.protocol,
+            backend: q.dst,
+            port: q.dst_port,
+            client: q.src,
+            client_port: q.src_port,
+        };
+        let Some((key, _)) = self.conntrack.reply(&r, now) else {
+            return false;
+        };
+        let frame = pkt.bytes_mut();
+        if !super::lb::icmp::translate_back(frame, key.vip, key.vip, key.port) {
+            return false;
+        }
+        frame[6..12].copy_from_slice(&Mac::for_ip(key.vip).0);
         true
     }
 

@@ -12,6 +12,7 @@
 //!   a task comes or goes)
 
 pub mod conntrack;
+pub mod icmp;
 pub mod maglev;
 pub mod nat;
 pub mod stats;

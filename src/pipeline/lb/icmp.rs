@@ -1,0 +1,226 @@
+//! ICMP errors about a translated flow. A task that cannot deliver (UDP to a
+//! closed port, say) answers the packet it got, which has the task as its
+//! destination; the client sent it to a VIP or a published port. Like IPVS,
+//! the balancer finds the flow from the packet the error quotes, and gives
+//! the error the address the client knows, outside and inside, so that the
+//! client's stack matches it to its socket (and no task address leaks).
+
+use crate::wire::{checksum, ethernet, ipv4};
+use std::net::Ipv4Addr;
+
+/// ICMP types that quote the packet they are about: destination
+/// unreachable, time exceeded, parameter problem.
+const ERRORS: [u8; 3] = [3, 11, 12];
+
+/// The flow an ICMP error quotes, as the quoted packet had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst: Ipv4Addr,
+    pub dst_port: u16,
+}
+
+/// Where things are in an ICMP error frame.
+struct Layout {
+    icmp: usize,
+    inner: usize,
+    inner_l4: usize,
+    end: usize,
+}
+
+fn layout(frame: &[u8]) -> Option<Layout> {
+    let ip = ipv4::Packet::new_checked(frame.get(ethernet::HEADER_LEN..)?).ok()?;
+    if ip.protocol() != ipv4::protocol::ICMP || !ip.is_first_fragment() {
+        return None;
+    }
+    let icmp = ethernet::HEADER_LEN + ip.header_len();
+    let end = ethernet::HEADER_LEN + ip.total_len();
+    let inner = icmp + 8;
+    let first = *frame.get(inner)?;
+    let ihl = usize::from(first & 0x0f) * 4;
+    let inner_l4 = inner + ihl;
+    let kind = *frame.get(icmp)?;
+    if !ERRORS.contains(&kind) || first >> 4 != 4 || ihl < 20 || inner_l4 + 8 > end {
+        return None;
+    }
+    let proto = frame[inner + 9];
+    (proto == ipv4::protocol::TCP || proto == ipv4::protocol::UDP).then_some(Layout {
+        icmp,
+        inner,
+        inner_l4,
+        end,
+    })
+}
+
+fn addr(b: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+}
+
+fn get16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// The flow quoted by the ICMP error in `frame` (an Ethernet frame), if it
+/// is one and quotes a TCP or UDP packet.
+pub fn quoted(frame: &[u8]) -> Option<Quoted> {
+    let l = layout(frame)?;
+    Some(Quoted {
+        protocol: frame[l.inner + 9],
+        src: addr(frame, l.inner + 12),
+        dst: addr(frame, l.inner + 16),
+        src_port: get16(frame, l.inner_l4),
+        dst_port: get16(frame, l.inner_l4 + 2),
+    })
+}
+
+/// Translates the ICMP error in `frame` back to what the client knows: the
+/// outer source becomes `src`, the quoted destination `dst`:`dst_port`; the
+/// checksums that cover them are made right (outer IP, quoted IP, quoted
+/// UDP/TCP if quoted in full, ICMP). False if it is no such error.
+pub fn translate_back(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> bool {
+    let Some(l) = layout(frame) else {
+        return false;
+    };
+    let old_dst = addr(frame, l.inner + 16);
+    let old_port = get16(frame, l.inner_l4 + 2);
+    // Outer source, and the outer header's checksum.
+    let ip = ethernet::HEADER_LEN;
+    frame[ip + 12..ip + 16].copy_from_slice(&src.octets());
+    frame[ip + 10..ip + 12].fill(0);
+    let c = checksum(&frame[ip..l.icmp]);
+    frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    // The quoted header.
+    frame[l.inner + 16..l.inner + 20].copy_from_slice(&dst.octets());
+    frame[l.inner_l4 + 2..l.inner_l4 + 4].copy_from_slice(&dst_port.to_be_bytes());
+    frame[l.inner + 10..l.inner + 12].fill(0);
+    let c = checksum(&frame[l.inner..l.inner_l4]);
+    frame[l.inner + 10..l.inner + 12].copy_from_slice(&c.to_be_bytes());
+    // The quoted transport checksum, where it was quoted and is in use.
+    let csum_at = match frame[l.inner + 9] {
+        ipv4::protocol::UDP => l.inner_l4 + 6,
+        _ => l.inner_l4 + 16,
+    };
+    if csum_at + 2 <= l.end {
+        let field = get16(frame, csum_at);
+        let udp_off = frame[l.inner + 9] == ipv4::protocol::UDP && field == 0;
+        if !udp_off {
+            let mut sum = u32::from(!field);
+            let (o, n) = (old_dst.octets(), dst.octets());
+            // RFC 1624: the sum with each old word taken out, the new put in.
+            for w in [
+                (
+                    u16::from_be_bytes([o[0], o[1]]),
+                    u16::from_be_bytes([n[0], n[1]]),
+                ),
+                (
+                    u16::from_be_bytes([o[2], o[3]]),
+                    u16::from_be_bytes([n[2], n[3]]),
+                ),
+                (old_port, dst_port),
+            ] {
+                sum += u32::from(!w.0) + u32::from(w.1);
+            }
+            let c = !(crate::wire::checksum_fold(sum, &[]) as u16);
+            frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+    }
+    // Last, the ICMP checksum over the whole message.
+    frame[l.icmp + 2..l.icmp + 4].fill(0);
+    let c = checksum(&frame[l.icmp..l.end]);
+    frame[l.icmp + 2..l.icmp + 4].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::offload::pseudo_header_sum;
+    use crate::wire::{checksum_fold, Mac};
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
+    const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+    const PUBLISHED: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 116);
+
+    /// The UDP datagram `src` -> `dst` with a valid checksum, as an IPv4 packet.
+    fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+        let mut p = vec![0u8; 20 + 8 + 4];
+        ipv4::Repr {
+            src: src.0,
+            dst: dst.0,
+            protocol: ipv4::protocol::UDP,
+            ttl: 64,
+            ident: 3,
+            dont_fragment: false,
+            payload_len: 12,
+        }
+        .emit(&mut p)
+        .unwrap();
+        p[20..22].copy_from_slice(&src.1.to_be_bytes());
+        p[22..24].copy_from_slice(&dst.1.to_be_bytes());
+        p[24..26].copy_from_slice(&12u16.to_be_bytes());
+        p[28..].copy_from_slice(b"ping");
+        let c = !(checksum_fold(pseudo_header_sum(&p[..20], 17, 12), &p[20..]) as u16);
+        p[26..28].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// A port unreachable from `from` quoting `quoted`, in an Ethernet frame.
+    fn unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        ethernet::emit(&mut f, Mac::ZERO, Mac::ZERO, ethernet::ethertype::IPV4).unwrap();
+        ipv4::Repr {
+            src: from,
+            dst: to,
+            protocol: ipv4::protocol::ICMP,
+            ttl: 64,
+            ident: 4,
+            dont_fragment: false,
+            payload_len: 8 + quoted.len(),
+        }
+        .emit(&mut f[14..])
+        .unwrap();
+        f[34] = 3;
+        f[35] = 3;
+        f.extend_from_slice(quoted);
+        let c = checksum(&f[34..]);
+        f[36..38].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn an_error_about_a_translated_flow_is_translated_back() {
+        // The client sent to PUBLISHED:9001; the task got it on TASK:9000.
+        let got = udp((CLIENT, 5555), (TASK, 9000));
+        let mut f = unreachable(TASK, CLIENT, &got);
+        let q = quoted(&f).unwrap();
+        assert_eq!(
+            (q.protocol, q.src, q.src_port, q.dst, q.dst_port),
+            (17, CLIENT, 5555, TASK, 9000)
+        );
+        assert!(translate_back(&mut f, PUBLISHED, PUBLISHED, 9001));
+        // Exactly what the error would be about the packet the client sent.
+        let sent = udp((CLIENT, 5555), (PUBLISHED, 9001));
+        assert_eq!(f, unreachable(PUBLISHED, CLIENT, &sent));
+    }
+
+    #[test]
+    fn other_icmp_and_short_quotes_are_left_alone() {
+        let got = udp((CLIENT, 5555), (TASK, 9000));
+        let mut echo = unreachable(TASK, CLIENT, &got);
+        echo[34] = 8;
+        assert!(quoted(&echo).is_none());
+        let short = unreachable(TASK, CLIENT, &got[..24]);
+        assert!(quoted(&short).is_none());
+        let mut copy = short.clone();
+        assert!(!translate_back(&mut copy, PUBLISHED, PUBLISHED, 1));
+        assert_eq!(copy, short);
+        for cut in 0..got.len() + 42 {
+            let f = unreachable(TASK, CLIENT, &got);
+            let mut g = f[..cut.min(f.len())].to_vec();
+            let _ = quoted(&g);
+            let _ = translate_back(&mut g, PUBLISHED, PUBLISHED, 1);
+        }
+    }
+}
