@@ -13,13 +13,23 @@
 //!    the VNI is served, strips the header and writes the frame to the
 //!    destination container's TAP.
 //!
+//! On the way, a frame to a service VIP is balanced on the client's host
+//! ([`pipeline::vip`]: conntrack, scheduler, DNAT; the reply gets the VIP
+//! back). From outside, a published port is steered by policy routing into
+//! the host's ingress TUN ([`netns::ingress`], [`io::tun`]); the pipeline
+//! tracks the flow, picks a task and rewrites only the destination
+//! ([`pipeline::ingress`]), so the task sees the real client, and the task's
+//! host sends the replies back through the host the client reached.
+//! Containers' traffic to the outside leaves through their own host's stack,
+//! masqueraded.
+//!
 //! # Layout
 //!
 //! - [`wire`]: zero-copy views of each header (Ethernet, ARP, IPv4, L4, VXLAN).
 //! - [`pipeline`]: the sans-IO packet core: `process(now, input, &mut out)`.
 //! - [`tables`]: read-mostly snapshots the pipeline looks up.
-//! - [`io`]: the only code with file descriptors: TAPs, the UDP socket, the driver thread.
-//! - [`netns`]: entering a namespace on a dedicated thread; link/addr/route verbs.
+//! - [`io`]: the only code with file descriptors: TAPs, the ingress TUN, the UDP socket, the driver thread.
+//! - [`netns`]: entering a namespace on a dedicated thread; link/addr/route verbs; the host's ingress rules.
 //! - [`dns`]: the embedded DNS at 127.0.0.11 in every container (hickory-server).
 //! - [`cluster`]: gossip membership (chitchat), replicated state, allocation of VNIs, subnets, IPs.
 //! - [`api`]: HTTP/JSON over a unix socket, and the client `meshctl` uses.
