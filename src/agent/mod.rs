@@ -2,12 +2,12 @@
 //! the cluster, and attaches and detaches containers.
 //!
 //! A loop runs every [`TICK`]: it reads the cluster view, replicates objects,
-//! and when anything changed builds new [`Tables`] and publishes them.
+//! and when anything changed builds new [`Tables`](crate::tables::Tables) and publishes them.
 //! Attach and detach change local state, publish or withdraw the endpoint in
 //! gossip and rebuild the tables at once, without waiting for the tick.
 //!
-//! - [`attach`]: `container attach` and `detach`.
-//! - [`tables`]: the dataplane tables built from the view.
+//! - `attach`: `container attach` and `detach`.
+//! - `tables`: the dataplane tables built from the view.
 
 mod attach;
 mod tables;

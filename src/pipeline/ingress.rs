@@ -1,17 +1,17 @@
 //! Step 2d: the host's door. Traffic between the host's own stack (through
 //! the ingress TUN: `io::tun`, set up by `netns::ingress`) and the overlay.
 //!
-//! 1. Ingress ([`Ingress::on_host`]): a client reaches a published port on
+//! 1. Ingress (`Ingress::on_host`): a client reaches a published port on
 //!    this host. The flow is tracked here, a task is picked by the service's
 //!    scheduler, and only the destination changes (address and port): the
 //!    task sees the client's real address and port (no SNAT, unlike Swarm's
 //!    ingress sandbox). The frame leaves with the network gateway's MAC as
 //!    its source, which tells the task's host that it was routed.
-//! 2. Return paths ([`Ingress::learn_return`]): the task's host notes which
+//! 2. Return paths (`Ingress::learn_return`): the task's host notes which
 //!    host such a routed flow came through, and sends the task's replies back
-//!    there ([`Ingress::on_container`]) instead of out of its own host, so
+//!    there (`Ingress::on_container`) instead of out of its own host, so
 //!    the client gets them from the address it connected to.
-//! 3. Egress ([`Ingress::on_container`]): whatever else a container sends
+//! 3. Egress (`Ingress::on_container`): whatever else a container sends
 //!    to its gateway for an address outside the overlay goes to this host's
 //!    stack, which masquerades it (as Swarm's docker_gwbridge does); the
 //!    replies come back in through the TUN addressed to the container, and

@@ -1,7 +1,7 @@
 //! Step 2c: service VIPs. A frame from a container to a VIP is balanced here,
-//! on the client's host: its flow is tracked ([`lb::conntrack`]), a task is
-//! picked for a new flow by the service's scheduler ([`lb::Scheduler`]), and
-//! the destination becomes that task ([`lb::nat`]); the task's replies get the
+//! on the client's host: its flow is tracked ([`super::lb::conntrack`]), a task is
+//! picked for a new flow by the service's scheduler ([`super::lb::Scheduler`]), and
+//! the destination becomes that task ([`super::lb::nat`]); the task's replies get the
 //! VIP back as their source before they reach the client. ICMP echo to a VIP
 //! is answered here; a VIP without tasks refuses at once (TCP RST, ICMP port
 //! unreachable), and so does a TCP segment of a flow that is not tracked.

@@ -10,7 +10,7 @@
 //! Hashers: every key stored here (VNIs, IPs and MACs of endpoints, VTEP
 //! addresses) is assigned by the cluster, never inserted because of a packet.
 //! A lookup with a key from the wire costs at most the probe length of what is
-//! stored, which no sender controls, so a fast unkeyed hash ([`FastHash`]) is
+//! stored, which no sender controls, so a fast unkeyed hash ([`FastHasher`]) is
 //! safe here. The conntrack table, filled from wire 5-tuples, needs a keyed one.
 
 use crate::wire::{vxlan::Vni, Mac};
