@@ -65,6 +65,9 @@ fn bench(c: &mut Criterion) {
                 black_box(ct.touch(&keys[at], 0x10, true, now))
             })
         });
+        g.bench_function(format!("sweep, {n} flows (none expired)"), |b| {
+            b.iter(|| ct.sweep(now))
+        });
         let mut next = n;
         g.bench_function(format!("miss + insert, {n} flows"), |b| {
             b.iter(|| {

@@ -140,6 +140,15 @@ hairpin() {
 check "a task calling its own host's published port (.116 from w3) gets answers" hairpin w3 116
 check "so does a container calling another host's published port (.118 from w1)" hairpin w1 118
 
+# ---- publishing reaches every host within a second ---------------------------------
+mctl 116 service create --name later --network web --publish 8095:80 >/dev/null || fail "service create later"
+steered() { ip -n mt-h118 rule | grep -q 'dport 8095'; }
+check "a new published port is steered on .118 within 1 s of service create on .116" wait_until 1 steered
+note "took ${WAITED}s"
+refused_now() { ip netns exec mt-out curl -s -m 2 "http://$UNDERLAY.118:8095/" >/dev/null; [ $? -eq 7 ]; }
+check "... and, with no task yet, a connection to it is refused at once (not left hanging)" refused_now
+mctl 116 service rm later >/dev/null || fail "service rm later"
+
 # ---- port conflicts and reserved ports -----------------------------------------
 expect_error "a port already published is refused" mctl 117 service create --name other --network web --publish 8000:80
 expect_error "the VXLAN port cannot be published" mctl 117 service create --name vx --network web --publish 4789:80/udp

@@ -31,7 +31,7 @@ use crate::tables::{Location, NetworkTable, Tables};
 use crate::wire::{ethernet, ipv4, l4, Mac};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The ingress state of one dataplane thread.
 pub struct Ingress {
@@ -366,17 +366,18 @@ impl Ingress {
         }
     }
 
-    /// Expires idle flows: a full sweep at most once a second.
+    /// Expires idle flows (see [`Conntrack::sweep_due`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.last_sweep) < Duration::from_secs(1) {
-            return;
-        }
-        self.last_sweep = now;
-        if !self.flows.is_empty() {
+        let since = now.saturating_duration_since(self.last_sweep);
+        let (flows, returns) = (self.flows.sweep_due(since), self.returns.sweep_due(since));
+        if flows {
             self.flows.sweep(now);
         }
-        if !self.returns.is_empty() {
+        if returns {
             self.returns.sweep(now);
+        }
+        if flows || returns {
+            self.last_sweep = now;
         }
     }
 }

@@ -323,13 +323,13 @@ impl Balancer {
 
     /// Expires idle flows: a full sweep at most once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.conntrack.is_empty()
-            || now.saturating_duration_since(self.last_sweep) < std::time::Duration::from_secs(1)
+        if self
+            .conntrack
+            .sweep_due(now.saturating_duration_since(self.last_sweep))
         {
-            return;
+            self.last_sweep = now;
+            self.conntrack.sweep(now);
         }
-        self.last_sweep = now;
-        self.conntrack.sweep(now);
     }
 }
 

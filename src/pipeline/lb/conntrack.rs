@@ -383,8 +383,21 @@ impl Conntrack {
         self.open.get(&backend).copied().unwrap_or(0)
     }
 
-    /// Removes expired entries. A full pass, so the caller runs it rarely
-    /// (once a second): lookups already drop the expired entries they meet.
+    /// Whether a sweep is due, `since` after the last one. A sweep is a full
+    /// pass over the table (about 10 ns a flow), so a big table is swept
+    /// less often: once a second up to 50k flows, then once per 50k flows'
+    /// worth of seconds (1M flows: every 20 s). Meanwhile lookups drop the
+    /// expired entries they meet, and a full table is swept within a second
+    /// so that expired flows do not keep new ones out.
+    pub fn sweep_due(&self, since: Duration) -> bool {
+        let len = self.flows.len();
+        if len == 0 || since < Duration::from_secs(1) {
+            return false;
+        }
+        len >= self.max || since >= Duration::from_secs((len / 50_000).max(1) as u64)
+    }
+
+    /// Removes expired entries. A full pass: see [`Conntrack::sweep_due`].
     pub fn sweep(&mut self, now: Instant) {
         let timeouts = self.timeouts;
         let (replies, open) = (&mut self.replies, &mut self.open);
@@ -516,6 +529,31 @@ mod tests {
         ct.insert(u, TASK, now).unwrap();
         ct.sweep(now + t.udp + Duration::from_secs(1));
         assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn big_tables_are_swept_less_often_unless_full() {
+        let mut ct = Conntrack::new(200_000, Timeouts::default());
+        let s = Duration::from_secs;
+        assert!(!ct.sweep_due(s(100)), "nothing to sweep");
+        ct.insert(key(1), TASK, Instant::now()).unwrap();
+        assert!(!ct.sweep_due(Duration::from_millis(900)));
+        assert!(ct.sweep_due(s(1)));
+        let now = Instant::now();
+        for i in 0..150_000u32 {
+            let k = Key {
+                client: Ipv4Addr::from(i),
+                ..key(1)
+            };
+            ct.insert(k, TASK, now).unwrap();
+        }
+        assert!(
+            !ct.sweep_due(s(2)) && ct.sweep_due(s(3)),
+            "150k flows: every 3 s"
+        );
+        let mut full = Conntrack::new(1, Timeouts::default());
+        full.insert(key(1), TASK, now).unwrap();
+        assert!(full.sweep_due(s(1)));
     }
 
     #[test]
