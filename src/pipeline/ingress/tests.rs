@@ -57,6 +57,13 @@ fn tables(me: Ipv4Addr, tasks: bool) -> Tables {
     net.vips.insert(VIP, 0);
     t.published
         .insert((TCP, 8000), Published { vip: 0, target: 80 });
+    t.published.insert(
+        (ipv4::protocol::UDP, 9001),
+        Published {
+            vip: 0,
+            target: 9000,
+        },
+    );
     t.routed.insert(TASK, vni);
     t.egress = true;
     t.networks.insert(vni, net);
@@ -264,6 +271,77 @@ fn refusals_are_answered_at_once() {
         run(&mut a, Input::Host, &syn[..30]).0,
         Verdict::Drop(DropReason::Malformed)
     );
+}
+
+/// A UDP datagram (no Ethernet header) with a valid checksum.
+fn udp_packet(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 8 + 4];
+    ipv4::Repr {
+        src: src.0,
+        dst: dst.0,
+        protocol: ipv4::protocol::UDP,
+        ttl: 64,
+        ident: 8,
+        dont_fragment: false,
+        payload_len: 12,
+    }
+    .emit(&mut p)
+    .unwrap();
+    p[20..22].copy_from_slice(&src.1.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.1.to_be_bytes());
+    p[24..26].copy_from_slice(&12u16.to_be_bytes());
+    p[28..].copy_from_slice(b"ping");
+    let c = !(checksum_fold(pseudo_header_sum(&p[..20], 17, 12), &p[20..]) as u16);
+    p[26..28].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// The port unreachable `from` sends `to` about `quoted`, as an IPv4 packet.
+fn port_unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 8];
+    ipv4::Repr {
+        src: from,
+        dst: to,
+        protocol: ipv4::protocol::ICMP,
+        ttl: 64,
+        ident: 9,
+        dont_fragment: false,
+        payload_len: 8 + quoted.len(),
+    }
+    .emit(&mut p)
+    .unwrap();
+    p[20] = 3;
+    p[21] = 3;
+    p.extend_from_slice(quoted);
+    let c = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[test]
+fn a_tasks_icmp_error_returns_through_the_ingress_host_translated() {
+    let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
+    let sent = udp_packet((CLIENT, 5555), (HOST_A, 9001));
+    let (v, d) = run(&mut a, Input::Host, &sent);
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+    let (v, got) = run(&mut b, underlay(HOST_A), &d);
+    assert_eq!(v, Verdict::ToTap(1));
+    // Nothing listens on the task's port 9000: it answers port unreachable.
+    let error = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &port_unreachable(TASK, CLIENT, &got[14..]),
+    );
+    let (v, d) = run(&mut b, Input::Tap(1), &error);
+    assert_eq!(
+        v,
+        Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)),
+        "back the way it came"
+    );
+    let (v, f) = run(&mut a, underlay(HOST_B), &d);
+    assert_eq!(v, Verdict::ToHost);
+    // The error the client's stack expects: from .116, about what it sent.
+    assert_eq!(&f[14..], &port_unreachable(HOST_A, CLIENT, &sent)[..]);
 }
 
 proptest! {
