@@ -8,19 +8,20 @@
 //!
 //! - `attach`: `container attach` and `detach`.
 //! - `tables`: the dataplane tables built from the view.
+//! - `host`: the ingress TUN and the host's rules for published ports.
 
 mod attach;
+mod host;
 mod tables;
 
 pub use tables::build_tables;
 
 use crate::api::types::ContainerOut;
 use crate::cluster::model::{ContainerEndpoint, View};
-use crate::cluster::model::{PortSpec, Protocol};
 use crate::cluster::Cluster;
 use crate::dns::{self, names::NameTable};
 use crate::io::Dataplane;
-use crate::netns::ingress::{HostPlan, HostRouting, PublishedPort};
+use crate::netns::ingress::HostRouting;
 use crate::tables::PortId;
 use crate::wire::Mac;
 use serde::{Deserialize, Serialize};
@@ -103,101 +104,6 @@ impl Agent {
             listeners: Mutex::new(HashMap::new()),
             host_routing: std::sync::Mutex::new(None),
         })
-    }
-
-    /// Opens the ingress TUN in this (the host's) namespace, steers the
-    /// published ports to it and hands it to the dataplane.
-    pub async fn start_ingress(&self) -> Result<(), String> {
-        let tun = crate::io::tun::NAME;
-        let fd = crate::io::tun::create(tun).map_err(|e| e.to_string())?;
-        let advertise = self.cluster.config.advertise;
-        let routing = HostRouting::setup(
-            tun,
-            advertise,
-            ingress_address(advertise),
-            self.container_mtu,
-        )
-        .map_err(|e| format!("cannot set up ingress: {e}"))?;
-        self.dataplane
-            .set_host(fd)
-            .await
-            .map_err(|e| e.to_string())?;
-        *self.host_routing.lock().unwrap_or_else(|p| p.into_inner()) = Some(routing);
-        let view = self.cluster.view().await;
-        self.apply_host_plan(&view);
-        Ok(())
-    }
-
-    /// Removes the ingress rules (the TUN goes when the process exits).
-    pub fn stop_ingress(&self) {
-        if let Some(mut r) = self
-            .host_routing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            r.teardown();
-        }
-    }
-
-    /// Why `port` cannot be published: it is one this agent listens on.
-    pub fn reserved_port(&self, p: &PortSpec) -> Option<String> {
-        let c = &self.cluster.config;
-        let clash = match p.protocol {
-            Protocol::Tcp => p.published == c.gossip_port,
-            Protocol::Udp => p.published == c.gossip_port || p.published == c.vxlan_port,
-        };
-        clash.then(|| {
-            format!(
-                "port {}/{} is mesh-agent's own (gossip {}, VXLAN {}): publish another",
-                p.published,
-                p.protocol.name(),
-                c.gossip_port,
-                c.vxlan_port
-            )
-        })
-    }
-
-    /// Steers the view's published ports and overlay subnets to the TUN.
-    fn apply_host_plan(&self, view: &View) {
-        let mut guard = self.host_routing.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(routing) = guard.as_mut() else {
-            return;
-        };
-        let mut plan = HostPlan {
-            vxlan_port: self.cluster.config.vxlan_port,
-            ..HostPlan::default()
-        };
-        for s in view.services.values() {
-            for p in &s.ports {
-                if let Some(why) = self.reserved_port(p) {
-                    tracing::warn!(service = %s.name, "not published here: {why}");
-                    continue;
-                }
-                plan.published.insert(PublishedPort {
-                    protocol: p.protocol.name(),
-                    port: p.published,
-                });
-            }
-        }
-        let advertise = self.cluster.config.advertise;
-        for n in view.networks.values() {
-            // Routing a subnet that holds a node's address to the TUN would
-            // cut that node off: leave it to the host (no egress for it).
-            let node_inside = std::iter::once(advertise)
-                .chain(view.nodes.iter().map(|m| m.record.address))
-                .find(|a| n.subnet.contains(*a));
-            if let Some(a) = node_inside {
-                tracing::warn!(network = %n.name, subnet = %n.subnet, node = %a,
-                    "the overlay subnet holds a node's address: no egress or host routes for it");
-                continue;
-            }
-            plan.subnets
-                .insert((n.subnet.addr(), n.subnet.prefix_len()));
-        }
-        if let Err(e) = routing.apply(&plan) {
-            tracing::warn!(error = %e, "ingress rules not fully applied");
-        }
     }
 
     /// Publishes the dataplane tables and the DNS names for `view`.
@@ -303,18 +209,5 @@ impl Agent {
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode attachments"),
         }
-    }
-}
-
-/// The ingress TUN's own address: link-local, and different on every host
-/// (from the last two bytes of the advertised address), so that the tasks
-/// can tell apart the hosts' local clients (`curl 127.0.0.1:PORT` comes from
-/// this address).
-pub fn ingress_address(advertise: Ipv4Addr) -> Ipv4Addr {
-    let o = advertise.octets();
-    match Ipv4Addr::new(169, 254, o[2], o[3]) {
-        // Not the cloud metadata address.
-        a if a == Ipv4Addr::new(169, 254, 169, 254) => Ipv4Addr::new(169, 254, 169, 253),
-        a => a,
     }
 }
