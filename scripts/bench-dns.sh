@@ -165,11 +165,6 @@ if [ -n "$FWD0" ] && [ -n "$FWD1" ]; then
     check "mesh forwarded nothing upstream during the run ($((FWD1 - FWD0)) forwarded)" test "$FWD1" -eq "$FWD0"
 else fail "mesh: cannot read dns_forwarded from /v1/stats"; fi
 
-# ratio A B: A / B, or n/a unless both are positive numbers.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
-        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
-}
 RATIO=$(ratio "${QPS[mesh]}" "${QPS[dnsmasq]}")
 row() { printf '  %-9s %12s %8s %16s %14s\n' "$@"; }
 

@@ -157,32 +157,6 @@ logged() {
 
 get_ok() { ip netns exec mt-out curl -s -m 3 -o /dev/null "http://$ENTRY:$PUB/"; }
 
-# ratio A B: A / B, or n/a unless both are positive numbers.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
-        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
-}
-
-# wrk_rps OUT URL [WRK_ARGS...]: wrk -t1 -c16 for DURATION s from mt-out, its
-# output in OUT; prints requests/s. Fails (wrk's output on stderr) without a
-# result or with errors (socket errors + non-2xx) on more than 1 % of requests.
-wrk_rps() {
-    local out=$1 url=$2; shift 2
-    ip netns exec mt-out timeout $((DURATION + 15)) wrk -t1 -c16 -d"${DURATION}s" "$@" "$url" \
-        >"$out" 2>&1 </dev/null
-    if awk -v e="$(wrk_errors "$out")" '
-            / requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
-            END { if (r > 0 && e <= n / 100) { printf "%.0f\n", r; exit 0 } exit 1 }' "$out"; then return 0; fi
-    sed 's/^/    /' "$out" >&2
-    return 1
-}
-
-# wrk_errors OUT: socket errors + non-2xx/3xx responses in wrk's output OUT.
-wrk_errors() {
-    awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
-         /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
-}
-
 CASES=(ingress-keepalive ingress-close)
 declare -A CASE_ARGS=([ingress-keepalive]="" [ingress-close]="Connection: close")
 declare -A CASE_LABEL=([ingress-keepalive]="keep-alive         req/s" [ingress-close]="Connection: close  conn/s")
@@ -197,7 +171,7 @@ measure() {
         [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
         t0=
         [ "$sys" = mesh ] && { t0=$(agent_ticks) || t0=; }
-        if out=$(wrk_rps "$TMP/wrk-$sys-$c.txt" "http://$ENTRY:$PUB/" "${args[@]}"); then :; else
+        if out=$(wrk_rps "$TMP/wrk-$sys-$c.txt" mt-out "http://$ENTRY:$PUB/" "${args[@]}"); then :; else
             out=0; fail "$sys wrk $c: no result"; fi
         if [ "$sys" = kernel ]; then KV[$c]=$out; continue; fi
         MV[$c]=$out

@@ -71,12 +71,6 @@ rtt_ms() {
         awk -F/ '/^rtt/ { print $5; ok = 1 } END { exit !ok }'
 }
 
-# ratio A B: A / B, or n/a unless both are positive numbers (0 = failed, n/a = not run).
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
-        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
-}
-
 # agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
 agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 

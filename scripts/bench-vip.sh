@@ -183,12 +183,6 @@ expect_spread "mesh $VIP" mt-client "$VIP" w
 
 # --- measure --------------------------------------------------------------------------
 
-# ratio A B: A / B, or n/a unless both are positive numbers.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
-        if (a ~ n && b ~ n && a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
-}
-
 MESH_PIDS=()
 for id in 116 117 118; do
     pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
@@ -197,26 +191,6 @@ done
 
 # agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
 agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
-
-# wrk_rps OUT NS URL [WRK_ARGS...]: wrk -t1 -c16 for DURATION s from NS, its
-# output in OUT; prints requests/s. Fails (wrk's output on stderr) without a
-# result or with errors (socket errors + non-2xx) on more than 1 % of requests.
-wrk_rps() {
-    local out=$1 ns=$2 url=$3; shift 3
-    ip netns exec "$ns" timeout $((DURATION + 15)) wrk -t1 -c16 -d"${DURATION}s" "$@" "$url" \
-        >"$out" 2>&1 </dev/null
-    if awk -v e="$(wrk_errors "$out")" '
-            / requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
-            END { if (r > 0 && e <= n / 100) { printf "%.0f\n", r; exit 0 } exit 1 }' "$out"; then return 0; fi
-    sed 's/^/    /' "$out" >&2
-    return 1
-}
-
-# wrk_errors OUT: socket errors + non-2xx/3xx responses in wrk's output OUT.
-wrk_errors() {
-    awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
-         /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
-}
 
 CASES=(vip-keepalive vip-close)
 declare -A CASE_ARGS=([vip-keepalive]="" [vip-close]="Connection: close")
