@@ -99,7 +99,16 @@ impl Agent {
             plan.subnets
                 .insert((n.subnet.addr(), n.subnet.prefix_len()));
         }
-        if let Err(e) = routing.apply(&plan) {
+        // `ip` and `nft` run as child processes (a few ms, only when the plan
+        // changed): tell the runtime this worker blocks meanwhile.
+        let mut apply = || routing.apply(&plan);
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(apply)
+            }
+            _ => apply(),
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "ingress rules not fully applied");
         }
     }
