@@ -126,3 +126,16 @@ pub fn ingress_address(advertise: Ipv4Addr) -> Ipv4Addr {
         a => a,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ingress_address_follows_the_host_and_avoids_the_metadata_address() {
+        let a = |s: &str| ingress_address(s.parse().unwrap());
+        assert_eq!(a("192.168.100.116"), Ipv4Addr::new(169, 254, 100, 116));
+        assert_ne!(a("192.168.100.116"), a("192.168.100.117"));
+        assert_eq!(a("10.1.169.254"), Ipv4Addr::new(169, 254, 169, 253));
+    }
+}
