@@ -21,10 +21,10 @@
 //! [`Conntrack`]s (keyed hash, bounded, TCP states, timeouts).
 
 use super::counters::{bump, Counters};
-use super::lb::conntrack::{Conntrack, Key, ReplyKey, TcpState};
+use super::flow::{flow_of, Flow};
+use super::lb::conntrack::{Conntrack, Key, TcpState};
 use super::lb::icmp;
 use super::lb::nat::{self, Side};
-use super::lb::FlowKey;
 use super::vip::{refusal, Balancer, BalancerConfig};
 use super::{encap, DropReason, Packet, Verdict};
 use crate::tables::{Location, NetworkTable, Tables};
@@ -43,45 +43,6 @@ pub struct Ingress {
     pub returns: Conntrack,
     counters: Arc<Counters>,
     last_sweep: Instant,
-}
-
-/// The parts of an IPv4 TCP or UDP packet that ingress looks at.
-struct Flow {
-    protocol: u8,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    ports: l4::Ports,
-    flags: u8,
-}
-
-/// Reads the flow of the IPv4 packet in an Ethernet frame; `None` for other
-/// protocols and for fragments after the first.
-fn flow_of(frame: &[u8]) -> Result<Option<Flow>, DropReason> {
-    let ip = frame
-        .get(ethernet::HEADER_LEN..)
-        .and_then(|b| ipv4::Packet::new_checked(b).ok())
-        .ok_or(DropReason::Malformed)?;
-    if !ip.is_first_fragment() {
-        return Ok(None);
-    }
-    let (ports, flags) = match ip.protocol() {
-        ipv4::protocol::TCP => {
-            let t = l4::TcpHeader::parse(ip.payload()).map_err(|_| DropReason::Malformed)?;
-            (t.ports, t.flags)
-        }
-        ipv4::protocol::UDP => (
-            l4::Ports::parse(ip.payload()).map_err(|_| DropReason::Malformed)?,
-            0,
-        ),
-        _ => return Ok(None),
-    };
-    Ok(Some(Flow {
-        protocol: ip.protocol(),
-        src: ip.src(),
-        dst: ip.dst(),
-        ports,
-        flags,
-    }))
 }
 
 impl Ingress {
@@ -122,13 +83,7 @@ impl Ingress {
             return Err(DropReason::NoRoute);
         };
         let vip = tables.vips.get(publ.vip).ok_or(DropReason::NoBackend)?;
-        let key = Key {
-            protocol: f.protocol,
-            client: f.src,
-            client_port: f.ports.src,
-            vip: dst,
-            port: f.ports.dst,
-        };
+        let key = f.key();
         let tcp = f.protocol == ipv4::protocol::TCP;
         let (entry, new_flow) = match self.flows.touch(&key, f.flags, true, now) {
             Some(e) => (e, false),
@@ -142,13 +97,8 @@ impl Ingress {
                     bump(&vip.stats.reset_untracked);
                     return self.refuse(pkt, DropReason::UntrackedFlow);
                 }
-                let flow = FlowKey {
-                    src: f.src,
-                    src_port: f.ports.src,
-                    dst_port: f.ports.dst,
-                    protocol: f.protocol,
-                };
                 let flows = &self.flows;
+                let flow = f.scheduler_key();
                 let Some(i) = balancer.pick(publ.vip, &vip.backends, &flow, |b| flows.active_to(b))
                 else {
                     bump(&vip.stats.refused_no_task);
@@ -197,13 +147,8 @@ impl Ingress {
             if self.reverse(now, tables, &f, pkt) {
                 return Ok(Verdict::ToHost);
             }
-            let k = Key {
-                protocol: f.protocol,
-                client: f.dst,
-                client_port: f.ports.dst,
-                vip: f.src,
-                port: f.ports.src,
-            };
+            // Keyed as the flow came in: client -> task.
+            let k = f.reversed().key();
             if let Some(e) = self.returns.touch(&k, f.flags, false, now) {
                 let peer = tables.peers.get(&e.backend).ok_or(DropReason::NoRoute)?;
                 encap::encap(pkt, net.vni)?;
@@ -246,15 +191,10 @@ impl Ingress {
 
     /// The ingress flow an ICMP error's quoted packet (client -> task)
     /// belongs to.
-    fn flow_of_quoted(&mut self, now: Instant, q: &icmp::Quoted) -> Option<Key> {
-        let r = ReplyKey {
-            protocol: q.protocol,
-            backend: q.dst,
-            port: q.dst_port,
-            client: q.src,
-            client_port: q.src_port,
-        };
-        self.flows.reply(&r, now).map(|(k, _)| k)
+    fn flow_of_quoted(&mut self, now: Instant, q: &Flow) -> Option<Key> {
+        self.flows
+            .reply(&q.reversed().reply_key(), now)
+            .map(|(k, _)| k)
     }
 
     /// An ICMP error a task sent about a packet of an ingress flow: back to
@@ -277,14 +217,7 @@ impl Ingress {
                     .then_some(Verdict::ToHost),
             );
         }
-        let k = Key {
-            protocol: q.protocol,
-            client: q.src,
-            client_port: q.src_port,
-            vip: q.dst,
-            port: q.dst_port,
-        };
-        let Some(e) = self.returns.get(&k, now) else {
+        let Some(e) = self.returns.get(&q.key(), now) else {
             return Ok(None);
         };
         let peer = tables.peers.get(&e.backend).ok_or(DropReason::NoRoute)?;
@@ -300,14 +233,7 @@ impl Ingress {
         if self.flows.is_empty() {
             return false;
         }
-        let r = ReplyKey {
-            protocol: f.protocol,
-            backend: f.src,
-            port: f.ports.src,
-            client: f.dst,
-            client_port: f.ports.dst,
-        };
-        let Some((key, _)) = self.flows.touch_reply(&r, f.flags, now) else {
+        let Some((key, _)) = self.flows.touch_reply(&f.reply_key(), f.flags, now) else {
             return false;
         };
         if let Some(vip) = tables
@@ -330,13 +256,7 @@ impl Ingress {
         let Ok(Some(f)) = flow_of(frame) else {
             return;
         };
-        let k = Key {
-            protocol: f.protocol,
-            client: f.src,
-            client_port: f.ports.src,
-            vip: f.dst,
-            port: f.ports.dst,
-        };
+        let k = f.key();
         match self.returns.touch(&k, f.flags, true, now) {
             Some(e) if e.backend == vtep => {}
             // The same tuple through another host while this one is open

@@ -22,6 +22,7 @@ pub mod arp;
 pub mod coalesce;
 pub mod counters;
 pub mod encap;
+pub mod flow;
 pub mod ingress;
 pub mod lb;
 pub mod offload;
@@ -253,11 +254,7 @@ impl Pipeline {
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
         let tables = &*self.tables;
-        let peer_port = tables
-            .peers
-            .get(src.ip())
-            .ok_or(DropReason::NotMember)?
-            .port;
+        let peer = *tables.peers.get(src.ip()).ok_or(DropReason::NotMember)?;
         pkt.csum_partial = crate::wire::vxlan::is_csum_partial(pkt.bytes());
         let vni = encap::decap(pkt)?;
         let net = tables.networks.get(&vni).ok_or(DropReason::UnknownVni)?;
@@ -269,19 +266,19 @@ impl Pipeline {
             pkt.end = pkt.start + len;
             bump(&self.counters.arp_replies);
             encap::encap(pkt, vni)?;
-            return Ok(Verdict::ToUnderlay(SocketAddrV4::new(*src.ip(), peer_port)));
+            return Ok(Verdict::ToUnderlay(SocketAddrV4::new(*src.ip(), peer.port)));
         }
         let (dst_mac, src_mac) = (eth.dst(), eth.src());
         if dst_mac == net.gateway_mac {
             // Only another agent routes to us (a plain VTEP has no business
             // reaching this host's stack through the overlay).
-            if !tables.peers.get(src.ip()).is_some_and(|p| p.agent) {
+            if !peer.agent {
                 return Err(DropReason::NoRoute);
             }
             return self.ingress.on_underlay(now, tables, pkt);
         }
         let port = switch::from_underlay(net, pkt.bytes())?;
-        if src_mac == net.gateway_mac && tables.peers.get(src.ip()).is_some_and(|p| p.agent) {
+        if src_mac == net.gateway_mac && peer.agent {
             // Routed here by another host's ingress: replies go back through it.
             self.ingress.learn_return(now, *src.ip(), pkt.bytes());
         }

@@ -7,7 +7,8 @@
 //! unreachable), and so does a TCP segment of a flow that is not tracked.
 
 use super::counters::{bump, Counters};
-use super::lb::conntrack::{Conntrack, Key, ReplyKey, Timeouts};
+use super::flow::{flow_of, Flow};
+use super::lb::conntrack::{Conntrack, Timeouts};
 use super::lb::nat::{self, Side};
 use super::lb::{FlowKey, Scheduler};
 use super::{DropReason, Packet};
@@ -108,39 +109,25 @@ impl Balancer {
         pkt: &mut Packet<'_>,
     ) -> Result<VipOutcome, DropReason> {
         let vip = tables.vips.get(idx).ok_or(DropReason::UnknownDestination)?;
-        let frame = pkt.bytes();
-        let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..])
+        let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
             .map_err(|_| DropReason::Malformed)?;
-        let (proto, client) = (ip.protocol(), ip.src());
-        if proto == ipv4::protocol::ICMP {
+        if ip.protocol() == ipv4::protocol::ICMP {
             return if nat::echo_reply(pkt.bytes_mut()) {
                 Ok(self.replied(pkt))
             } else {
                 Err(DropReason::NoRoute)
             };
         }
-        if !ip.is_first_fragment() {
-            return Err(DropReason::Malformed);
-        }
-        let (ports, flags) = match proto {
-            ipv4::protocol::TCP => {
-                let t = l4::TcpHeader::parse(ip.payload()).map_err(|_| DropReason::Malformed)?;
-                (t.ports, t.flags)
-            }
-            ipv4::protocol::UDP => (
-                l4::Ports::parse(ip.payload()).map_err(|_| DropReason::Malformed)?,
-                0,
-            ),
-            _ => return Err(DropReason::UnsupportedProtocol),
+        let first = ip.is_first_fragment();
+        let Some(f) = flow_of(pkt.bytes())? else {
+            return Err(if first {
+                DropReason::UnsupportedProtocol
+            } else {
+                DropReason::Malformed
+            });
         };
-        let key = Key {
-            protocol: proto,
-            client,
-            client_port: ports.src,
-            vip: vip.vip,
-            port: ports.dst,
-        };
-        let tcp = proto == ipv4::protocol::TCP;
+        let (key, flags) = (f.key(), f.flags);
+        let tcp = f.protocol == ipv4::protocol::TCP;
         let mut new_flow = false;
         let backend = match self.conntrack.touch(&key, flags, true, now) {
             Some(e) => e.backend,
@@ -152,15 +139,9 @@ impl Balancer {
                 // restarted): reset it so the peer learns now.
                 if tcp && flags & l4::tcp_flags::SYN == 0 {
                     bump(&vip.stats.reset_untracked);
-                    bump(&vip.stats.reset_untracked);
                     return self.refuse(pkt, DropReason::UntrackedFlow);
                 }
-                let flow = FlowKey {
-                    src: client,
-                    src_port: ports.src,
-                    dst_port: ports.dst,
-                    protocol: proto,
-                };
+                let flow = f.scheduler_key();
                 let ct = &self.conntrack;
                 let Some(i) = pick(
                     &mut self.schedulers,
@@ -211,36 +192,12 @@ impl Balancer {
         if let Some(q) = super::lb::icmp::quoted(pkt.bytes()) {
             return self.reverse_icmp_error(now, &q, pkt);
         }
-        let frame = pkt.bytes();
-        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+        // The frame has been switched, so it is IPv4 (`switch` checked).
+        let Ok(Some(f)) = flow_of(pkt.bytes()) else {
             return false;
         };
-        if eth.ethertype() != ethernet::ethertype::IPV4 {
-            return false;
-        }
-        let Ok(ip) = ipv4::Packet::new_checked(eth.payload()) else {
-            return false;
-        };
-        let proto = ip.protocol();
-        let (ports, flags) = match proto {
-            ipv4::protocol::TCP => match l4::TcpHeader::parse(ip.payload()) {
-                Ok(t) => (t.ports, t.flags),
-                Err(_) => return false,
-            },
-            ipv4::protocol::UDP => match l4::Ports::parse(ip.payload()) {
-                Ok(p) => (p, 0),
-                Err(_) => return false,
-            },
-            _ => return false,
-        };
-        let r = ReplyKey {
-            protocol: proto,
-            backend: ip.src(),
-            port: ports.src,
-            client: ip.dst(),
-            client_port: ports.dst,
-        };
-        let Some((key, _)) = self.conntrack.touch_reply(&r, flags, now) else {
+        let r = f.reply_key();
+        let Some((key, _)) = self.conntrack.touch_reply(&r, f.flags, now) else {
             return false;
         };
         if let Some(vip) = net.vips.get(&key.vip).and_then(|i| tables.vips.get(*i)) {
@@ -259,20 +216,8 @@ impl Balancer {
 
     /// An ICMP error a task sent about a packet of a VIP flow: it comes from
     /// the VIP and quotes the packet as the client sent it.
-    fn reverse_icmp_error(
-        &mut self,
-        now: Instant,
-        q: &super::lb::icmp::Quoted,
-        pkt: &mut Packet<'_>,
-    ) -> bool {
-        let r = ReplyKey {
-            protocol: q.protocol,
-            backend: q.dst,
-            port: q.dst_port,
-            client: q.src,
-            client_port: q.src_port,
-        };
-        let Some((key, _)) = self.conntrack.reply(&r, now) else {
+    fn reverse_icmp_error(&mut self, now: Instant, q: &Flow, pkt: &mut Packet<'_>) -> bool {
+        let Some((key, _)) = self.conntrack.reply(&q.reversed().reply_key(), now) else {
             return false;
         };
         let frame = pkt.bytes_mut();

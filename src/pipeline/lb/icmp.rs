@@ -5,7 +5,9 @@
 //! the error the address the client knows, outside and inside, so that the
 //! client's stack matches it to its socket (and no task address leaks).
 
-use crate::wire::{checksum, ethernet, ipv4};
+use super::nat::{replace16, replace32};
+use crate::pipeline::flow::Flow;
+use crate::wire::{be16, checksum, ethernet, ipv4, l4};
 use std::net::Ipv4Addr;
 
 /// ICMP types that quote the packet they are about: destination
@@ -58,20 +60,20 @@ fn addr(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
-fn get16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// The flow quoted by the ICMP error in `frame` (an Ethernet frame), if it
-/// is one and quotes a TCP or UDP packet.
-pub fn quoted(frame: &[u8]) -> Option<Quoted> {
+/// The flow quoted by the ICMP error in `frame` (an Ethernet frame), as the
+/// quoted packet had it, if it is one and quotes a TCP or UDP packet (its
+/// flags are not read).
+pub fn quoted(frame: &[u8]) -> Option<Flow> {
     let l = layout(frame)?;
-    Some(Quoted {
+    Some(Flow {
         protocol: frame[l.inner + 9],
         src: addr(frame, l.inner + 12),
         dst: addr(frame, l.inner + 16),
-        src_port: get16(frame, l.inner_l4),
-        dst_port: get16(frame, l.inner_l4 + 2),
+        ports: l4::Ports {
+            src: be16(frame, l.inner_l4),
+            dst: be16(frame, l.inner_l4 + 2),
+        },
+        flags: 0,
     })
 }
 
@@ -84,7 +86,7 @@ pub fn translate_back(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, dst_port: 
         return false;
     };
     let old_dst = addr(frame, l.inner + 16);
-    let old_port = get16(frame, l.inner_l4 + 2);
+    let old_port = be16(frame, l.inner_l4 + 2);
     // Outer source, and the outer header's checksum.
     let ip = ethernet::HEADER_LEN;
     frame[ip + 12..ip + 16].copy_from_slice(&src.octets());
@@ -103,26 +105,11 @@ pub fn translate_back(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, dst_port: 
         _ => l.inner_l4 + 16,
     };
     if csum_at + 2 <= l.end {
-        let field = get16(frame, csum_at);
+        let field = be16(frame, csum_at);
         let udp_off = frame[l.inner + 9] == ipv4::protocol::UDP && field == 0;
         if !udp_off {
-            let mut sum = u32::from(!field);
-            let (o, n) = (old_dst.octets(), dst.octets());
-            // RFC 1624: the sum with each old word taken out, the new put in.
-            for w in [
-                (
-                    u16::from_be_bytes([o[0], o[1]]),
-                    u16::from_be_bytes([n[0], n[1]]),
-                ),
-                (
-                    u16::from_be_bytes([o[2], o[3]]),
-                    u16::from_be_bytes([n[2], n[3]]),
-                ),
-                (old_port, dst_port),
-            ] {
-                sum += u32::from(!w.0) + u32::from(w.1);
-            }
-            let c = !(crate::wire::checksum_fold(sum, &[]) as u16);
+            let c = replace32(field, old_dst, dst, false);
+            let c = replace16(c, old_port, dst_port, false);
             frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         }
     }
@@ -196,7 +183,7 @@ mod tests {
         let mut f = unreachable(TASK, CLIENT, &got);
         let q = quoted(&f).unwrap();
         assert_eq!(
-            (q.protocol, q.src, q.src_port, q.dst, q.dst_port),
+            (q.protocol, q.src, q.ports.src, q.dst, q.ports.dst),
             (17, CLIENT, 5555, TASK, 9000)
         );
         assert!(translate_back(&mut f, PUBLISHED, PUBLISHED, 9001));

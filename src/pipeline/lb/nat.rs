@@ -10,7 +10,7 @@ use crate::wire::{checksum_fold, ethernet, ipv4, l4, Mac};
 use std::net::Ipv4Addr;
 
 /// Replaces one 16-bit word `old` by `new` inside a checksummed area.
-fn replace16(field: u16, old: u16, new: u16, partial: bool) -> u16 {
+pub(super) fn replace16(field: u16, old: u16, new: u16, partial: bool) -> u16 {
     let sum = |x: u16| checksum_fold(u32::from(x) + u32::from(!old) + u32::from(new), &[]) as u16;
     if partial {
         sum(field)
@@ -19,7 +19,7 @@ fn replace16(field: u16, old: u16, new: u16, partial: bool) -> u16 {
     }
 }
 
-fn replace32(field: u16, old: Ipv4Addr, new: Ipv4Addr, partial: bool) -> u16 {
+pub(super) fn replace32(field: u16, old: Ipv4Addr, new: Ipv4Addr, partial: bool) -> u16 {
     let (o, n) = (old.octets(), new.octets());
     let f = replace16(
         field,
