@@ -92,35 +92,53 @@ pub struct HostRouting {
     active: bool,
 }
 
-fn ip_batch(commands: &[String]) -> Result<(), NetnsError> {
-    if commands.is_empty() {
-        return Ok(());
-    }
-    let mut child = Command::new("ip")
-        .args(["-force", "-batch", "-"])
+/// Runs `program args` with `script` on its standard input; an error names
+/// `what` and carries the program's own message.
+fn run_script(program: &str, args: &[&str], script: &str, what: &str) -> Result<(), NetnsError> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            NetnsError::Config(format!(
-                "cannot run `ip` for the ingress rules: {e} (install iproute2)"
-            ))
-        })?;
+        .map_err(|e| NetnsError::Config(format!("cannot run `{program}` for {what}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        let text = commands.join("\n") + "\n";
-        let _ = stdin.write_all(text.as_bytes());
+        let _ = stdin.write_all(script.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| NetnsError::Config(format!("`ip -batch` failed: {e}")))?;
+        .map_err(|e| NetnsError::Config(format!("`{program}` for {what} failed: {e}")))?;
     if !out.status.success() {
         return Err(NetnsError::Config(format!(
-            "ingress routing: {}",
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())
+}
+
+/// Runs `program args` quietly; true if it ran and exited 0.
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `ip` commands in one `ip -force -batch` (each is tried).
+fn ip_batch(commands: &[String]) -> Result<(), NetnsError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let script = commands.join("\n") + "\n";
+    run_script(
+        "ip",
+        &["-force", "-batch", "-"],
+        &script,
+        "the ingress rules (iproute2)",
+    )
 }
 
 fn sysctl(path: &str, value: &str) -> Result<(), NetnsError> {
@@ -182,12 +200,7 @@ impl HostRouting {
         if let Err(e) = moved {
             tracing::debug!(error = %e, "local rule already moved");
         }
-        r.nft = Command::new("nft")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        r.nft = succeeds("nft", &["--version"]);
         if !r.nft {
             tracing::warn!(
                 "`nft` not found: containers get no egress to outside addresses (install nftables)"
@@ -205,21 +218,11 @@ impl HostRouting {
     /// was killed), one at a time: `ip rule del` takes the first match.
     fn remove_stale() {
         for _ in 0..4096 {
-            let ok = Command::new("ip")
-                .args(["rule", "del", "table", &TABLE.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
+            if !succeeds("ip", &["rule", "del", "table", &TABLE.to_string()]) {
                 break;
             }
         }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", NFT_TABLE])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
     }
 
     fn published_rules(&self, verb: &str, p: &PublishedPort) -> [String; 2] {
@@ -235,19 +238,7 @@ impl HostRouting {
         if !self.active || *plan == self.applied {
             return Ok(());
         }
-        let mut cmds = vec![];
-        for p in self.applied.published.difference(&plan.published) {
-            cmds.extend(self.published_rules("del", p));
-        }
-        for p in plan.published.difference(&self.applied.published) {
-            cmds.extend(self.published_rules("add", p));
-        }
-        for (a, l) in self.applied.subnets.difference(&plan.subnets) {
-            cmds.push(rule("del", PREF_SUBNETS, &format!("to {a}/{l}")));
-        }
-        for (a, l) in plan.subnets.difference(&self.applied.subnets) {
-            cmds.push(rule("add", PREF_SUBNETS, &format!("to {a}/{l}")));
-        }
+        let cmds = self.rule_changes(&self.applied, plan);
         // Recorded as applied even if a command failed: the next plan
         // differs from this one only where the cluster changed, and a rule
         // that failed to go in would fail again the same way. Every step is
@@ -286,29 +277,39 @@ impl HostRouting {
         sysctl(RESERVED_PORTS, &list.join(","))
     }
 
+    /// The `ip rule` commands that take the rules of plan `from` to those
+    /// of plan `to`.
+    fn rule_changes(&self, from: &HostPlan, to: &HostPlan) -> Vec<String> {
+        let mut cmds = vec![];
+        for p in from.published.difference(&to.published) {
+            cmds.extend(self.published_rules("del", p));
+        }
+        for p in to.published.difference(&from.published) {
+            cmds.extend(self.published_rules("add", p));
+        }
+        let subnet =
+            |verb, (a, l): &(Ipv4Addr, u8)| rule(verb, PREF_SUBNETS, &format!("to {a}/{l}"));
+        cmds.extend(
+            from.subnets
+                .difference(&to.subnets)
+                .map(|s| subnet("del", s)),
+        );
+        cmds.extend(
+            to.subnets
+                .difference(&from.subnets)
+                .map(|s| subnet("add", s)),
+        );
+        cmds
+    }
+
     /// Replaces the nftables table, in one transaction.
     fn apply_nft(&self, plan: &HostPlan) -> Result<(), NetnsError> {
-        let text = nft_ruleset(&self.tun, plan);
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| NetnsError::Config(format!("cannot run nft for egress: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(text.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| NetnsError::Config(format!("nft failed: {e}")))?;
-        if !out.status.success() {
-            return Err(NetnsError::Config(format!(
-                "nftables (egress masquerade, ingress notrack): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        run_script(
+            "nft",
+            &["-f", "-"],
+            &nft_ruleset(&self.tun, plan),
+            "nftables (egress masquerade)",
+        )
     }
 
     /// Undoes everything [`HostRouting::setup`] and [`HostRouting::apply`]
@@ -318,13 +319,7 @@ impl HostRouting {
             return;
         }
         self.active = false;
-        let mut cmds = vec![];
-        for p in &self.applied.published {
-            cmds.extend(self.published_rules("del", p));
-        }
-        for (a, l) in &self.applied.subnets {
-            cmds.push(rule("del", PREF_SUBNETS, &format!("to {a}/{l}")));
-        }
+        let mut cmds = self.rule_changes(&self.applied, &HostPlan::default());
         cmds.push("rule add pref 0 lookup local".to_string());
         cmds.push(format!("rule del pref {PREF_LOCAL} lookup local"));
         cmds.push(format!("route flush table {TABLE}"));
@@ -332,11 +327,7 @@ impl HostRouting {
             tracing::warn!(error = %e, "ingress rules not all removed");
         }
         if self.nft {
-            let _ = Command::new("nft")
-                .args(["delete", "table", "ip", NFT_TABLE])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
         }
         if let Some(v) = &self.forward_before {
             let _ = sysctl(FORWARD, v);

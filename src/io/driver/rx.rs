@@ -18,30 +18,21 @@ impl DriverThread {
                 return;
             };
             let buf = &mut self.bufs[next];
-            // The virtio-net header lands in the headroom, the frame at HEADROOM.
-            let n = match tap::read(fd, &mut buf[HEADROOM - virtio::HEADER_LEN..]) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(port, error = %e, "TAP read failed");
-                    break;
-                }
+            let Some((vnet, len)) = read_one(fd, buf, "TAP") else {
+                break;
             };
-            let Ok(vnet) = VnetHeader::parse(&buf[HEADROOM - virtio::HEADER_LEN..HEADROOM]) else {
-                continue;
-            };
-            let mut pkt = Packet::new(buf, HEADROOM, n.saturating_sub(virtio::HEADER_LEN));
+            let mut pkt = Packet::new(buf, HEADROOM, len);
             pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
-            match self.pipeline.process(now, Input::Tap(port), &mut pkt) {
+            let verdict = self.pipeline.process(now, Input::Tap(port), &mut pkt);
+            // A frame made here (a refusal) goes without the input's offloads.
+            let out = if pkt.plain {
+                VnetHeader::default()
+            } else {
+                vnet
+            };
+            match verdict {
                 // Another container here takes the frame as it came, offloads and all.
-                Verdict::ToTap(p) => {
-                    let v = if pkt.plain {
-                        VnetHeader::default()
-                    } else {
-                        vnet
-                    };
-                    write_tap(&self.ports, p, &v, pkt.bytes())
-                }
+                Verdict::ToTap(p) => write_tap(&self.ports, p, &out, pkt.bytes()),
                 Verdict::ToUnderlay(dst)
                     if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
                 {
@@ -49,14 +40,7 @@ impl DriverThread {
                     self.flush();
                     self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
                 }
-                Verdict::ToHost => {
-                    let v = if pkt.plain {
-                        VnetHeader::default()
-                    } else {
-                        vnet
-                    };
-                    write_host(&self.host, &v, pkt.bytes());
-                }
+                Verdict::ToHost => write_host(&self.host, &out, pkt.bytes()),
                 Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
                     bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
                 }
@@ -134,18 +118,9 @@ impl DriverThread {
                 return;
             };
             let buf = &mut self.bufs[next];
-            let n = match tap::read(fd, &mut buf[HEADROOM - virtio::HEADER_LEN..]) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ingress TUN read failed");
-                    break;
-                }
+            let Some((vnet, len)) = read_one(fd, buf, "ingress TUN") else {
+                break;
             };
-            let Ok(vnet) = VnetHeader::parse(&buf[HEADROOM - virtio::HEADER_LEN..HEADROOM]) else {
-                continue;
-            };
-            let len = n.saturating_sub(virtio::HEADER_LEN);
             if vnet.gso_kind() != virtio::GSO_NONE {
                 bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
                 continue;
@@ -210,11 +185,11 @@ impl DriverThread {
                 let verdict = self
                     .pipeline
                     .process(now, Input::Underlay(m.from), &mut pkt);
-                let (start, end) = (pkt.start, pkt.end);
+                // The sender left the inner checksum partial (VXLAN flag).
+                let (start, end, partial) = (pkt.start, pkt.end, pkt.csum_partial);
                 match verdict {
                     Verdict::ToTap(p) => {
                         let bufs = &self.bufs;
-                        let partial = crate::wire::vxlan::is_csum_partial(&bufs[i][datagram..]);
                         let frame = &bufs[i][start..end];
                         let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
                             write_parts(&self.ports, bufs, p, v, head, parts)
@@ -225,24 +200,13 @@ impl DriverThread {
                             len: (end - start) as u32,
                         };
                         if !self.coalescer.offer(p, frame, here, partial, &mut sink) {
-                            let vnet = if partial {
-                                offload::partial_checksum_vnet(frame).unwrap_or_default()
-                            } else {
-                                VnetHeader::default()
-                            };
-                            write_tap(&self.ports, p, &vnet, frame);
+                            write_tap(&self.ports, p, &partial_vnet(frame, partial), frame);
                         }
                     }
                     Verdict::ToUnderlay(dst) => self.pending.push((i, start, end, dst)),
                     Verdict::ToHost => {
                         let frame = &self.bufs[i][start..end];
-                        let partial =
-                            crate::wire::vxlan::is_csum_partial(&self.bufs[i][datagram..]);
-                        let vnet = match partial {
-                            true => offload::partial_checksum_vnet(frame).unwrap_or_default(),
-                            false => VnetHeader::default(),
-                        };
-                        write_host(&self.host, &vnet, frame);
+                        write_host(&self.host, &partial_vnet(frame, partial), frame);
                     }
                     Verdict::Drop(_) => {}
                 }
@@ -272,6 +236,35 @@ impl DriverThread {
             tracing::debug!(error = %e, "underlay sendmmsg failed");
         }
         self.pending.clear();
+    }
+}
+
+/// Reads one frame (TAP) or packet (TUN) with its virtio-net header into
+/// `buf`: the header lands in the headroom, the frame at [`HEADROOM`].
+/// Returns the header and the frame's length; `None` when nothing is queued
+/// or the read failed (logged, naming the device `what`).
+fn read_one(fd: &OwnedFd, buf: &mut [u8], what: &str) -> Option<(VnetHeader, usize)> {
+    let at = HEADROOM - virtio::HEADER_LEN;
+    let n = match tap::read(fd, &mut buf[at..]) {
+        Ok(Some(n)) => n,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!(device = what, error = %e, "read failed");
+            return None;
+        }
+    };
+    // A read shorter than the header leaves an empty frame, dropped later.
+    let vnet = VnetHeader::parse(&buf[at..HEADROOM]).unwrap_or_default();
+    Some((vnet, n.saturating_sub(virtio::HEADER_LEN)))
+}
+
+/// The virtio-net header for a decapsulated frame: asking the kernel to
+/// finish the checksum the sending agent left partial, else nothing.
+fn partial_vnet(frame: &[u8], partial: bool) -> VnetHeader {
+    if partial {
+        offload::partial_checksum_vnet(frame).unwrap_or_default()
+    } else {
+        VnetHeader::default()
     }
 }
 

@@ -3,6 +3,7 @@
 //! ingress flow, its reply, egress, and the refusals.
 
 use super::*;
+use crate::pipeline::lb::icmp::tests::{port_unreachable, udp_packet};
 use crate::pipeline::lb::Backend;
 use crate::pipeline::offload::pseudo_header_sum;
 use crate::pipeline::{Input, Pipeline, HEADROOM};
@@ -271,51 +272,6 @@ fn refusals_are_answered_at_once() {
         run(&mut a, Input::Host, &syn[..30]).0,
         Verdict::Drop(DropReason::Malformed)
     );
-}
-
-/// A UDP datagram (no Ethernet header) with a valid checksum.
-fn udp_packet(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
-    let mut p = vec![0u8; 20 + 8 + 4];
-    ipv4::Repr {
-        src: src.0,
-        dst: dst.0,
-        protocol: ipv4::protocol::UDP,
-        ttl: 64,
-        ident: 8,
-        dont_fragment: false,
-        payload_len: 12,
-    }
-    .emit(&mut p)
-    .unwrap();
-    p[20..22].copy_from_slice(&src.1.to_be_bytes());
-    p[22..24].copy_from_slice(&dst.1.to_be_bytes());
-    p[24..26].copy_from_slice(&12u16.to_be_bytes());
-    p[28..].copy_from_slice(b"ping");
-    let c = !(checksum_fold(pseudo_header_sum(&p[..20], 17, 12), &p[20..]) as u16);
-    p[26..28].copy_from_slice(&c.to_be_bytes());
-    p
-}
-
-/// The port unreachable `from` sends `to` about `quoted`, as an IPv4 packet.
-fn port_unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 20 + 8];
-    ipv4::Repr {
-        src: from,
-        dst: to,
-        protocol: ipv4::protocol::ICMP,
-        ttl: 64,
-        ident: 9,
-        dont_fragment: false,
-        payload_len: 8 + quoted.len(),
-    }
-    .emit(&mut p)
-    .unwrap();
-    p[20] = 3;
-    p[21] = 3;
-    p.extend_from_slice(quoted);
-    let c = checksum(&p[20..]);
-    p[22..24].copy_from_slice(&c.to_be_bytes());
-    p
 }
 
 #[test]

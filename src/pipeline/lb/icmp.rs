@@ -121,7 +121,7 @@ pub fn translate_back(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, dst_port: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pipeline::offload::pseudo_header_sum;
     use crate::wire::{checksum_fold, Mac};
@@ -131,7 +131,7 @@ mod tests {
     const PUBLISHED: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 116);
 
     /// The UDP datagram `src` -> `dst` with a valid checksum, as an IPv4 packet.
-    fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    pub(crate) fn udp_packet(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
         let mut p = vec![0u8; 20 + 8 + 4];
         ipv4::Repr {
             src: src.0,
@@ -153,10 +153,9 @@ mod tests {
         p
     }
 
-    /// A port unreachable from `from` quoting `quoted`, in an Ethernet frame.
-    fn unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 8];
-        ethernet::emit(&mut f, Mac::ZERO, Mac::ZERO, ethernet::ethertype::IPV4).unwrap();
+    /// The port unreachable `from` sends `to` about `quoted`, as an IPv4 packet.
+    pub(crate) fn port_unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20 + 8];
         ipv4::Repr {
             src: from,
             dst: to,
@@ -166,20 +165,28 @@ mod tests {
             dont_fragment: false,
             payload_len: 8 + quoted.len(),
         }
-        .emit(&mut f[14..])
+        .emit(&mut p)
         .unwrap();
-        f[34] = 3;
-        f[35] = 3;
-        f.extend_from_slice(quoted);
-        let c = checksum(&f[34..]);
-        f[36..38].copy_from_slice(&c.to_be_bytes());
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(quoted);
+        let c = checksum(&p[20..]);
+        p[22..24].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// The same, in an Ethernet frame.
+    fn unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        ethernet::emit(&mut f, Mac::ZERO, Mac::ZERO, ethernet::ethertype::IPV4).unwrap();
+        f.extend_from_slice(&port_unreachable(from, to, quoted));
         f
     }
 
     #[test]
     fn an_error_about_a_translated_flow_is_translated_back() {
         // The client sent to PUBLISHED:9001; the task got it on TASK:9000.
-        let got = udp((CLIENT, 5555), (TASK, 9000));
+        let got = udp_packet((CLIENT, 5555), (TASK, 9000));
         let mut f = unreachable(TASK, CLIENT, &got);
         let q = quoted(&f).unwrap();
         assert_eq!(
@@ -188,13 +195,13 @@ mod tests {
         );
         assert!(translate_back(&mut f, PUBLISHED, PUBLISHED, 9001));
         // Exactly what the error would be about the packet the client sent.
-        let sent = udp((CLIENT, 5555), (PUBLISHED, 9001));
+        let sent = udp_packet((CLIENT, 5555), (PUBLISHED, 9001));
         assert_eq!(f, unreachable(PUBLISHED, CLIENT, &sent));
     }
 
     #[test]
     fn other_icmp_and_short_quotes_are_left_alone() {
-        let got = udp((CLIENT, 5555), (TASK, 9000));
+        let got = udp_packet((CLIENT, 5555), (TASK, 9000));
         let mut echo = unreachable(TASK, CLIENT, &got);
         echo[34] = 8;
         assert!(quoted(&echo).is_none());
