@@ -100,17 +100,8 @@ check "a UDP published port answers from a host without a task" wait_until 5 bas
 note "UDP answer: $(udp)"
 # No task listens on 9999: the task's port unreachable reaches the client
 # translated (from .116, about .116:9002), so its socket sees the refusal.
-refused() {
-    ip netns exec mt-out timeout 5 python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
-s.connect((sys.argv[1], 9002)); s.send(b"x")
-try:
-    s.recv(100)
-except ConnectionRefusedError:
-    print("refused")' "$UNDERLAY.116" | grep -qx refused
-}
-check "UDP to a published port no task listens on is refused at once (the ICMP error is translated)" refused
+check "UDP to a published port no task listens on is refused at once (the ICMP error is translated)" \
+    udp_refused mt-out "$UNDERLAY.116" 9002
 
 # ---- a long connection survives scaling -------------------------------------
 fifo="$TMP/lines.in"; mkfifo "$fifo"

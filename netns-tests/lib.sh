@@ -286,6 +286,19 @@ tcp_ok() {
     grep -qxF "$msg" "$out" || { echo "payload did not arrive: got '$(head -c 100 "$out")'"; return 1; }
 }
 
+# udp_refused NS IP PORT: a datagram from NS to IP:PORT is refused within 2 s
+# (an ICMP port unreachable the sending socket matches).
+udp_refused() {
+    ip netns exec "$1" timeout 5 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b"x")
+try:
+    s.recv(100)
+except ConnectionRefusedError:
+    print("refused")' "$2" "$3" | grep -qx refused
+}
+
 # ---- benchmarks ---------------------------------------------------------------
 
 # agent_pid ID: the mesh-agent process of host .ID (ip netns exec execs it, so
@@ -336,4 +349,58 @@ wrk_rps() {
 wrk_errors() {
     awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
          /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
+}
+
+# bench_duration ARGS...: DURATION from the environment (default 10 s;
+# --smoke: 2 s), checked to be a positive integer; any other argument is a
+# usage error.
+bench_duration() {
+    DURATION=${DURATION:-10}
+    local arg
+    for arg in "$@"; do
+        case $arg in
+            --smoke) DURATION=2 ;;
+            *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
+        esac
+    done
+    if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ]; then
+        echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
+}
+
+# nginx_task NS NAME: nginx in NS on :80 answering NAME (config, pid and temp files in
+# $TMP/nginx-NAME, its logs in $TMP/nginx-NAME*.log; requests to /client logged
+# in $TMP/NAME.access as "$remote_addr $request_uri"); waits until it listens.
+# NGINX_PID[NAME] is its pid; it lives at most LIFE seconds.
+declare -A NGINX_PID=()
+nginx_task() {
+    local ns=$1 name=$2 dir="$TMP/nginx-$2"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $TMP/nginx-$name.log;
+events { worker_connections 4096; }
+http {
+    log_format client '\$remote_addr \$request_uri';
+    map \$request_uri \$client_probe { /client 1; default 0; }
+    access_log $TMP/$name.access client if=\$client_probe;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 80 backlog=4096;
+        default_type text/plain;
+        location / { return 200 "$name\n"; }
+    }
+}
+EOF
+    ip netns exec "$ns" timeout "$LIFE" nginx -p "$dir" -e "$TMP/nginx-$name.log" -c "$dir/nginx.conf" \
+        >"$TMP/nginx-$name.out.log" 2>&1 </dev/null &
+    NGINX_PID[$name]=$!; track $!
+    wait_until 5 listening "$ns" 80 || die "setup: nginx $name in $ns does not listen on :80"
 }

@@ -39,21 +39,14 @@
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
-DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-4}
 MAX_QPS=${MAX_QPS:-}
 TASKS=${TASKS:-3}
 CLK_TCK=$(getconf CLK_TCK)
-for arg in "$@"; do
-    case $arg in
-        --smoke) DURATION=2 ;;
-        *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
-    esac
-done
+bench_duration "$@"
 int_ok() {  # int_ok VAR VALUE: VALUE is a positive integer, else usage error
     if ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ]; then echo "$0: $1 must be a positive integer, not '$2'" >&2; exit 2; fi
 }
-int_ok DURATION "$DURATION"
 int_ok CLIENTS "$CLIENTS"
 int_ok TASKS "$TASKS"
 [ -z "$MAX_QPS" ] || int_ok MAX_QPS "$MAX_QPS"

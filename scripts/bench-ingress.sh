@@ -57,16 +57,8 @@
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
-DURATION=${DURATION:-10}
 CLK_TCK=$(getconf CLK_TCK)
-for arg in "$@"; do
-    case $arg in
-        --smoke) DURATION=2 ;;
-        *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
-    esac
-done
-if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ]; then
-    echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
+bench_duration "$@"
 need_bins
 for b in wrk nginx nft curl jq; do
     command -v "$b" >/dev/null || die "setup: $b not found (apt-get install wrk nginx-light nftables curl jq)"
@@ -81,44 +73,6 @@ LIFE=$((4 * (DURATION + 20) + 300))           # upper bound for every server we 
 
 # task_host N: the host id of task N (1 on .117, 2 on .118).
 task_host() { echo $((116 + $1)); }
-
-# web NS NAME: nginx in NS on :80 answering NAME (config, pid and temp files in
-# $TMP/nginx-NAME, its logs in $TMP/nginx-NAME*.log; requests to /client logged
-# in $TMP/NAME.access as "$remote_addr $request_uri"); waits until it listens.
-# WEB_PID[NAME] is its pid.
-declare -A WEB_PID=()
-web() {
-    local ns=$1 name=$2 dir="$TMP/nginx-$2"
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $TMP/nginx-$name.log;
-events { worker_connections 4096; }
-http {
-    log_format client '\$remote_addr \$request_uri';
-    map \$request_uri \$client_probe { /client 1; default 0; }
-    access_log $TMP/$name.access client if=\$client_probe;
-    keepalive_requests 100000000;
-    keepalive_timeout 60s;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    server {
-        listen 80 backlog=4096;
-        default_type text/plain;
-        location / { return 200 "$name\n"; }
-    }
-}
-EOF
-    ip netns exec "$ns" timeout "$LIFE" nginx -p "$dir" -e "$TMP/nginx-$name.log" -c "$dir/nginx.conf" \
-        >"$TMP/nginx-$name.out.log" 2>&1 </dev/null &
-    WEB_PID[$name]=$!; track $!
-    wait_until 5 listening "$ns" 80 || die "setup: nginx $name in $ns does not listen on :80"
-}
 
 # spread NS URL N: N curls to URL from NS, one new connection each; the answers
 # counted, e.g. "w1:2 w2:2 " (a curl that fails counts as "failed").
@@ -212,7 +166,7 @@ kport() {
 KMAP=
 for ((n = 1; n <= TASKS; n++)); do
     kport "mt-kt$n" "$(task_host $n)" "10.199.0.$((10 + n))"
-    web "mt-kt$n" "kt$n"
+    nginx_task "mt-kt$n" "kt$n"
     KMAP+="${KMAP:+, }$((n - 1)) : 10.199.0.$((10 + n))"
     wait_until 5 ping_ok mt-h116 "10.199.0.$((10 + n))" || die "setup: kernel vxlan: .116 -> kt$n does not ping"
 done
@@ -239,7 +193,7 @@ measure kernel
 
 # --- remove the kernel routing mesh entirely ---------------------------------------------
 for ((n = 1; n <= TASKS; n++)); do
-    stop_pid "${WEB_PID[kt$n]}"
+    stop_pid "${NGINX_PID[kt$n]}"
     ip netns del "mt-kt$n" 2>/dev/null
 done
 nsx mt-h116 nft delete table ip mt_ingress || die "teardown: nftables table on .116"
@@ -265,7 +219,7 @@ mctl 116 service create --name web --network web --publish "$PUB:80" >/dev/null 
 for ((n = 1; n <= TASKS; n++)); do
     mk_container "w$n"
     attach "$(task_host $n)" "w$n" web --service web >/dev/null || die "setup: attach w$n on .$(task_host $n)"
-    web "mt-w$n" "w$n"
+    nginx_task "mt-w$n" "w$n"
 done
 replicas() { [ "$(mctl 116 service ls --format json | jq -r '.[] | select(.name == "web") | .replicas')" = "$TASKS" ]; }
 wait_until 5 replicas || die "setup: web does not have $TASKS tasks on .116"

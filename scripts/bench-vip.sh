@@ -41,17 +41,9 @@
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
-DURATION=${DURATION:-10}
 TASKS=${TASKS:-2}
 CLK_TCK=$(getconf CLK_TCK)
-for arg in "$@"; do
-    case $arg in
-        --smoke) DURATION=2 ;;
-        *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
-    esac
-done
-if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ]; then
-    echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
+bench_duration "$@"
 if ! [[ $TASKS =~ ^[1-8]$ ]]; then echo "$0: TASKS must be 1..8, not '$TASKS'" >&2; exit 2; fi
 need_bins
 for b in wrk nginx nft curl jq; do
@@ -63,39 +55,6 @@ LIFE=$((4 * (DURATION + 20) + 300))           # upper bound for every server we 
 
 # task_host N: the host id of task N (odd on .117, even on .118).
 task_host() { echo $((117 + ($1 + 1) % 2)); }
-
-# web NS NAME: nginx in NS on :80 answering NAME (config, pid and temp files in
-# $TMP/nginx-NAME, its logs in $TMP/nginx-NAME*.log); waits until it listens.
-web() {
-    local ns=$1 name=$2 dir="$TMP/nginx-$2"
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $TMP/nginx-$name.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 60s;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    server {
-        listen 80 backlog=4096;
-        default_type text/plain;
-        location / { return 200 "$name\n"; }
-    }
-}
-EOF
-    ip netns exec "$ns" timeout "$LIFE" nginx -p "$dir" -e "$TMP/nginx-$name.log" -c "$dir/nginx.conf" \
-        >"$TMP/nginx-$name.out.log" 2>&1 </dev/null &
-    track $!
-    wait_until 5 listening "$ns" 80 || die "setup: nginx $name in $ns does not listen on :80"
-}
 
 # spread NS IP N: N curls to http://IP/ from NS, one new connection each; the
 # answers counted, e.g. "w1:2 w2:2 " (a curl that fails counts as "failed").
@@ -144,7 +103,7 @@ kport mt-kclient 116 10.199.0.1
 KMAP=
 for ((n = 1; n <= TASKS; n++)); do
     kport "mt-kt$n" "$(task_host $n)" "10.199.0.$((10 + n))"
-    web "mt-kt$n" "kt$n"
+    nginx_task "mt-kt$n" "kt$n"
     KMAP+="${KMAP:+, }$((n - 1)) : 10.199.0.$((10 + n))"
     wait_until 5 ping_ok mt-kclient "10.199.0.$((10 + n))" || die "setup: kernel vxlan: kclient -> kt$n does not ping"
 done
@@ -165,7 +124,7 @@ mctl 116 service create --name web --network demo >/dev/null || die "setup: serv
 for ((n = 1; n <= TASKS; n++)); do
     mk_container "w$n"
     attach "$(task_host $n)" "w$n" demo --service web >/dev/null || die "setup: attach w$n on .$(task_host $n)"
-    web "mt-w$n" "w$n"
+    nginx_task "mt-w$n" "w$n"
 done
 mk_container client
 attach 116 client demo >/dev/null || die "setup: attach client on .116"
