@@ -367,6 +367,34 @@ bench_duration() {
         echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
 }
 
+# kernel_overlay_up IDS...: the kernel's own overlay, for baselines: on each
+# host mt-hID a vxlan device mt-kvx (VNI 100, UDP 4790) with flood entries
+# to the others, in a bridge mt-kbr.
+kernel_overlay_up() {
+    local id h peer
+    for id in "$@"; do
+        h=mt-h$id
+        ip -n "$h" link add mt-kvx type vxlan id 100 dstport 4790 local "$UNDERLAY.$id" dev eth0 ||
+            die "setup: kernel vxlan on .$id"
+        ip -n "$h" link add mt-kbr type bridge
+        ip -n "$h" link set mt-kvx master mt-kbr up
+        ip -n "$h" link set mt-kbr up
+        for peer in "$@"; do
+            [ "$peer" = "$id" ] || bridge -n "$h" fdb append 00:00:00:00:00:00 dev mt-kvx dst "$UNDERLAY.$peer"
+        done
+    done
+}
+# kport NS ID IP: netns NS with eth0 = IP/24 on the kernel bridge of host .ID.
+kport() {
+    local ns=$1 id=$2 ip=$3
+    mk_ns "$ns" noipv6
+    ip -n "mt-h$id" link add "$ns" mtu 1450 type veth peer name eth0 netns "$ns" mtu 1450 ||
+        die "setup: veth for $ns"
+    ip -n "mt-h$id" link set "$ns" master mt-kbr up
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+
 # nginx_task NS NAME: nginx in NS on :80 answering NAME (config, pid and temp files in
 # $TMP/nginx-NAME, its logs in $TMP/nginx-NAME*.log; requests to /client logged
 # in $TMP/NAME.access as "$remote_addr $request_uri"); waits until it listens.

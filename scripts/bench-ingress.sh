@@ -138,30 +138,9 @@ measure() {
 
 # --- kernel: VXLAN + bridge on every host, VNI 100 on UDP 4790 -----------------------
 testbed_up 116 117 118
-for id in 116 117 118; do
-    h=mt-h$id
-    ip -n "$h" link add mt-kvx type vxlan id 100 dstport 4790 local "$UNDERLAY.$id" dev eth0 ||
-        die "setup: kernel vxlan on .$id"
-    ip -n "$h" link add mt-kbr type bridge
-    ip -n "$h" link set mt-kvx master mt-kbr up
-    ip -n "$h" link set mt-kbr up
-    for peer in 116 117 118; do
-        [ "$peer" = "$id" ] || bridge -n "$h" fdb append 00:00:00:00:00:00 dev mt-kvx dst "$UNDERLAY.$peer"
-    done
-done
+kernel_overlay_up 116 117 118
 ip -n mt-h116 addr add "$KGW/24" dev mt-kbr
 nsx mt-h116 sysctl -qw net.ipv4.ip_forward=1
-
-# kport NS ID IP: netns NS with eth0 = IP/24 on the kernel bridge of host .ID.
-kport() {
-    local ns=$1 id=$2 ip=$3
-    mk_ns "$ns" noipv6
-    ip -n "mt-h$id" link add "$ns" mtu 1450 type veth peer name eth0 netns "$ns" mtu 1450 ||
-        die "setup: veth for $ns"
-    ip -n "mt-h$id" link set "$ns" master mt-kbr up
-    ip -n "$ns" addr add "$ip/24" dev eth0
-    ip -n "$ns" link set eth0 up
-}
 
 KMAP=
 for ((n = 1; n <= TASKS; n++)); do
