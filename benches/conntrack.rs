@@ -1,9 +1,12 @@
 //! Connection tracking and schedulers: a hit and a miss (insert) at 1k and
 //! 1M tracked flows, looked up in random order, and each scheduler's pick.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
+// The compiler's black box: criterion's (without its default features) reads
+// results back byte by byte, which costs more than a hit.
 use mesh::pipeline::lb::conntrack::{Conntrack, Key, Timeouts};
 use mesh::pipeline::lb::{Backend, FlowKey, Scheduler};
+use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -67,6 +70,15 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(format!("sweep, {n} flows (none expired)"), |b| {
             b.iter(|| ct.sweep(now))
+        });
+        // What the dataplane pays per turn while a pass is under way.
+        // (A second later each call, so every call sweeps a step.)
+        let mut later = now;
+        g.bench_function(format!("expire step, {n} flows (none expired)"), |b| {
+            b.iter(|| {
+                later += std::time::Duration::from_secs(1);
+                ct.expire(later)
+            })
         });
         let mut next = n;
         g.bench_function(format!("miss + insert, {n} flows"), |b| {

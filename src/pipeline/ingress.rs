@@ -42,7 +42,6 @@ pub struct Ingress {
     /// the VTEP of the host it came through.
     pub returns: Conntrack,
     counters: Arc<Counters>,
-    last_sweep: Instant,
 }
 
 impl Ingress {
@@ -51,7 +50,6 @@ impl Ingress {
             flows: Conntrack::new(config.conntrack_max, config.timeouts),
             returns: Conntrack::new(config.conntrack_max, config.timeouts),
             counters,
-            last_sweep: Instant::now(),
         }
     }
 
@@ -286,19 +284,10 @@ impl Ingress {
         }
     }
 
-    /// Expires idle flows (see [`Conntrack::sweep_due`]).
+    /// Expires idle flows (see [`Conntrack::expire`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let since = now.saturating_duration_since(self.last_sweep);
-        let (flows, returns) = (self.flows.sweep_due(since), self.returns.sweep_due(since));
-        if flows {
-            self.flows.sweep(now);
-        }
-        if returns {
-            self.returns.sweep(now);
-        }
-        if flows || returns {
-            self.last_sweep = now;
-        }
+        self.flows.expire(now);
+        self.returns.expire(now);
     }
 }
 

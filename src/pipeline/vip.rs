@@ -47,7 +47,6 @@ pub struct Balancer {
     )>,
     active: Vec<u32>,
     counters: Arc<Counters>,
-    last_sweep: Instant,
 }
 
 /// What happened to a frame sent to a VIP.
@@ -66,7 +65,6 @@ impl Balancer {
             built_for: vec![],
             active: Vec::with_capacity(64),
             counters,
-            last_sweep: Instant::now(),
         };
         b.set_tables(tables);
         b
@@ -266,15 +264,9 @@ impl Balancer {
         )
     }
 
-    /// Expires idle flows: a full sweep at most once a second.
+    /// Expires idle flows (see [`Conntrack::expire`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self
-            .conntrack
-            .sweep_due(now.saturating_duration_since(self.last_sweep))
-        {
-            self.last_sweep = now;
-            self.conntrack.sweep(now);
-        }
+        self.conntrack.expire(now);
     }
 }
 

@@ -1,90 +1,28 @@
-//! Connection tracking for VIP traffic: one entry per flow, made at its first
-//! packet on the client's host, remembering which task the scheduler chose,
-//! so every later packet (and every reply) of the flow is translated the same
-//! way.
+//! Connection tracking for VIP and ingress traffic: one entry per flow, made
+//! at its first packet, remembering which task the scheduler chose, so every
+//! later packet (and every reply) of the flow is translated the same way.
 //!
-//! The table is the dataplane thread's own (no lock). It is keyed by 5-tuples
-//! that come from the wire, so its hash is keyed with two secret random words
-//! per table ([`FlowHash`]): a sender cannot compute which ports collide. It
-//! is bounded: when full, new flows are refused and counted while existing
-//! ones go on.
+//! The table is the dataplane thread's own (no lock), an open-addressing
+//! array of 32-byte slots ([`table`]): a hit reads one cache line, keys are
+//! found by a hash keyed with secret random words per table (a sender
+//! cannot compute which ports collide), and a reply finds its flow through a
+//! second, smaller index. It is bounded: when full, new flows are refused and
+//! counted while existing ones go on.
 //!
 //! TCP entries follow the flags (SYN, established, FIN, RST) with timeouts per
 //! state. An idle established connection is kept for a long time by default
 //! (a day; Swarm's IPVS drops it after 900 s without a word); a packet of a
 //! flow whose entry is gone is answered with a RST by the caller, so the peer
-//! learns at once instead of hanging.
+//! learns at once instead of hanging. Expired entries are swept a slice at a
+//! time ([`Conntrack::expire`]), so a big table never stalls the dataplane.
+
+mod table;
 
 use crate::wire::l4::tcp_flags::{ACK, FIN, RST, SYN};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-
-/// The hash of the conntrack tables: a folded 64x64->128 multiply keyed
-/// with two random words drawn per table (the construction of foldhash and
-/// of aHash's portable path). A 5-tuple is hashed as two words, so a lookup
-/// costs two multiplies instead of SipHash's rounds over 13 bytes. The keys
-/// never leave the process, so a sender who picks addresses and ports from
-/// the wire cannot compute collisions offline. This is weaker than SipHash's
-/// guarantee (foldhash claims only minimal flooding resistance); what bounds
-/// the damage of a flood is the table's size limit.
-#[derive(Debug, Clone, Copy)]
-pub struct FlowHash {
-    k0: u64,
-    k1: u64,
-}
-
-impl FlowHash {
-    /// Fresh secret keys.
-    pub fn random() -> FlowHash {
-        FlowHash {
-            k0: rand::random(),
-            k1: rand::random::<u64>() | 1,
-        }
-    }
-}
-
-impl BuildHasher for FlowHash {
-    type Hasher = FlowHasher;
-    fn build_hasher(&self) -> FlowHasher {
-        FlowHasher {
-            h: self.k0,
-            k: self.k1,
-        }
-    }
-}
-
-/// See [`FlowHash`].
-pub struct FlowHasher {
-    h: u64,
-    k: u64,
-}
-
-#[inline]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let r = u128::from(a) * u128::from(b);
-    (r as u64) ^ ((r >> 64) as u64)
-}
-
-impl Hasher for FlowHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.h = folded_multiply(self.h ^ v, self.k);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.h
-    }
-}
+use table::{Table, Words};
 
 /// A flow as the client sent it: protocol, client, VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,47 +44,59 @@ pub struct ReplyKey {
     pub client_port: u16,
 }
 
-/// Two words for the hash: every field, packed (consistent with `Eq`).
-fn words(protocol: u8, a: Ipv4Addr, a_port: u16, b: Ipv4Addr, b_port: u16) -> (u64, u64) {
-    (
+/// Set in every key's second word, so that zero marks a free slot.
+const USED: u64 = 1 << 63;
+
+/// Packs a tuple into table words (every field, so equal words are equal tuples).
+#[inline]
+fn words(protocol: u8, a: Ipv4Addr, a_port: u16, b: Ipv4Addr, b_port: u16) -> Words {
+    [
         u64::from(u32::from(a)) << 32 | u64::from(u32::from(b)),
-        u64::from(protocol) << 32 | u64::from(a_port) << 16 | u64::from(b_port),
-    )
+        USED | u64::from(protocol) << 32 | u64::from(a_port) << 16 | u64::from(b_port),
+    ]
 }
 
-impl Hash for Key {
+impl Key {
     #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (x, y) = words(
+    fn words(&self) -> Words {
+        words(
             self.protocol,
             self.client,
             self.client_port,
             self.vip,
             self.port,
-        );
-        state.write_u64(x);
-        state.write_u64(y);
+        )
+    }
+
+    fn from_words(w: &Words) -> Key {
+        Key {
+            protocol: (w[1] >> 32) as u8,
+            client: Ipv4Addr::from((w[0] >> 32) as u32),
+            client_port: (w[1] >> 16) as u16,
+            vip: Ipv4Addr::from(w[0] as u32),
+            port: w[1] as u16,
+        }
     }
 }
 
-impl Hash for ReplyKey {
+impl ReplyKey {
     #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (x, y) = words(
+    fn words(&self) -> Words {
+        words(
             self.protocol,
             self.backend,
             self.port,
             self.client,
             self.client_port,
-        );
-        state.write_u64(x);
-        state.write_u64(y);
+        )
     }
 }
 
 /// Where a TCP connection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
 pub enum TcpState {
+    #[default]
     SynSent,
     Established,
     /// One side sent FIN.
@@ -155,16 +105,47 @@ pub enum TcpState {
     Closed,
 }
 
-/// One tracked flow.
+/// One tracked flow, as callers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub backend: Ipv4Addr,
     /// The task's port: the flow's own for a VIP, the target for a published port.
     pub backend_port: u16,
     pub state: TcpState,
-    pub last_seen: Instant,
-    fin_from_client: bool,
-    fin_from_backend: bool,
+}
+
+const FIN_FROM_CLIENT: u8 = 1;
+const FIN_FROM_BACKEND: u8 = 2;
+
+/// A flow's slot value: 16 bytes beside its 16-byte key.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tracked {
+    /// Milliseconds since the table's epoch.
+    last_seen: u64,
+    backend: u32,
+    backend_port: u16,
+    state: TcpState,
+    fins: u8,
+}
+
+impl Tracked {
+    fn entry(&self) -> Entry {
+        Entry {
+            backend: Ipv4Addr::from(self.backend),
+            backend_port: self.backend_port,
+            state: self.state,
+        }
+    }
+
+    fn reply_words(&self, k: &Key) -> Words {
+        words(
+            k.protocol,
+            Ipv4Addr::from(self.backend),
+            self.backend_port,
+            k.client,
+            k.client_port,
+        )
+    }
 }
 
 /// Timeouts per state; configurable on the agent.
@@ -189,32 +170,77 @@ impl Default for Timeouts {
     }
 }
 
+/// Timeouts in milliseconds, by `TcpState as usize`, then UDP (and others).
+type TimeoutsMs = [u64; 5];
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Timeouts {
+    fn millis(&self) -> TimeoutsMs {
+        [
+            millis(self.tcp_syn),
+            millis(self.tcp_established),
+            millis(self.tcp_closing),
+            millis(self.tcp_closed),
+            millis(self.udp),
+        ]
+    }
+}
+
+#[inline]
+fn expired(t: &TimeoutsMs, protocol: u8, v: &Tracked, now: u64) -> bool {
+    let i = if protocol == crate::wire::ipv4::protocol::TCP {
+        v.state as usize
+    } else {
+        4
+    };
+    now.saturating_sub(v.last_seen) > t[i]
+}
+
 /// Why a new flow was not tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Full,
 }
 
+/// Slots a sweep step looks at (8k slots: 256 KB of the table, tens of
+/// microseconds).
+const SWEEP_STEP: usize = 8192;
+
 /// The table.
 pub struct Conntrack {
-    flows: HashMap<Key, Entry, FlowHash>,
-    replies: HashMap<ReplyKey, Key, FlowHash>,
+    flows: Table<Tracked>,
+    /// Reply tuple -> the client flow's VIP and port (`vip << 16 | port`).
+    replies: Table<u64>,
     /// Open (not Closed) flows per task, kept as entries change, so that
     /// least-connections reads a count instead of scanning the table. A task
     /// belongs to one service, so per task is per VIP and task.
-    open: HashMap<Ipv4Addr, u32, FlowHash>,
+    open: HashMap<Ipv4Addr, u32>,
     max: usize,
-    pub timeouts: Timeouts,
+    timeouts: TimeoutsMs,
+    /// Time zero of the entries' `last_seen`.
+    epoch: Instant,
+    /// The next slot the sweep in progress looks at, if one is.
+    sweep_at: Option<usize>,
+    last_pass: Instant,
 }
 
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
+        let now = Instant::now();
+        // Callers may pass instants taken a moment before the table was made.
+        let epoch = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         Conntrack {
-            flows: HashMap::with_hasher(FlowHash::random()),
-            replies: HashMap::with_hasher(FlowHash::random()),
-            open: HashMap::with_hasher(FlowHash::random()),
+            flows: Table::new(),
+            replies: Table::new(),
+            open: HashMap::new(),
             max,
-            timeouts,
+            timeouts: timeouts.millis(),
+            epoch,
+            sweep_at: None,
+            last_pass: now,
         }
     }
 
@@ -223,48 +249,42 @@ impl Conntrack {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.flows.len() == 0
     }
 
-    fn timeout(&self, e: &Entry, protocol: u8) -> Duration {
-        Self::timeout_of(&self.timeouts, e, protocol)
-    }
-
-    fn timeout_of(t: &Timeouts, e: &Entry, protocol: u8) -> Duration {
-        if protocol != crate::wire::ipv4::protocol::TCP {
-            return t.udp;
-        }
-        match e.state {
-            TcpState::SynSent => t.tcp_syn,
-            TcpState::Established => t.tcp_established,
-            TcpState::Closing => t.tcp_closing,
-            TcpState::Closed => t.tcp_closed,
-        }
-    }
-
-    fn reply_key(k: &Key, e: &Entry) -> ReplyKey {
-        ReplyKey {
-            protocol: k.protocol,
-            backend: e.backend,
-            port: e.backend_port,
-            client: k.client,
-            client_port: k.client_port,
-        }
+    #[inline]
+    fn ms(&self, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(self.epoch);
+        d.as_secs() * 1000 + u64::from(d.subsec_millis())
     }
 
     /// The live entry of a flow, if any (an expired one is removed).
     pub fn get(&mut self, k: &Key, now: Instant) -> Option<Entry> {
-        let e = *self.flows.get(k)?;
-        if now.saturating_duration_since(e.last_seen) > self.timeout(&e, k.protocol) {
-            self.remove(k);
+        let i = self.flows.find(&k.words())?;
+        let v = self.flows.at(i)?.value;
+        if expired(&self.timeouts, k.protocol, &v, self.ms(now)) {
+            self.remove_slot(i);
             return None;
         }
-        Some(e)
+        Some(v.entry())
+    }
+
+    /// The client flow of a reply tuple.
+    fn client_key(&self, r: &ReplyKey) -> Option<Key> {
+        let i = self.replies.find(&r.words())?;
+        let vip_port = self.replies.at(i)?.value;
+        Some(Key {
+            protocol: r.protocol,
+            client: r.client,
+            client_port: r.client_port,
+            vip: Ipv4Addr::from((vip_port >> 16) as u32),
+            port: vip_port as u16,
+        })
     }
 
     /// The client flow a reply belongs to.
     pub fn reply(&mut self, r: &ReplyKey, now: Instant) -> Option<(Key, Entry)> {
-        let k = *self.replies.get(r)?;
+        let k = self.client_key(r)?;
         self.get(&k, now).map(|e| (k, e))
     }
 
@@ -273,7 +293,8 @@ impl Conntrack {
         self.insert_to(k, backend, k.port, now)
     }
 
-    /// Tracks a new flow to `backend`:`backend_port`.
+    /// Tracks a new flow to `backend`:`backend_port` (replacing the flow's
+    /// entry if it has one).
     pub fn insert_to(
         &mut self,
         k: Key,
@@ -281,101 +302,86 @@ impl Conntrack {
         backend_port: u16,
         now: Instant,
     ) -> Result<Entry, Refusal> {
-        if self.flows.len() >= self.max && !self.flows.contains_key(&k) {
+        let w = k.words();
+        if let Some(i) = self.flows.find(&w) {
+            self.remove_slot(i);
+        } else if self.flows.len() >= self.max {
             return Err(Refusal::Full);
         }
-        let e = Entry {
-            backend,
+        let v = Tracked {
+            last_seen: self.ms(now),
+            backend: u32::from(backend),
             backend_port,
             state: TcpState::SynSent,
-            last_seen: now,
-            fin_from_client: false,
-            fin_from_backend: false,
+            fins: 0,
         };
-        if let Some(old) = self.flows.insert(k, e) {
-            self.replies.remove(&Self::reply_key(&k, &old));
-            count(&mut self.open, &old, false);
-        }
-        self.replies.insert(Self::reply_key(&k, &e), k);
-        count(&mut self.open, &e, true);
-        Ok(e)
+        self.flows.insert(w, v);
+        self.replies.insert(
+            v.reply_words(&k),
+            u64::from(u32::from(k.vip)) << 16 | u64::from(k.port),
+        );
+        count(&mut self.open, &v, true);
+        Ok(v.entry())
     }
 
     pub fn remove(&mut self, k: &Key) {
-        if let Some(e) = self.flows.remove(k) {
-            self.replies.remove(&Self::reply_key(k, &e));
-            count(&mut self.open, &e, false);
+        if let Some(i) = self.flows.find(&k.words()) {
+            self.remove_slot(i);
+        }
+    }
+
+    /// Removes the flow in slot `i` of the flow table, its reply index and
+    /// its open count.
+    fn remove_slot(&mut self, i: usize) {
+        if let Some(s) = self.flows.remove_at(i) {
+            let k = Key::from_words(&s.key);
+            self.replies.remove(&s.value.reply_words(&k));
+            count(&mut self.open, &s.value, false);
         }
     }
 
     /// Notes a packet of the flow (TCP `flags`, from the client or the task).
     pub fn update(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) {
-        if let Some(e) = self.flows.get_mut(k) {
-            let was = *e;
-            Self::advance(e, k.protocol, flags, from_client, now);
-            recount(&mut self.open, &was, e);
+        if let Some(i) = self.flows.find(&k.words()) {
+            let now = self.ms(now);
+            let slot = self.flows.value_mut(i);
+            let was = *slot;
+            let mut v = was;
+            advance(&mut v, k.protocol, flags, from_client, now);
+            *slot = v;
+            recount(&mut self.open, &was, &v);
         }
     }
 
     /// The live entry of a flow, noting this packet of it, in one lookup
     /// (the per-packet path); an expired entry is removed and `None` returned.
+    #[inline]
     pub fn touch(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) -> Option<Entry> {
+        let i = self.flows.find(&k.words())?;
+        let now = self.ms(now);
         let timeouts = self.timeouts;
-        let e = self.flows.get_mut(k)?;
-        if now.saturating_duration_since(e.last_seen) > Self::timeout_of(&timeouts, e, k.protocol) {
-            self.remove(k);
+        let slot = self.flows.value_mut(i);
+        let was = *slot;
+        if expired(&timeouts, k.protocol, &was, now) {
+            self.remove_slot(i);
             return None;
         }
-        let was = *e;
-        Self::advance(e, k.protocol, flags, from_client, now);
-        recount(&mut self.open, &was, e);
-        Some(*e)
+        // Worked on in registers and stored once (reading the slot back
+        // right after storing its fields one by one stalls the load).
+        let mut v = was;
+        advance(&mut v, k.protocol, flags, from_client, now);
+        *slot = v;
+        if (was.state == TcpState::Closed) != (v.state == TcpState::Closed) {
+            recount(&mut self.open, &was, &v);
+        }
+        Some(v.entry())
     }
 
     /// The client flow a reply belongs to, noting the reply (see [`Conntrack::touch`]).
+    #[inline]
     pub fn touch_reply(&mut self, r: &ReplyKey, flags: u8, now: Instant) -> Option<(Key, Entry)> {
-        let k = *self.replies.get(r)?;
+        let k = self.client_key(r)?;
         self.touch(&k, flags, false, now).map(|e| (k, e))
-    }
-
-    /// Moves an entry's state on for a packet with TCP `flags`.
-    fn advance(e: &mut Entry, protocol: u8, flags: u8, from_client: bool, now: Instant) {
-        e.last_seen = now;
-        if protocol != crate::wire::ipv4::protocol::TCP {
-            e.state = TcpState::Established;
-            return;
-        }
-        if flags & RST != 0 {
-            e.state = TcpState::Closed;
-            return;
-        }
-        // A client reusing its port after a close opens a new connection:
-        // it starts over (else it would stay Closed and expire in seconds).
-        if from_client && flags & (SYN | ACK) == SYN && e.state == TcpState::Closed {
-            e.fin_from_client = false;
-            e.fin_from_backend = false;
-            e.state = TcpState::SynSent;
-            return;
-        }
-        if flags & FIN != 0 {
-            if from_client {
-                e.fin_from_client = true;
-            } else {
-                e.fin_from_backend = true;
-            }
-        }
-        e.state = match (e.state, e.fin_from_client && e.fin_from_backend) {
-            (_, true) => TcpState::Closed,
-            (TcpState::Closed, _) => TcpState::Closed,
-            _ if e.fin_from_client || e.fin_from_backend => TcpState::Closing,
-            (TcpState::SynSent, _) if !from_client && flags & (SYN | ACK) == SYN | ACK => {
-                TcpState::Established
-            }
-            (TcpState::SynSent, _) if from_client && flags & ACK != 0 && flags & SYN == 0 => {
-                TcpState::Established
-            }
-            (s, _) => s,
-        };
     }
 
     /// Open flows to `backend`, for least-connections (one lookup).
@@ -383,53 +389,124 @@ impl Conntrack {
         self.open.get(&backend).copied().unwrap_or(0)
     }
 
-    /// Whether a sweep is due, `since` after the last one. A sweep is a full
-    /// pass over the table (about 10 ns a flow), so a big table is swept
-    /// less often: once a second up to 50k flows, then once per 50k flows'
-    /// worth of seconds (1M flows: every 20 s). Meanwhile lookups drop the
-    /// expired entries they meet, and a full table is swept within a second
-    /// so that expired flows do not keep new ones out.
-    pub fn sweep_due(&self, since: Duration) -> bool {
-        let len = self.flows.len();
-        if len == 0 || since < Duration::from_secs(1) {
-            return false;
-        }
-        len >= self.max || since >= Duration::from_secs((len / 50_000).max(1) as u64)
+    /// Expires idle flows, a slice at a time: called on every turn of the
+    /// dataplane, it starts a pass over the table at most once a second and
+    /// moves it on by [`SWEEP_STEP`] slots per call, so a call costs tens of
+    /// microseconds whatever the table's size (a whole pass over a million
+    /// flows at once stalled the dataplane ~30 ms). Meanwhile lookups drop
+    /// the expired entries they meet. A full table is swept to the end at
+    /// once, so that expired flows do not keep new ones out.
+    pub fn expire(&mut self, now: Instant) {
+        let at = match self.sweep_at {
+            Some(at) => at,
+            None if self.flows.len() > 0
+                && now.saturating_duration_since(self.last_pass) >= Duration::from_secs(1) =>
+            {
+                self.last_pass = now;
+                0
+            }
+            None => return,
+        };
+        let step = if self.flows.len() >= self.max {
+            usize::MAX
+        } else {
+            SWEEP_STEP
+        };
+        let next = self.sweep_from(at, step, now);
+        self.sweep_at = (next < self.flows.slots()).then_some(next);
     }
 
-    /// Removes expired entries. A full pass: see [`Conntrack::sweep_due`].
+    /// Removes every expired entry at once (a whole pass).
     pub fn sweep(&mut self, now: Instant) {
-        let timeouts = self.timeouts;
-        let (replies, open) = (&mut self.replies, &mut self.open);
-        self.flows.retain(|k, e| {
-            let t = Self::timeout_of(&timeouts, e, k.protocol);
-            let keep = now.saturating_duration_since(e.last_seen) <= t;
-            if !keep {
-                replies.remove(&Self::reply_key(k, e));
-                count(open, e, false);
+        self.sweep_from(0, usize::MAX, now);
+        self.sweep_at = None;
+    }
+
+    /// Looks at up to `step` slots from `at`, removing expired entries;
+    /// returns the next slot to look at. Removal moves later entries back
+    /// into the slot just emptied, so it is looked at again.
+    fn sweep_from(&mut self, mut at: usize, step: usize, now: Instant) -> usize {
+        let now = self.ms(now);
+        let end = self.flows.slots().min(at.saturating_add(step));
+        while at < end {
+            match self.flows.at(at) {
+                Some(s) if expired(&self.timeouts, (s.key[1] >> 32) as u8, &s.value, now) => {
+                    self.remove_slot(at);
+                }
+                _ => at += 1,
             }
-            keep
-        });
+        }
+        at
+    }
+
+    /// Every entry, for tests that compare the table with a model.
+    #[cfg(test)]
+    fn entries(&self) -> Vec<(Key, Entry)> {
+        (0..self.flows.slots())
+            .filter_map(|i| self.flows.at(i))
+            .map(|s| (Key::from_words(&s.key), s.value.entry()))
+            .collect()
     }
 }
 
+/// Moves an entry's state on for a packet with TCP `flags`.
+#[inline]
+fn advance(e: &mut Tracked, protocol: u8, flags: u8, from_client: bool, now: u64) {
+    e.last_seen = now;
+    if protocol != crate::wire::ipv4::protocol::TCP {
+        e.state = TcpState::Established;
+        return;
+    }
+    if flags & RST != 0 {
+        e.state = TcpState::Closed;
+        return;
+    }
+    // A client reusing its port after a close opens a new connection: it
+    // starts over (else it would stay Closed and expire in seconds).
+    if from_client && flags & (SYN | ACK) == SYN && e.state == TcpState::Closed {
+        e.fins = 0;
+        e.state = TcpState::SynSent;
+        return;
+    }
+    if flags & FIN != 0 {
+        e.fins |= if from_client {
+            FIN_FROM_CLIENT
+        } else {
+            FIN_FROM_BACKEND
+        };
+    }
+    e.state = match (e.state, e.fins) {
+        (_, 3) => TcpState::Closed,
+        (TcpState::Closed, _) => TcpState::Closed,
+        (_, 1 | 2) => TcpState::Closing,
+        (TcpState::SynSent, _) if !from_client && flags & (SYN | ACK) == SYN | ACK => {
+            TcpState::Established
+        }
+        (TcpState::SynSent, _) if from_client && flags & ACK != 0 && flags & SYN == 0 => {
+            TcpState::Established
+        }
+        (s, _) => s,
+    };
+}
+
 /// Adds (or takes away) `e` to its task's open count, if it is open.
-fn count(open: &mut HashMap<Ipv4Addr, u32, FlowHash>, e: &Entry, add: bool) {
+fn count(open: &mut HashMap<Ipv4Addr, u32>, e: &Tracked, add: bool) {
     if e.state == TcpState::Closed {
         return;
     }
+    let backend = Ipv4Addr::from(e.backend);
     if add {
-        *open.entry(e.backend).or_insert(0) += 1;
-    } else if let Some(n) = open.get_mut(&e.backend) {
+        *open.entry(backend).or_insert(0) += 1;
+    } else if let Some(n) = open.get_mut(&backend) {
         *n = n.saturating_sub(1);
         if *n == 0 {
-            open.remove(&e.backend);
+            open.remove(&backend);
         }
     }
 }
 
 /// Moves the open count when an entry's state crosses Closed.
-fn recount(open: &mut HashMap<Ipv4Addr, u32, FlowHash>, was: &Entry, now: &Entry) {
+fn recount(open: &mut HashMap<Ipv4Addr, u32>, was: &Tracked, now: &Tracked) {
     match (was.state == TcpState::Closed, now.state == TcpState::Closed) {
         (false, true) => count(open, was, false),
         (true, false) => count(open, now, true),
@@ -438,159 +515,4 @@ fn recount(open: &mut HashMap<Ipv4Addr, u32, FlowHash>, was: &Entry, now: &Entry
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::ipv4::protocol::{TCP, UDP};
-
-    fn key(port: u16) -> Key {
-        Key {
-            protocol: TCP,
-            client: Ipv4Addr::new(10, 0, 0, 9),
-            client_port: port,
-            vip: Ipv4Addr::new(10, 0, 0, 2),
-            port: 80,
-        }
-    }
-    const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-
-    #[test]
-    fn the_hash_is_keyed_per_table() {
-        let hash = |h: &FlowHash| h.hash_one(key(1));
-        let (a, b) = (FlowHash::random(), FlowHash::random());
-        assert_eq!(hash(&a), hash(&a));
-        assert_ne!(hash(&a), hash(&b), "another table, another key");
-        assert_ne!(a.hash_one(key(1)), a.hash_one(key(2)));
-    }
-
-    #[test]
-    fn a_flow_and_its_replies_find_the_same_entry() {
-        let mut ct = Conntrack::new(10, Timeouts::default());
-        let now = Instant::now();
-        ct.insert(key(1000), TASK, now).unwrap();
-        let r = ReplyKey {
-            protocol: TCP,
-            backend: TASK,
-            port: 80,
-            client: Ipv4Addr::new(10, 0, 0, 9),
-            client_port: 1000,
-        };
-        assert_eq!(
-            ct.reply(&r, now).map(|(k, e)| (k, e.backend)),
-            Some((key(1000), TASK))
-        );
-        ct.remove(&key(1000));
-        assert!(ct.reply(&r, now).is_none() && ct.is_empty());
-    }
-
-    #[test]
-    fn tcp_states_follow_the_flags() {
-        let mut ct = Conntrack::new(10, Timeouts::default());
-        let now = Instant::now();
-        let k = key(1);
-        ct.insert(k, TASK, now).unwrap();
-        ct.update(&k, SYN, true, now);
-        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::SynSent);
-        ct.update(&k, SYN | ACK, false, now);
-        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Established);
-        ct.update(&k, FIN | ACK, true, now);
-        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Closing);
-        ct.update(&k, FIN | ACK, false, now);
-        assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Closed);
-        let k2 = key(2);
-        ct.insert(k2, TASK, now).unwrap();
-        ct.update(&k2, RST, false, now);
-        assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Closed);
-        // The client's next SYN on the same ports is a new connection.
-        ct.update(&k2, SYN, true, now);
-        assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::SynSent);
-        ct.update(&k2, SYN | ACK, false, now);
-        assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Established);
-    }
-
-    #[test]
-    fn idle_established_connections_live_long_and_then_expire() {
-        let t = Timeouts::default();
-        let mut ct = Conntrack::new(10, t);
-        let now = Instant::now();
-        let k = key(1);
-        ct.insert(k, TASK, now).unwrap();
-        ct.update(&k, SYN | ACK, false, now);
-        assert!(
-            ct.get(&k, now + Duration::from_secs(3600)).is_some(),
-            "an hour idle is not the end (IPVS: 900 s)"
-        );
-        assert!(ct
-            .get(&k, now + t.tcp_established + Duration::from_secs(1))
-            .is_none());
-        let u = Key {
-            protocol: UDP,
-            ..key(5)
-        };
-        ct.insert(u, TASK, now).unwrap();
-        ct.sweep(now + t.udp + Duration::from_secs(1));
-        assert!(ct.is_empty());
-    }
-
-    #[test]
-    fn big_tables_are_swept_less_often_unless_full() {
-        let mut ct = Conntrack::new(200_000, Timeouts::default());
-        let s = Duration::from_secs;
-        assert!(!ct.sweep_due(s(100)), "nothing to sweep");
-        ct.insert(key(1), TASK, Instant::now()).unwrap();
-        assert!(!ct.sweep_due(Duration::from_millis(900)));
-        assert!(ct.sweep_due(s(1)));
-        let now = Instant::now();
-        for i in 0..150_000u32 {
-            let k = Key {
-                client: Ipv4Addr::from(i),
-                ..key(1)
-            };
-            ct.insert(k, TASK, now).unwrap();
-        }
-        assert!(
-            !ct.sweep_due(s(2)) && ct.sweep_due(s(3)),
-            "150k flows: every 3 s"
-        );
-        let mut full = Conntrack::new(1, Timeouts::default());
-        full.insert(key(1), TASK, now).unwrap();
-        assert!(full.sweep_due(s(1)));
-    }
-
-    #[test]
-    fn a_full_table_refuses_new_flows_and_keeps_old_ones() {
-        let mut ct = Conntrack::new(2, Timeouts::default());
-        let now = Instant::now();
-        ct.insert(key(1), TASK, now).unwrap();
-        ct.insert(key(2), TASK, now).unwrap();
-        assert_eq!(ct.insert(key(3), TASK, now), Err(Refusal::Full));
-        assert!(ct.get(&key(1), now).is_some());
-        assert_eq!(ct.active_to(TASK), 2);
-    }
-
-    proptest::proptest! {
-        /// The open counts least-connections reads match a count over the
-        /// table, whatever happens to the entries.
-        #[test]
-        fn open_counts_match_a_scan(ops in proptest::collection::vec((0u8..5, 0u16..8, 0u8..3, 0u8..64), 1..200)) {
-            let mut ct = Conntrack::new(6, Timeouts { tcp_closed: Duration::from_secs(1), ..Timeouts::default() });
-            let t0 = Instant::now();
-            let mut now = t0;
-            for (op, port, task, flags) in ops {
-                let backend = Ipv4Addr::new(10, 0, 1, task);
-                let k = key(port);
-                match op {
-                    0 => { let _ = ct.insert(k, backend, now); }
-                    1 => ct.update(&k, flags, flags % 2 == 0, now),
-                    2 => { let _ = ct.touch(&k, flags, flags % 2 == 1, now); }
-                    3 => ct.remove(&k),
-                    _ => { now += Duration::from_secs(u64::from(flags % 20)); ct.sweep(now); }
-                }
-                for task in 0..3 {
-                    let b = Ipv4Addr::new(10, 0, 1, task);
-                    let scan = ct.flows.values().filter(|e| e.backend == b && e.state != TcpState::Closed).count() as u32;
-                    proptest::prop_assert_eq!(ct.active_to(b), scan);
-                }
-            }
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,203 @@
+use super::*;
+use crate::wire::ipv4::protocol::{TCP, UDP};
+
+fn key(port: u16) -> Key {
+    Key {
+        protocol: TCP,
+        client: Ipv4Addr::new(10, 0, 0, 9),
+        client_port: port,
+        vip: Ipv4Addr::new(10, 0, 0, 2),
+        port: 80,
+    }
+}
+const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+
+#[test]
+fn a_flow_and_its_replies_find_the_same_entry() {
+    let mut ct = Conntrack::new(10, Timeouts::default());
+    let now = Instant::now();
+    ct.insert(key(1000), TASK, now).unwrap();
+    let r = ReplyKey {
+        protocol: TCP,
+        backend: TASK,
+        port: 80,
+        client: Ipv4Addr::new(10, 0, 0, 9),
+        client_port: 1000,
+    };
+    assert_eq!(
+        ct.reply(&r, now).map(|(k, e)| (k, e.backend)),
+        Some((key(1000), TASK))
+    );
+    ct.remove(&key(1000));
+    assert!(ct.reply(&r, now).is_none() && ct.is_empty());
+}
+
+#[test]
+fn tcp_states_follow_the_flags() {
+    let mut ct = Conntrack::new(10, Timeouts::default());
+    let now = Instant::now();
+    let k = key(1);
+    ct.insert(k, TASK, now).unwrap();
+    ct.update(&k, SYN, true, now);
+    assert_eq!(ct.get(&k, now).unwrap().state, TcpState::SynSent);
+    ct.update(&k, SYN | ACK, false, now);
+    assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Established);
+    ct.update(&k, FIN | ACK, true, now);
+    assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Closing);
+    ct.update(&k, FIN | ACK, false, now);
+    assert_eq!(ct.get(&k, now).unwrap().state, TcpState::Closed);
+    let k2 = key(2);
+    ct.insert(k2, TASK, now).unwrap();
+    ct.update(&k2, RST, false, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Closed);
+    // The client's next SYN on the same ports is a new connection.
+    ct.update(&k2, SYN, true, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::SynSent);
+    ct.update(&k2, SYN | ACK, false, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Established);
+}
+
+#[test]
+fn idle_established_connections_live_long_and_then_expire() {
+    let t = Timeouts::default();
+    let mut ct = Conntrack::new(10, t);
+    let now = Instant::now();
+    let k = key(1);
+    ct.insert(k, TASK, now).unwrap();
+    ct.update(&k, SYN | ACK, false, now);
+    assert!(
+        ct.get(&k, now + Duration::from_secs(3600)).is_some(),
+        "an hour idle is not the end (IPVS: 900 s)"
+    );
+    assert!(ct
+        .get(&k, now + t.tcp_established + Duration::from_secs(1))
+        .is_none());
+    let u = Key {
+        protocol: UDP,
+        ..key(5)
+    };
+    ct.insert(u, TASK, now).unwrap();
+    ct.sweep(now + t.udp + Duration::from_secs(1));
+    assert!(ct.is_empty());
+}
+
+/// `n` UDP flows from `n` clients.
+fn fill_udp(ct: &mut Conntrack, n: u32, now: Instant) {
+    for i in 0..n {
+        let k = Key {
+            protocol: UDP,
+            client: Ipv4Addr::from(i),
+            ..key(1)
+        };
+        ct.insert(k, TASK, now).unwrap();
+    }
+}
+
+#[test]
+fn expiry_goes_a_slice_at_a_time_and_a_full_table_at_once() {
+    let t = Timeouts::default();
+    let n = 100_000u32;
+    let mut ct = Conntrack::new(200_000, t);
+    let now = Instant::now();
+    fill_udp(&mut ct, n, now);
+    ct.expire(now + Duration::from_millis(900));
+    assert_eq!(ct.len(), n as usize, "no pass within a second of the last");
+    let later = now + t.udp + Duration::from_secs(1);
+    ct.expire(later);
+    let left = ct.len();
+    assert!(
+        left > 0 && left < n as usize,
+        "one call sweeps a slice: {left} left"
+    );
+    let mut calls = 1;
+    while !ct.is_empty() && calls < 1000 {
+        ct.expire(later);
+        calls += 1;
+    }
+    assert_eq!(ct.len(), 0);
+    assert!(calls <= ct.flows.slots() / SWEEP_STEP + 1, "{calls} calls");
+
+    let mut full = Conntrack::new(50_000, t);
+    fill_udp(&mut full, 50_000, now);
+    full.expire(later);
+    assert!(full.is_empty(), "a full table is swept at once");
+}
+
+#[test]
+fn entries_survive_sweeps_that_remove_their_neighbours() {
+    let t = Timeouts::default();
+    let mut ct = Conntrack::new(10_000, t);
+    let now = Instant::now();
+    for i in 0..5000u32 {
+        let k = Key {
+            protocol: if i % 2 == 0 { UDP } else { TCP },
+            client: Ipv4Addr::from(i),
+            ..key(1)
+        };
+        ct.insert(k, TASK, now).unwrap();
+        if i % 2 == 1 {
+            ct.update(&k, SYN | ACK, false, now);
+        }
+    }
+    ct.sweep(now + t.udp + Duration::from_secs(1));
+    assert_eq!(
+        ct.len(),
+        2500,
+        "the UDP flows went, the established TCP ones stay"
+    );
+    for i in (1..5000u32).step_by(2) {
+        let k = Key {
+            protocol: TCP,
+            client: Ipv4Addr::from(i),
+            ..key(1)
+        };
+        let r = ReplyKey {
+            protocol: TCP,
+            backend: TASK,
+            port: 80,
+            client: k.client,
+            client_port: 1,
+        };
+        assert!(ct.get(&k, now).is_some(), "flow {i}");
+        assert_eq!(ct.reply(&r, now).map(|(k, _)| k.client), Some(k.client));
+    }
+    assert_eq!(ct.active_to(TASK), 2500);
+}
+
+#[test]
+fn a_full_table_refuses_new_flows_and_keeps_old_ones() {
+    let mut ct = Conntrack::new(2, Timeouts::default());
+    let now = Instant::now();
+    ct.insert(key(1), TASK, now).unwrap();
+    ct.insert(key(2), TASK, now).unwrap();
+    assert_eq!(ct.insert(key(3), TASK, now), Err(Refusal::Full));
+    assert!(ct.get(&key(1), now).is_some());
+    assert_eq!(ct.active_to(TASK), 2);
+}
+
+proptest::proptest! {
+    /// The open counts least-connections reads match a count over the
+    /// table, whatever happens to the entries.
+    #[test]
+    fn open_counts_match_a_scan(ops in proptest::collection::vec((0u8..5, 0u16..8, 0u8..3, 0u8..64), 1..200)) {
+        let mut ct = Conntrack::new(6, Timeouts { tcp_closed: Duration::from_secs(1), ..Timeouts::default() });
+        let t0 = Instant::now();
+        let mut now = t0;
+        for (op, port, task, flags) in ops {
+            let backend = Ipv4Addr::new(10, 0, 1, task);
+            let k = key(port);
+            match op {
+                0 => { let _ = ct.insert(k, backend, now); }
+                1 => ct.update(&k, flags, flags % 2 == 0, now),
+                2 => { let _ = ct.touch(&k, flags, flags % 2 == 1, now); }
+                3 => ct.remove(&k),
+                _ => { now += Duration::from_secs(u64::from(flags % 20)); ct.sweep(now); }
+            }
+            for task in 0..3 {
+                let b = Ipv4Addr::new(10, 0, 1, task);
+                let scan = ct.entries().iter().filter(|(_, e)| e.backend == b && e.state != TcpState::Closed).count() as u32;
+                proptest::prop_assert_eq!(ct.active_to(b), scan);
+            }
+        }
+    }
+}
