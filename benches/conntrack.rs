@@ -39,6 +39,10 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Frames looked up in one batch (the dataplane takes up to
+/// `io::driver::BATCH`, 64, per wake-up).
+const BATCH: usize = 32;
+
 fn bench(c: &mut Criterion) {
     let now = Instant::now();
     let backend = Ipv4Addr::new(10, 0, 0, 5);
@@ -68,6 +72,32 @@ fn bench(c: &mut Criterion) {
                 black_box(ct.touch(&keys[at], 0x10, true, now))
             })
         });
+        // As the dataplane looks flows up: a batch of frames at a time, each
+        // flow's slot asked for before the first lookup. Time per hit.
+        g.bench_function(
+            format!("hit, {n} flows, batches of {BATCH} prefetched"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let batches = iters.div_ceil(BATCH as u64);
+                    let start = Instant::now();
+                    for _ in 0..batches {
+                        if at + BATCH > keys.len() {
+                            at = 0;
+                        }
+                        let batch = &keys[at..at + BATCH];
+                        at += BATCH;
+                        for k in batch {
+                            ct.prefetch(k);
+                        }
+                        for k in batch {
+                            black_box(ct.touch(k, 0x10, true, now));
+                        }
+                    }
+                    let hits = (batches * BATCH as u64) as f64;
+                    start.elapsed().mul_f64(iters as f64 / hits)
+                })
+            },
+        );
         g.bench_function(format!("sweep, {n} flows (none expired)"), |b| {
             b.iter(|| ct.sweep(now))
         });

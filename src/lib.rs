@@ -21,7 +21,9 @@
 //! ([`pipeline::ingress`]), so the task sees the real client, and the task's
 //! host sends the replies back through the host the client reached.
 //! Containers' traffic to the outside leaves through their own host's stack,
-//! masqueraded.
+//! masqueraded. The driver reads a batch of frames before it processes any,
+//! so that the tracking slots of the whole batch are asked for at once
+//! ([`pipeline::Pipeline::prefetch`]).
 //!
 //! # Layout
 //!

@@ -68,10 +68,12 @@ impl Flow {
 /// Reads the flow of the IPv4 packet in an Ethernet frame; `None` for other
 /// protocols and for fragments after the first.
 pub fn flow_of(frame: &[u8]) -> Result<Option<Flow>, DropReason> {
-    let ip = frame
-        .get(ethernet::HEADER_LEN..)
-        .and_then(|b| ipv4::Packet::new_checked(b).ok())
-        .ok_or(DropReason::Malformed)?;
+    flow_of_ip(frame.get(ethernet::HEADER_LEN..).unwrap_or_default())
+}
+
+/// Reads the flow of an IPv4 packet (no Ethernet header); as [`flow_of`].
+pub fn flow_of_ip(packet: &[u8]) -> Result<Option<Flow>, DropReason> {
+    let ip = ipv4::Packet::new_checked(packet).map_err(|_| DropReason::Malformed)?;
     if !ip.is_first_fragment() {
         return Ok(None);
     }

@@ -26,6 +26,7 @@ pub mod flow;
 pub mod ingress;
 pub mod lb;
 pub mod offload;
+mod prefetch;
 pub mod switch;
 pub mod vip;
 

@@ -12,15 +12,13 @@ impl DriverThread {
         if let Some(a) = self.activity.get(port as usize) {
             bump(a);
         }
-        let mut next = 0;
-        for _ in 0..BATCH {
-            let Some(Some(fd)) = self.ports.get(port as usize) else {
-                return;
-            };
+        let Some(Some(fd)) = self.ports.get(port as usize) else {
+            return;
+        };
+        let (got, n) = read_batch(fd, &mut self.bufs, "TAP");
+        self.prefetch(Input::Tap(port), &got[..n]);
+        for (next, &(vnet, len)) in got[..n].iter().enumerate() {
             let buf = &mut self.bufs[next];
-            let Some((vnet, len)) = read_one(fd, buf, "TAP") else {
-                break;
-            };
             let mut pkt = Packet::new(buf, HEADROOM, len);
             pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
             let verdict = self.pipeline.process(now, Input::Tap(port), &mut pkt);
@@ -63,12 +61,21 @@ impl DriverThread {
                         }
                     }
                     self.pending.push((next, pkt.start, pkt.end, dst));
-                    next += 1;
                 }
                 Verdict::Drop(_) => {}
             }
         }
         self.flush();
+    }
+
+    /// Asks the cache for the tracking slots of a batch of `got` frames
+    /// read into `bufs`, before the first is processed (see
+    /// `Pipeline::prefetch`).
+    fn prefetch(&self, input: Input, got: &[(VnetHeader, usize)]) {
+        for (buf, &(_, len)) in self.bufs.iter().zip(got) {
+            let frame = buf.get(HEADROOM..HEADROOM + len).unwrap_or_default();
+            self.pipeline.prefetch(input, frame);
+        }
     }
 
     /// Cuts the encapsulated super-frame in `bufs[i][start..end]` into
@@ -112,15 +119,13 @@ impl DriverThread {
     /// so they come whole, with their checksums done.
     pub(super) fn rx_host(&mut self) {
         let now = Instant::now();
-        let mut next = 0;
-        for _ in 0..BATCH {
-            let Some(fd) = &self.host else {
-                return;
-            };
+        let Some(fd) = &self.host else {
+            return;
+        };
+        let (got, n) = read_batch(fd, &mut self.bufs, "ingress TUN");
+        self.prefetch(Input::Host, &got[..n]);
+        for (next, &(vnet, len)) in got[..n].iter().enumerate() {
             let buf = &mut self.bufs[next];
-            let Some((vnet, len)) = read_one(fd, buf, "ingress TUN") else {
-                break;
-            };
             if vnet.gso_kind() != virtio::GSO_NONE {
                 bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
                 continue;
@@ -143,10 +148,7 @@ impl DriverThread {
                     &VnetHeader::default(),
                     &self.bufs[next][start..end],
                 ),
-                Verdict::ToUnderlay(dst) => {
-                    self.pending.push((next, start, end, dst));
-                    next += 1;
-                }
+                Verdict::ToUnderlay(dst) => self.pending.push((next, start, end, dst)),
                 Verdict::ToHost => write_host(
                     &self.host,
                     &VnetHeader::default(),
@@ -172,6 +174,13 @@ impl DriverThread {
                 return;
             }
         };
+        // The first datagram of each slot stands for the slot (GRO joins
+        // datagrams of one flow).
+        for (buf, m) in self.bufs.iter().zip(&self.meta[..got]) {
+            let first = m.segment.max(1).min(m.len);
+            let datagram = buf.get(HEADROOM..HEADROOM + first).unwrap_or_default();
+            self.pipeline.prefetch(Input::Underlay(m.from), datagram);
+        }
         for i in 0..got {
             let m = self.meta[i];
             let segment = m.segment.max(1);
@@ -237,6 +246,27 @@ impl DriverThread {
         }
         self.pending.clear();
     }
+}
+
+/// Reads what is queued on a TAP or TUN, up to [`BATCH`] frames, one per
+/// buffer of `bufs` (see [`read_one`]): their headers and lengths, and how
+/// many. Reading the batch before processing any lets the pipeline ask for
+/// the batch's tracking slots at once.
+fn read_batch(
+    fd: &OwnedFd,
+    bufs: &mut [Vec<u8>],
+    what: &str,
+) -> ([(VnetHeader, usize); BATCH], usize) {
+    let mut got = [(VnetHeader::default(), 0); BATCH];
+    let mut n = 0;
+    for (slot, buf) in got.iter_mut().zip(bufs.iter_mut()) {
+        let Some(r) = read_one(fd, buf, what) else {
+            break;
+        };
+        *slot = r;
+        n += 1;
+    }
+    (got, n)
 }
 
 /// Reads one frame (TAP) or packet (TUN) with its virtio-net header into

@@ -321,5 +321,9 @@ proptest! {
         if let Verdict::ToUnderlay(_) = v {
             prop_assert!(vxlan::parse(pkt.bytes()).is_ok());
         }
+        // The batch prefetch reads the same bytes, with a flow tracked now.
+        p.prefetch(Input::Host, &packet);
+        p.prefetch(Input::Tap(1), &packet);
+        p.prefetch(Input::Underlay(SocketAddrV4::new(HOST_A, 4789)), &packet);
     }
 }

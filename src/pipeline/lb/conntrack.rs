@@ -258,6 +258,20 @@ impl Conntrack {
         d.as_secs() * 1000 + u64::from(d.subsec_millis())
     }
 
+    /// Starts loading the slot of flow `k` into the cache. The dataplane
+    /// calls it for every frame of a batch before it looks any of them up,
+    /// so the memory waits of a big table overlap instead of adding up.
+    #[inline]
+    pub fn prefetch(&self, k: &Key) {
+        self.flows.prefetch(&k.words());
+    }
+
+    /// Starts loading the index slot of reply `r` (see [`Conntrack::prefetch`]).
+    #[inline]
+    pub fn prefetch_reply(&self, r: &ReplyKey) {
+        self.replies.prefetch(&r.words());
+    }
+
     /// The live entry of a flow, if any (an expired one is removed).
     pub fn get(&mut self, k: &Key, now: Instant) -> Option<Entry> {
         let i = self.flows.find(&k.words())?;
