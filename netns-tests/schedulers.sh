@@ -68,6 +68,11 @@ task s-mh mh1 116; task s-mh mh2 117; task s-mh mh3 118
 tasks_seen() { [ "$(mctl 116 service ls --format json | jq '[.[] | select(.name | startswith("s-")) | .replicas] | add')" = 15 ]; }
 check "15 tasks over 5 services seen on .116" wait_until 5 tasks_seen
 wait_until 5 bash -c "ip netns exec mt-client curl -sf -m 2 http://s-rr:8000/" || die "setup: s-rr does not answer"
+# The control plane shows the tasks a moment before .116's balancer has them
+# all: wait until one round reaches every task (rr: 3 requests, wrr 1:2:3: 6).
+all_tasks() { [ "$(spread "$1" "$2" | tr ' ' '\n' | grep -v failed | grep -c .)" = 3 ]; }
+wait_until 5 all_tasks s-rr 3 || die "setup: s-rr does not reach its 3 tasks"
+wait_until 5 all_tasks s-wrr 6 || die "setup: s-wrr does not reach its 3 tasks"
 
 got=$(spread s-rr 12); note "rr, 12 requests: $got"
 check "rr: 12 new connections over 3 tasks are 4 each" test "$got" = "rr1:4 rr2:4 rr3:4 "

@@ -231,9 +231,6 @@ impl DriverThread {
                 unsafe { libc::sched_yield() };
                 continue;
             }
-            if n > 0 {
-                last_work = Instant::now();
-            }
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -260,6 +257,12 @@ impl DriverThread {
                     TOKEN_HOST => self.rx_host(),
                     t => self.rx_tap((t - TOKEN_PORT_BASE) as PortId),
                 }
+            }
+            // The spin counts from the end of the work: a send can take a
+            // while (it runs the next hop's receive), and the answer it
+            // asked for is what the spin waits for.
+            if n > 0 {
+                last_work = Instant::now();
             }
         }
     }

@@ -48,7 +48,7 @@ impl Ingress {
     pub fn new(config: BalancerConfig, counters: Arc<Counters>) -> Ingress {
         Ingress {
             flows: Conntrack::new(config.conntrack_max, config.timeouts),
-            returns: Conntrack::new(config.conntrack_max, config.timeouts),
+            returns: Conntrack::keyed_only(config.conntrack_max, config.timeouts),
             counters,
         }
     }

@@ -12,67 +12,77 @@ impl DriverThread {
         if let Some(a) = self.activity.get(port as usize) {
             bump(a);
         }
-        let Some(Some(fd)) = self.ports.get(port as usize) else {
-            return;
-        };
-        let (got, n) = read_batch(fd, &mut self.bufs, "TAP");
-        self.prefetch(Input::Tap(port), &got[..n]);
-        for (next, &(vnet, len)) in got[..n].iter().enumerate() {
-            let buf = &mut self.bufs[next];
-            let mut pkt = Packet::new(buf, HEADROOM, len);
-            pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
-            let verdict = self.pipeline.process(now, Input::Tap(port), &mut pkt);
-            // A frame made here (a refusal) goes without the input's offloads.
-            let out = if pkt.plain {
-                VnetHeader::default()
-            } else {
-                vnet
+        let mut base = 0;
+        while base < BATCH {
+            let Some(Some(fd)) = self.ports.get(port as usize) else {
+                break;
             };
-            match verdict {
-                // Another container here takes the frame as it came, offloads and all.
-                Verdict::ToTap(p) => write_tap(&self.ports, p, &out, pkt.bytes()),
-                Verdict::ToUnderlay(dst)
-                    if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
-                {
-                    let (start, end) = (pkt.start, pkt.end);
-                    self.flush();
-                    self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
-                }
-                Verdict::ToHost => write_host(&self.host, &out, pkt.bytes()),
-                Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
-                    bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
-                }
-                Verdict::ToUnderlay(dst) => {
-                    if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
-                        if self.pipeline.peer_is_agent(*dst.ip()) {
-                            // Another agent hands it on as partial, as we got it.
-                            crate::wire::vxlan::set_csum_partial(pkt.bytes_mut());
-                        } else {
-                            // The frame starts after the VXLAN header now.
-                            let frame = &mut pkt.bytes_mut()[crate::wire::vxlan::HEADER_LEN..];
-                            let (start, offset) =
-                                (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
-                            if offload::complete_checksum(frame, start, offset).is_err() {
-                                bump(
-                                    &self.pipeline.counters().drops[DropReason::Malformed as usize],
-                                );
-                                continue;
-                            }
-                        }
-                    }
-                    self.pending.push((next, pkt.start, pkt.end, dst));
-                }
-                Verdict::Drop(_) => {}
+            let (got, n) = read_batch(fd, &mut self.bufs[base..], "TAP");
+            self.prefetch(Input::Tap(port), base, &got[..n]);
+            for (k, &(vnet, len)) in got[..n].iter().enumerate() {
+                self.tap_frame(now, port, base + k, vnet, len);
+            }
+            base += n;
+            if n < READ_AHEAD {
+                break;
             }
         }
         self.flush();
     }
 
+    /// One frame a container sent, read into `bufs[next]`.
+    fn tap_frame(&mut self, now: Instant, port: PortId, next: usize, vnet: VnetHeader, len: usize) {
+        let buf = &mut self.bufs[next];
+        let mut pkt = Packet::new(buf, HEADROOM, len);
+        pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
+        let verdict = self.pipeline.process(now, Input::Tap(port), &mut pkt);
+        // A frame made here (a refusal) goes without the input's offloads.
+        let out = if pkt.plain {
+            VnetHeader::default()
+        } else {
+            vnet
+        };
+        match verdict {
+            // Another container here takes the frame as it came, offloads and all.
+            Verdict::ToTap(p) => write_tap(&self.ports, p, &out, pkt.bytes()),
+            Verdict::ToUnderlay(dst)
+                if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
+            {
+                let (start, end) = (pkt.start, pkt.end);
+                self.flush();
+                self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
+            }
+            Verdict::ToHost => write_host(&self.host, &out, pkt.bytes()),
+            Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
+                bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
+            }
+            Verdict::ToUnderlay(dst) => {
+                if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
+                    if self.pipeline.peer_is_agent(*dst.ip()) {
+                        // Another agent hands it on as partial, as we got it.
+                        crate::wire::vxlan::set_csum_partial(pkt.bytes_mut());
+                    } else {
+                        // The frame starts after the VXLAN header now.
+                        let frame = &mut pkt.bytes_mut()[crate::wire::vxlan::HEADER_LEN..];
+                        let (start, offset) =
+                            (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
+                        if offload::complete_checksum(frame, start, offset).is_err() {
+                            bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
+                            return;
+                        }
+                    }
+                }
+                self.pending.push((next, pkt.start, pkt.end, dst));
+            }
+            Verdict::Drop(_) => {}
+        }
+    }
+
     /// Asks the cache for the tracking slots of a batch of `got` frames
-    /// read into `bufs`, before the first is processed (see
+    /// read into `bufs[base..]`, before the first is processed (see
     /// `Pipeline::prefetch`).
-    fn prefetch(&self, input: Input, got: &[(VnetHeader, usize)]) {
-        for (buf, &(_, len)) in self.bufs.iter().zip(got) {
+    fn prefetch(&self, input: Input, base: usize, got: &[(VnetHeader, usize)]) {
+        for (buf, &(_, len)) in self.bufs[base..].iter().zip(got) {
             let frame = buf.get(HEADROOM..HEADROOM + len).unwrap_or_default();
             self.pipeline.prefetch(input, frame);
         }
@@ -119,45 +129,57 @@ impl DriverThread {
     /// so they come whole, with their checksums done.
     pub(super) fn rx_host(&mut self) {
         let now = Instant::now();
-        let Some(fd) = &self.host else {
-            return;
-        };
-        let (got, n) = read_batch(fd, &mut self.bufs, "ingress TUN");
-        self.prefetch(Input::Host, &got[..n]);
-        for (next, &(vnet, len)) in got[..n].iter().enumerate() {
-            let buf = &mut self.bufs[next];
-            if vnet.gso_kind() != virtio::GSO_NONE {
-                bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
-                continue;
+        let mut base = 0;
+        while base < BATCH {
+            let Some(fd) = &self.host else {
+                break;
+            };
+            let (got, n) = read_batch(fd, &mut self.bufs[base..], "ingress TUN");
+            self.prefetch(Input::Host, base, &got[..n]);
+            for (k, &(vnet, len)) in got[..n].iter().enumerate() {
+                self.host_packet(now, base + k, vnet, len);
             }
-            if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
-                let packet = &mut buf[HEADROOM..HEADROOM + len];
-                let (start, offset) = (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
-                if offload::complete_checksum(packet, start, offset).is_err() {
-                    bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
-                    continue;
-                }
-            }
-            let mut pkt = Packet::new(buf, HEADROOM, len);
-            let verdict = self.pipeline.process(now, Input::Host, &mut pkt);
-            let (start, end) = (pkt.start, pkt.end);
-            match verdict {
-                Verdict::ToTap(p) => write_tap(
-                    &self.ports,
-                    p,
-                    &VnetHeader::default(),
-                    &self.bufs[next][start..end],
-                ),
-                Verdict::ToUnderlay(dst) => self.pending.push((next, start, end, dst)),
-                Verdict::ToHost => write_host(
-                    &self.host,
-                    &VnetHeader::default(),
-                    &self.bufs[next][start..end],
-                ),
-                Verdict::Drop(_) => {}
+            base += n;
+            if n < READ_AHEAD {
+                break;
             }
         }
         self.flush();
+    }
+
+    /// One packet from the host stack, read into `bufs[next]`.
+    fn host_packet(&mut self, now: Instant, next: usize, vnet: VnetHeader, len: usize) {
+        let buf = &mut self.bufs[next];
+        if vnet.gso_kind() != virtio::GSO_NONE {
+            bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
+            return;
+        }
+        if vnet.flags & virtio::F_NEEDS_CSUM != 0 {
+            let packet = &mut buf[HEADROOM..HEADROOM + len];
+            let (start, offset) = (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
+            if offload::complete_checksum(packet, start, offset).is_err() {
+                bump(&self.pipeline.counters().drops[DropReason::Malformed as usize]);
+                return;
+            }
+        }
+        let mut pkt = Packet::new(buf, HEADROOM, len);
+        let verdict = self.pipeline.process(now, Input::Host, &mut pkt);
+        let (start, end) = (pkt.start, pkt.end);
+        match verdict {
+            Verdict::ToTap(p) => write_tap(
+                &self.ports,
+                p,
+                &VnetHeader::default(),
+                &self.bufs[next][start..end],
+            ),
+            Verdict::ToUnderlay(dst) => self.pending.push((next, start, end, dst)),
+            Verdict::ToHost => write_host(
+                &self.host,
+                &VnetHeader::default(),
+                &self.bufs[next][start..end],
+            ),
+            Verdict::Drop(_) => {}
+        }
     }
 
     pub(super) fn rx_underlay(&mut self) {
@@ -236,28 +258,37 @@ impl DriverThread {
         }
         let mut out: [(&[u8], SocketAddrV4); BATCH] =
             [(&[], SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH];
-        let n = self.pending.len().min(BATCH);
-        for (o, &(i, s, e, dst)) in out.iter_mut().zip(self.pending.iter()) {
-            *o = (&self.bufs[i][s..e], dst);
-        }
-        let (_, err) = self.underlay.send_batch(&mut self.scratch, &out[..n]);
-        if let Some(e) = err {
-            tracing::debug!(error = %e, "underlay sendmmsg failed");
+        // A GRO buffer may leave more than a batch of datagrams to send.
+        for chunk in self.pending.chunks(BATCH) {
+            for (o, &(i, s, e, dst)) in out.iter_mut().zip(chunk) {
+                *o = (&self.bufs[i][s..e], dst);
+            }
+            let (_, err) = self
+                .underlay
+                .send_batch(&mut self.scratch, &out[..chunk.len()]);
+            if let Some(e) = err {
+                tracing::debug!(error = %e, "underlay sendmmsg failed");
+            }
         }
         self.pending.clear();
     }
 }
 
-/// Reads what is queued on a TAP or TUN, up to [`BATCH`] frames, one per
-/// buffer of `bufs` (see [`read_one`]): their headers and lengths, and how
-/// many. Reading the batch before processing any lets the pipeline ask for
-/// the batch's tracking slots at once.
+/// Frames read from a TAP or TUN before any of them is processed: enough
+/// for their tracking lookups to overlap, few enough that the first does
+/// not wait long for the others' reads.
+const READ_AHEAD: usize = 16;
+
+/// Reads what is queued on a TAP or TUN, up to [`READ_AHEAD`] frames, one
+/// per buffer of `bufs` (see [`read_one`]): their headers and lengths, and
+/// how many. Reading a few before processing any lets the pipeline ask for
+/// their tracking slots at once.
 fn read_batch(
     fd: &OwnedFd,
     bufs: &mut [Vec<u8>],
     what: &str,
-) -> ([(VnetHeader, usize); BATCH], usize) {
-    let mut got = [(VnetHeader::default(), 0); BATCH];
+) -> ([(VnetHeader, usize); READ_AHEAD], usize) {
+    let mut got = [(VnetHeader::default(), 0); READ_AHEAD];
     let mut n = 0;
     for (slot, buf) in got.iter_mut().zip(bufs.iter_mut()) {
         let Some(r) = read_one(fd, buf, what) else {

@@ -6,8 +6,10 @@
 //! array of 32-byte slots ([`table`]): a hit reads one cache line, keys are
 //! found by a hash keyed with secret random words per table (a sender
 //! cannot compute which ports collide), and a reply finds its flow through a
-//! second, smaller index. It is bounded: when full, new flows are refused and
-//! counted while existing ones go on.
+//! second index of the same kind (reply tuple -> VIP and port). It is
+//! bounded: when full, new flows are refused and counted while existing ones
+//! go on. It grows by doubling (a rehash, tens of milliseconds at a million
+//! flows, a handful of times in its life) and never shrinks.
 //!
 //! TCP entries follow the flags (SYN, established, FIN, RST) with timeouts per
 //! state. An idle established connection is kept for a long time by default
@@ -212,8 +214,9 @@ const SWEEP_STEP: usize = 8192;
 /// The table.
 pub struct Conntrack {
     flows: Table<Tracked>,
-    /// Reply tuple -> the client flow's VIP and port (`vip << 16 | port`).
-    replies: Table<u64>,
+    /// Reply tuple -> the client flow's VIP and port (`vip << 16 | port`);
+    /// `None` for a table whose replies are never looked up.
+    replies: Option<Table<u64>>,
     /// Open (not Closed) flows per task, kept as entries change, so that
     /// least-connections reads a count instead of scanning the table. A task
     /// belongs to one service, so per task is per VIP and task.
@@ -222,24 +225,46 @@ pub struct Conntrack {
     timeouts: TimeoutsMs,
     /// Time zero of the entries' `last_seen`.
     epoch: Instant,
-    /// The next slot the sweep in progress looks at, if one is.
-    sweep_at: Option<usize>,
+    /// The sweep in progress, if one is.
+    pass: Option<Pass>,
     last_pass: Instant,
+}
+
+/// Where a sweep of the table stands.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// The next slot to look at.
+    next: usize,
+    /// The table's slots when the pass began: if it grew since, its layout
+    /// changed and the pass starts over.
+    slots: usize,
+    started: Instant,
 }
 
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
+        Self::make(max, timeouts, true)
+    }
+
+    /// A table whose flows are only ever looked up by their key (no reply
+    /// index: half the memory). [`Conntrack::reply`] and
+    /// [`Conntrack::touch_reply`] find nothing in it.
+    pub fn keyed_only(max: usize, timeouts: Timeouts) -> Conntrack {
+        Self::make(max, timeouts, false)
+    }
+
+    fn make(max: usize, timeouts: Timeouts, replies: bool) -> Conntrack {
         let now = Instant::now();
         // Callers may pass instants taken a moment before the table was made.
         let epoch = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         Conntrack {
             flows: Table::new(),
-            replies: Table::new(),
+            replies: replies.then(Table::new),
             open: HashMap::new(),
             max,
             timeouts: timeouts.millis(),
             epoch,
-            sweep_at: None,
+            pass: None,
             last_pass: now,
         }
     }
@@ -255,7 +280,9 @@ impl Conntrack {
     #[inline]
     fn ms(&self, now: Instant) -> u64 {
         let d = now.saturating_duration_since(self.epoch);
-        d.as_secs() * 1000 + u64::from(d.subsec_millis())
+        d.as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(d.subsec_millis()))
     }
 
     /// Starts loading the slot of flow `k` into the cache. The dataplane
@@ -269,7 +296,9 @@ impl Conntrack {
     /// Starts loading the index slot of reply `r` (see [`Conntrack::prefetch`]).
     #[inline]
     pub fn prefetch_reply(&self, r: &ReplyKey) {
-        self.replies.prefetch(&r.words());
+        if let Some(replies) = &self.replies {
+            replies.prefetch(&r.words());
+        }
     }
 
     /// The live entry of a flow, if any (an expired one is removed).
@@ -285,8 +314,8 @@ impl Conntrack {
 
     /// The client flow of a reply tuple.
     fn client_key(&self, r: &ReplyKey) -> Option<Key> {
-        let i = self.replies.find(&r.words())?;
-        let vip_port = self.replies.at(i)?.value;
+        let replies = self.replies.as_ref()?;
+        let vip_port = replies.at(replies.find(&r.words())?)?.value;
         Some(Key {
             protocol: r.protocol,
             client: r.client,
@@ -330,10 +359,9 @@ impl Conntrack {
             fins: 0,
         };
         self.flows.insert(w, v);
-        self.replies.insert(
-            v.reply_words(&k),
-            u64::from(u32::from(k.vip)) << 16 | u64::from(k.port),
-        );
+        if let Some(replies) = &mut self.replies {
+            replies.insert(v.reply_words(&k), vip_port(&k));
+        }
         count(&mut self.open, &v, true);
         Ok(v.entry())
     }
@@ -347,11 +375,21 @@ impl Conntrack {
     /// Removes the flow in slot `i` of the flow table, its reply index and
     /// its open count.
     fn remove_slot(&mut self, i: usize) {
-        if let Some(s) = self.flows.remove_at(i) {
-            let k = Key::from_words(&s.key);
-            self.replies.remove(&s.value.reply_words(&k));
-            count(&mut self.open, &s.value, false);
+        let Some(s) = self.flows.remove_at(i) else {
+            return;
+        };
+        let k = Key::from_words(&s.key);
+        if let Some(replies) = &mut self.replies {
+            // Two flows may share a reply tuple (one client port to two
+            // VIPs that picked the same task); the index names the later
+            // one, and stays while that one lives.
+            if let Some(r) = replies.find(&s.value.reply_words(&k)) {
+                if replies.at(r).is_some_and(|e| e.value == vip_port(&k)) {
+                    replies.remove_at(r);
+                }
+            }
         }
+        count(&mut self.open, &s.value, false);
     }
 
     /// Notes a packet of the flow (TCP `flags`, from the client or the task).
@@ -405,35 +443,52 @@ impl Conntrack {
 
     /// Expires idle flows, a slice at a time: called on every turn of the
     /// dataplane, it starts a pass over the table at most once a second and
-    /// moves it on by [`SWEEP_STEP`] slots per call, so a call costs tens of
-    /// microseconds whatever the table's size (a whole pass over a million
-    /// flows at once stalled the dataplane ~30 ms). Meanwhile lookups drop
-    /// the expired entries they meet. A full table is swept to the end at
-    /// once, so that expired flows do not keep new ones out.
+    /// moves it on by [`SWEEP_STEP`] slots per call, or further if the pass
+    /// has fallen behind one table a second (an idle dataplane turns once a
+    /// second: then the rest of the pass goes at once, nothing waits on
+    /// it). So a busy dataplane pays tens of microseconds per turn whatever
+    /// the table's size (a whole pass over a million flows at once stalled
+    /// it ~30 ms). Meanwhile lookups drop the expired entries they meet. A
+    /// full table is swept whole at once (at most once a second), so that
+    /// expired flows do not keep new ones out.
     pub fn expire(&mut self, now: Instant) {
-        let at = match self.sweep_at {
-            Some(at) => at,
-            None if self.flows.len() > 0
-                && now.saturating_duration_since(self.last_pass) >= Duration::from_secs(1) =>
-            {
+        let slots = self.flows.slots();
+        let due = now.saturating_duration_since(self.last_pass) >= Duration::from_secs(1);
+        if self.flows.len() >= self.max {
+            if due {
                 self.last_pass = now;
-                0
+                self.sweep(now);
+            }
+            return;
+        }
+        let pass = match self.pass {
+            Some(p) if p.slots == slots => p,
+            // The table grew: keys moved, start over.
+            Some(_) => Pass {
+                next: 0,
+                slots,
+                started: now,
+            },
+            None if self.flows.len() > 0 && due => {
+                self.last_pass = now;
+                Pass {
+                    next: 0,
+                    slots,
+                    started: now,
+                }
             }
             None => return,
         };
-        let step = if self.flows.len() >= self.max {
-            usize::MAX
-        } else {
-            SWEEP_STEP
-        };
-        let next = self.sweep_from(at, step, now);
-        self.sweep_at = (next < self.flows.slots()).then_some(next);
+        let elapsed = now.saturating_duration_since(pass.started).as_secs_f64();
+        let behind = ((slots as f64 * elapsed) as usize).saturating_sub(pass.next);
+        let next = self.sweep_from(pass.next, SWEEP_STEP.max(behind), now);
+        self.pass = (next < slots).then_some(Pass { next, ..pass });
     }
 
     /// Removes every expired entry at once (a whole pass).
     pub fn sweep(&mut self, now: Instant) {
         self.sweep_from(0, usize::MAX, now);
-        self.sweep_at = None;
+        self.pass = None;
     }
 
     /// Looks at up to `step` slots from `at`, removing expired entries;
@@ -461,6 +516,11 @@ impl Conntrack {
             .map(|s| (Key::from_words(&s.key), s.value.entry()))
             .collect()
     }
+}
+
+/// A flow's VIP and port as the reply index holds them.
+fn vip_port(k: &Key) -> u64 {
+    u64::from(u32::from(k.vip)) << 16 | u64::from(k.port)
 }
 
 /// Moves an entry's state on for a packet with TCP `flags`.

@@ -33,6 +33,52 @@ fn a_flow_and_its_replies_find_the_same_entry() {
 }
 
 #[test]
+fn flows_sharing_a_reply_tuple_keep_their_index() {
+    // One client port to two VIPs that picked the same task: the replies
+    // can only go to one of them (the later), and removing the other
+    // must not take that one's index away.
+    let mut ct = Conntrack::new(10, Timeouts::default());
+    let now = Instant::now();
+    let a = key(1000);
+    let b = Key {
+        vip: Ipv4Addr::new(10, 0, 0, 3),
+        ..a
+    };
+    ct.insert(a, TASK, now).unwrap();
+    ct.insert(b, TASK, now).unwrap();
+    let r = ReplyKey {
+        protocol: TCP,
+        backend: TASK,
+        port: 80,
+        client: a.client,
+        client_port: 1000,
+    };
+    assert_eq!(ct.reply(&r, now).map(|(k, _)| k), Some(b));
+    ct.remove(&a);
+    assert_eq!(ct.reply(&r, now).map(|(k, _)| k), Some(b));
+    ct.remove(&b);
+    assert!(ct.reply(&r, now).is_none());
+}
+
+#[test]
+fn a_keyed_only_table_has_no_replies() {
+    let mut ct = Conntrack::keyed_only(10, Timeouts::default());
+    let now = Instant::now();
+    ct.insert(key(1000), TASK, now).unwrap();
+    let r = ReplyKey {
+        protocol: TCP,
+        backend: TASK,
+        port: 80,
+        client: key(1000).client,
+        client_port: 1000,
+    };
+    assert!(ct.get(&key(1000), now).is_some());
+    assert!(ct.reply(&r, now).is_none());
+    ct.remove(&key(1000));
+    assert!(ct.is_empty());
+}
+
+#[test]
 fn tcp_states_follow_the_flags() {
     let mut ct = Conntrack::new(10, Timeouts::default());
     let now = Instant::now();
@@ -117,6 +163,17 @@ fn expiry_goes_a_slice_at_a_time_and_a_full_table_at_once() {
     assert_eq!(ct.len(), 0);
     assert!(calls <= ct.flows.slots() / SWEEP_STEP + 1, "{calls} calls");
 
+    // An idle dataplane turns once a second: the pass does not wait on it.
+    let mut idle = Conntrack::new(200_000, t);
+    fill_udp(&mut idle, n, now);
+    idle.expire(later);
+    assert!(!idle.is_empty(), "the first step is a slice");
+    idle.expire(later + Duration::from_secs(1));
+    assert!(
+        idle.is_empty(),
+        "a second later, the rest of the pass at once"
+    );
+
     let mut full = Conntrack::new(50_000, t);
     fill_udp(&mut full, 50_000, now);
     full.expire(later);
@@ -176,11 +233,13 @@ fn a_full_table_refuses_new_flows_and_keeps_old_ones() {
 }
 
 proptest::proptest! {
-    /// The open counts least-connections reads match a count over the
-    /// table, whatever happens to the entries.
+    /// Whatever happens to the entries (inserts past a growth, removals,
+    /// packets, sweeps whole and in steps, time jumps): the open counts
+    /// least-connections reads match a count over the table, every entry
+    /// is found by its key, and its replies find it.
     #[test]
-    fn open_counts_match_a_scan(ops in proptest::collection::vec((0u8..5, 0u16..8, 0u8..3, 0u8..64), 1..200)) {
-        let mut ct = Conntrack::new(6, Timeouts { tcp_closed: Duration::from_secs(1), ..Timeouts::default() });
+    fn the_table_stays_consistent(ops in proptest::collection::vec((0u8..6, 0u16..120, 0u8..3, 0u8..64), 1..300)) {
+        let mut ct = Conntrack::new(100, Timeouts { tcp_closed: Duration::from_secs(1), ..Timeouts::default() });
         let t0 = Instant::now();
         let mut now = t0;
         for (op, port, task, flags) in ops {
@@ -191,12 +250,19 @@ proptest::proptest! {
                 1 => ct.update(&k, flags, flags % 2 == 0, now),
                 2 => { let _ = ct.touch(&k, flags, flags % 2 == 1, now); }
                 3 => ct.remove(&k),
+                4 => { now += Duration::from_millis(u64::from(flags) * 50); ct.expire(now); }
                 _ => { now += Duration::from_secs(u64::from(flags % 20)); ct.sweep(now); }
             }
+            let entries = ct.entries();
             for task in 0..3 {
                 let b = Ipv4Addr::new(10, 0, 1, task);
-                let scan = ct.entries().iter().filter(|(_, e)| e.backend == b && e.state != TcpState::Closed).count() as u32;
+                let scan = entries.iter().filter(|(_, e)| e.backend == b && e.state != TcpState::Closed).count() as u32;
                 proptest::prop_assert_eq!(ct.active_to(b), scan);
+            }
+            for (k, e) in &entries {
+                proptest::prop_assert!(ct.flows.find(&k.words()).is_some(), "{:?} not found", k);
+                let r = ReplyKey { protocol: k.protocol, backend: e.backend, port: e.backend_port, client: k.client, client_port: k.client_port };
+                proptest::prop_assert_eq!(ct.client_key(&r), Some(*k));
             }
         }
     }
