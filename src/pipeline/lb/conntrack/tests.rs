@@ -1,3 +1,4 @@
+use super::expiry::SWEEP_STEP;
 use super::*;
 use crate::wire::ipv4::protocol::{TCP, UDP};
 

@@ -1,0 +1,103 @@
+//! Expiry: idle flows leave the table a slice at a time, so that a big
+//! table never stalls the dataplane (a whole pass over a million flows
+//! takes ~11 ms).
+
+use super::{expired, Conntrack};
+use std::time::{Duration, Instant};
+
+/// Slots a sweep step looks at (8k slots: 256 KB of the table, tens of
+/// microseconds).
+pub(super) const SWEEP_STEP: usize = 8192;
+
+/// Where a sweep of the table stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pass {
+    /// The next slot to look at.
+    next: usize,
+    /// The table's slots when the pass began: if it grew since, its layout
+    /// changed and the pass starts over.
+    slots: usize,
+    started: Instant,
+}
+
+impl Conntrack {
+    /// Expires idle flows, a slice at a time: called on every turn of the
+    /// dataplane, it starts a pass over the table at most once a second and
+    /// moves it on by [`SWEEP_STEP`] slots per call, or further if the pass
+    /// has fallen behind one table a second (an idle dataplane turns once a
+    /// second: then the rest of the pass goes at once, nothing waits on
+    /// it). So a busy dataplane pays tens of microseconds per turn whatever
+    /// the table's size (a whole pass over a million flows at once stalled
+    /// it ~30 ms). Meanwhile lookups drop the expired entries they meet. A
+    /// full table is swept whole at once (at most once a second), so that
+    /// expired flows do not keep new ones out.
+    pub fn expire(&mut self, now: Instant) {
+        let slots = self.flows.slots();
+        let due = now.saturating_duration_since(self.last_pass) >= Duration::from_secs(1);
+        if self.flows.len() >= self.max {
+            if due {
+                self.last_pass = now;
+                self.sweep(now);
+            }
+            return;
+        }
+        let pass = match self.pass {
+            Some(p) if p.slots == slots => p,
+            // The table grew: keys moved, start over.
+            Some(_) => Pass {
+                next: 0,
+                slots,
+                started: now,
+            },
+            None if self.flows.len() > 0 && due => {
+                self.last_pass = now;
+                Pass {
+                    next: 0,
+                    slots,
+                    started: now,
+                }
+            }
+            None => return,
+        };
+        let elapsed = now.saturating_duration_since(pass.started).as_secs_f64();
+        let behind = ((slots as f64 * elapsed) as usize).saturating_sub(pass.next);
+        let next = self.sweep_from(pass.next, SWEEP_STEP.max(behind), now);
+        self.pass = (next < slots).then_some(Pass { next, ..pass });
+    }
+
+    /// Removes every expired entry at once (a whole pass).
+    pub fn sweep(&mut self, now: Instant) {
+        self.sweep_from(0, usize::MAX, now);
+        self.pass = None;
+    }
+
+    /// One step of a pass as [`Conntrack::expire`] takes it ([`SWEEP_STEP`]
+    /// slots from `at`); returns where the next starts (0 after the end).
+    /// For the benchmark of what a dataplane turn pays during a pass.
+    #[doc(hidden)]
+    pub fn sweep_step(&mut self, at: usize, now: Instant) -> usize {
+        let next = self.sweep_from(at, SWEEP_STEP, now);
+        if next < self.flows.slots() {
+            next
+        } else {
+            0
+        }
+    }
+
+    /// Looks at up to `step` slots from `at`, removing expired entries;
+    /// returns the next slot to look at. Removal moves later entries back
+    /// into the slot just emptied, so it is looked at again.
+    fn sweep_from(&mut self, mut at: usize, step: usize, now: Instant) -> usize {
+        let now = self.ms(now);
+        let end = self.flows.slots().min(at.saturating_add(step));
+        while at < end {
+            match self.flows.at(at) {
+                Some(s) if expired(&self.timeouts, (s.key[1] >> 32) as u8, &s.value, now) => {
+                    self.remove_slot(at);
+                }
+                _ => at += 1,
+            }
+        }
+        at
+    }
+}
