@@ -223,6 +223,9 @@ pub struct Conntrack {
     timeouts: TimeoutsMs,
     /// Time zero of the entries' `last_seen`.
     epoch: Instant,
+    /// The last instant converted, and its milliseconds.
+    last_now: Instant,
+    last_ms: u64,
     /// The sweep in progress, if one is.
     pass: Option<Pass>,
     last_pass: Instant,
@@ -251,6 +254,8 @@ impl Conntrack {
             max,
             timeouts: timeouts.millis(),
             epoch,
+            last_now: epoch,
+            last_ms: 0,
             pass: None,
             last_pass: now,
         }
@@ -264,12 +269,19 @@ impl Conntrack {
         self.flows.len() == 0
     }
 
+    /// `now` in milliseconds since the epoch. The dataplane passes one
+    /// `now` for a whole batch, so the last conversion is kept.
     #[inline]
-    fn ms(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.epoch);
-        d.as_secs()
-            .saturating_mul(1000)
-            .saturating_add(u64::from(d.subsec_millis()))
+    fn ms(&mut self, now: Instant) -> u64 {
+        if now != self.last_now {
+            let d = now.saturating_duration_since(self.epoch);
+            self.last_now = now;
+            self.last_ms = d
+                .as_secs()
+                .saturating_mul(1000)
+                .saturating_add(u64::from(d.subsec_millis()));
+        }
+        self.last_ms
     }
 
     /// Starts loading the slot of flow `k` into the cache. The dataplane
@@ -292,7 +304,8 @@ impl Conntrack {
     pub fn get(&mut self, k: &Key, now: Instant) -> Option<Entry> {
         let i = self.flows.find(&k.words())?;
         let v = self.flows.at(i)?.value;
-        if expired(&self.timeouts, k.protocol, &v, self.ms(now)) {
+        let now = self.ms(now);
+        if expired(&self.timeouts, k.protocol, &v, now) {
             self.remove_slot(i);
             return None;
         }
@@ -405,11 +418,14 @@ impl Conntrack {
             self.remove_slot(i);
             return None;
         }
-        // Worked on in registers and stored once (reading the slot back
-        // right after storing its fields one by one stalls the load).
+        // Worked on in registers and only the fields a packet changes
+        // stored (a whole-slot store of a value assembled on the stack
+        // stalls on reading back its just-written bytes).
         let mut v = was;
         advance(&mut v, k.protocol, flags, from_client, now);
-        *slot = v;
+        slot.last_seen = v.last_seen;
+        slot.state = v.state;
+        slot.fins = v.fins;
         if (was.state == TcpState::Closed) != (v.state == TcpState::Closed) {
             recount(&mut self.open, &was, &v);
         }
