@@ -252,6 +252,7 @@ impl Coalescer {
 
 /// The layout of a frame that may join a run: TCP/IPv4 without IP options,
 /// not a fragment, only ACK (and PSH) set, some payload.
+#[inline]
 fn coalescable(frame: &[u8]) -> Option<TcpLayout> {
     let l = tcp_layout(frame, 0)?;
     let flags = frame[l.tcp + 13];
@@ -265,6 +266,7 @@ fn coalescable(frame: &[u8]) -> Option<TcpLayout> {
 }
 
 /// Same IPv4 addresses and TCP ports as the run.
+#[inline]
 fn same_connection(s: &Slot, frame: &[u8], l: &TcpLayout) -> bool {
     let (a, b) = (s.layout, l);
     s.head[a.ip + 12..a.ip + 20] == frame[b.ip + 12..b.ip + 20]
@@ -273,6 +275,7 @@ fn same_connection(s: &Slot, frame: &[u8], l: &TcpLayout) -> bool {
 
 /// Same MACs, addresses, TOS, TTL, ports, ACK number, header length, flags
 /// (but PSH), window and TCP options as the run.
+#[inline]
 fn same_flow(s: &Slot, frame: &[u8], l: &TcpLayout) -> bool {
     let r = &s.head;
     let (a, b) = (s.layout, l);

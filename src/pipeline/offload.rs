@@ -53,6 +53,7 @@ pub struct TcpLayout {
 }
 
 /// Finds the headers of a TCP/IPv4 Ethernet frame that starts at `at`.
+#[inline]
 pub fn tcp_layout(bytes: &[u8], at: usize) -> Option<TcpLayout> {
     let frame = bytes.get(at..)?;
     let eth = ethernet::Frame::new_checked(frame).ok()?;
