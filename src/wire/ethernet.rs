@@ -17,8 +17,17 @@ pub mod ethertype {
 }
 
 /// A 48-bit MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Mac(pub [u8; 6]);
+
+/// Hashed as one word (the derived hash writes a length and then six bytes).
+impl std::hash::Hash for Mac {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let [a, b, c, d, e, f] = self.0;
+        state.write_u64(u64::from_le_bytes([a, b, c, d, e, f, 0, 0]));
+    }
+}
 
 impl Mac {
     pub const BROADCAST: Mac = Mac([0xff; 6]);
