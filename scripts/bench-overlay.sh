@@ -92,22 +92,9 @@ measure() {
 }
 
 # --- (b) kernel VXLAN + bridge, its own VNI 100 on UDP 4790 ---------------------
-i=1
-for id in 116 117; do
-    peer=$([ "$id" = 116 ] && echo 117 || echo 116)
-    h=mt-h$id
-    ip -n "$h" link add mt-kvx type vxlan id 100 dstport 4790 local "$UNDERLAY.$id" dev eth0
-    ip -n "$h" link add mt-kbr type bridge
-    ip -n "$h" link set mt-kvx master mt-kbr up
-    ip -n "$h" link set mt-kbr up
-    bridge -n "$h" fdb append 00:00:00:00:00:00 dev mt-kvx dst "$UNDERLAY.$peer"
-    mk_ns "mt-kc$i"
-    ip -n "$h" link add "mt-kc$i" mtu 1450 type veth peer name eth0 netns "mt-kc$i" mtu 1450
-    ip -n "$h" link set "mt-kc$i" master mt-kbr up
-    ip -n "mt-kc$i" addr add "10.199.0.$i/24" dev eth0
-    ip -n "mt-kc$i" link set eth0 up
-    i=$((i + 1))
-done
+kernel_overlay_up 116 117
+kport mt-kc1 116 10.199.0.1
+kport mt-kc2 117 10.199.0.2
 wait_until 5 ping_ok mt-kc1 10.199.0.2 || die "setup: kernel vxlan kc1 -> kc2 does not ping"
 
 # --- (c) mesh: two agents, network bench, c1 on .116 and c2 on .117 ---------------

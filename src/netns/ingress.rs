@@ -243,12 +243,11 @@ impl HostRouting {
         // differs from this one only where the cluster changed, and a rule
         // that failed to go in would fail again the same way. Every step is
         // tried; the first error is returned.
-        let plan = plan.clone();
         self.applied = plan.clone();
         let rules = ip_batch(&cmds);
-        let reserved = self.reserve_ports(&plan);
+        let reserved = self.reserve_ports(plan);
         let nft = if self.nft {
-            self.apply_nft(&plan)
+            self.apply_nft(plan)
         } else {
             Ok(())
         };

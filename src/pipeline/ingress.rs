@@ -22,10 +22,10 @@
 
 use super::counters::{bump, Counters};
 use super::flow::{flow_of, Flow};
-use super::lb::conntrack::{Conntrack, Key, TcpState};
+use super::lb::conntrack::{Conntrack, TcpState};
 use super::lb::icmp;
 use super::lb::nat::{self, Side};
-use super::vip::{refusal, Balancer, BalancerConfig};
+use super::vip::{refuse_counted, Balancer, BalancerConfig};
 use super::{encap, DropReason, Packet, Verdict};
 use crate::tables::{Location, NetworkTable, Tables};
 use crate::wire::{ethernet, ipv4, l4, Mac};
@@ -103,11 +103,10 @@ impl Ingress {
                     return self.refuse(pkt, DropReason::NoBackend);
                 };
                 let backend = vip.backends[i].ip;
-                let Ok(e) = self.flows.insert_to(key, backend, publ.target, now) else {
+                let Ok(e) = self.flows.track(key, backend, publ.target, f.flags, now) else {
                     bump(&vip.stats.refused_table_full);
                     return self.refuse(pkt, DropReason::ConntrackFull);
                 };
-                self.flows.update(&key, f.flags, true, now);
                 (e, true)
             }
         };
@@ -174,10 +173,8 @@ impl Ingress {
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
         if let Some(q) = icmp::quoted(pkt.bytes()) {
-            return match self.flow_of_quoted(now, &q) {
-                Some(key) if icmp::translate_back(pkt.bytes_mut(), key.vip, key.vip, key.port) => {
-                    Ok(Verdict::ToHost)
-                }
+            return match self.translate_error(now, &q, pkt) {
+                Some(true) => Ok(Verdict::ToHost),
                 _ => Err(DropReason::NoRoute),
             };
         }
@@ -187,12 +184,12 @@ impl Ingress {
         }
     }
 
-    /// The ingress flow an ICMP error's quoted packet (client -> task)
-    /// belongs to.
-    fn flow_of_quoted(&mut self, now: Instant, q: &Flow) -> Option<Key> {
-        self.flows
-            .reply(&q.reversed().reply_key(), now)
-            .map(|(k, _)| k)
+    /// Translates an ICMP error about an ingress flow (its quoted packet
+    /// `q` is client -> task) back to what the client knows. `None`: no
+    /// such flow; `Some(false)`: the error could not be translated.
+    fn translate_error(&mut self, now: Instant, q: &Flow, pkt: &mut Packet<'_>) -> Option<bool> {
+        let (key, _) = self.flows.reply(&q.reversed().reply_key(), now)?;
+        Some(icmp::translate_back(pkt.bytes_mut(), key.vip, key.port))
     }
 
     /// An ICMP error a task sent about a packet of an ingress flow: back to
@@ -209,11 +206,8 @@ impl Ingress {
         let Some(q) = icmp::quoted(pkt.bytes()) else {
             return Ok(None);
         };
-        if let Some(key) = self.flow_of_quoted(now, &q) {
-            return Ok(
-                icmp::translate_back(pkt.bytes_mut(), key.vip, key.vip, key.port)
-                    .then_some(Verdict::ToHost),
-            );
+        if let Some(translated) = self.translate_error(now, &q, pkt) {
+            return Ok(translated.then_some(Verdict::ToHost));
         }
         let Some(e) = self.returns.get(&q.key(), now) else {
             return Ok(None);
@@ -264,11 +258,9 @@ impl Ingress {
                 bump(&self.counters.return_path_clashes);
             }
             _ => {
-                if self.returns.insert(k, vtep, now).is_err() {
+                if self.returns.track(k, vtep, k.port, f.flags, now).is_err() {
                     bump(&self.counters.return_path_full);
-                    return;
                 }
-                self.returns.update(&k, f.flags, true, now);
             }
         }
     }
@@ -276,12 +268,7 @@ impl Ingress {
     /// Refuses the flow with a RST or port unreachable back to the host (the
     /// reason is counted here; if no answer can be made, by the caller's drop).
     fn refuse(&mut self, pkt: &mut Packet<'_>, reason: DropReason) -> Result<Verdict, DropReason> {
-        if refusal(pkt) {
-            bump(&self.counters.drops[reason as usize]);
-            Ok(Verdict::ToHost)
-        } else {
-            Err(reason)
-        }
+        refuse_counted(&self.counters, pkt, reason).map(|()| Verdict::ToHost)
     }
 
     /// Expires idle flows (see [`Conntrack::expire`]).

@@ -153,7 +153,11 @@ impl Balancer {
                     return self.refuse(pkt, DropReason::NoBackend);
                 };
                 let backend = vip.backends[i].ip;
-                if self.conntrack.insert(key, backend, now).is_err() {
+                if self
+                    .conntrack
+                    .track(key, backend, key.port, flags, now)
+                    .is_err()
+                {
                     bump(&vip.stats.refused_table_full);
                     return self.refuse(pkt, DropReason::ConntrackFull);
                 }
@@ -161,9 +165,6 @@ impl Balancer {
                 backend
             }
         };
-        if new_flow {
-            self.conntrack.update(&key, flags, true, now);
-        }
         let Some(ep) = net.by_ip.get(&backend) else {
             // The task left this network: forget the flow, reset the client.
             self.conntrack.remove(&key);
@@ -219,7 +220,7 @@ impl Balancer {
             return false;
         };
         let frame = pkt.bytes_mut();
-        if !super::lb::icmp::translate_back(frame, key.vip, key.vip, key.port) {
+        if !super::lb::icmp::translate_back(frame, key.vip, key.port) {
             return false;
         }
         frame[6..12].copy_from_slice(&Mac::for_ip(key.vip).0);
@@ -232,12 +233,7 @@ impl Balancer {
         pkt: &mut Packet<'_>,
         reason: DropReason,
     ) -> Result<VipOutcome, DropReason> {
-        if refusal(pkt) {
-            bump(&self.counters.drops[reason as usize]);
-            Ok(VipOutcome::Reply)
-        } else {
-            Err(reason)
-        }
+        refuse_counted(&self.counters, pkt, reason).map(|()| VipOutcome::Reply)
     }
 
     fn replied(&mut self, pkt: &mut Packet<'_>) -> VipOutcome {
@@ -286,6 +282,22 @@ fn pick(
         active.extend(backends.iter().map(|b| open_flows(b.ip)));
     }
     schedulers.get_mut(idx)?.pick(backends, flow, active)
+}
+
+/// Turns the frame into the answer that refuses it and counts `reason` (a
+/// refusal is a drop with an answer); without an answer to make, `reason`
+/// is given back for the caller's drop to count.
+pub(super) fn refuse_counted(
+    counters: &Counters,
+    pkt: &mut Packet<'_>,
+    reason: DropReason,
+) -> Result<(), DropReason> {
+    if refusal(pkt) {
+        bump(&counters.drops[reason as usize]);
+        Ok(())
+    } else {
+        Err(reason)
+    }
 }
 
 /// Turns the frame into the answer that refuses it: a TCP RST, or ICMP port

@@ -12,15 +12,35 @@ impl DriverThread {
         if let Some(a) = self.activity.get(port as usize) {
             bump(a);
         }
+        self.drain(Input::Tap(port), |d, next, vnet, len| {
+            d.tap_frame(now, port, next, vnet, len)
+        });
+    }
+
+    /// Reads what is queued on the TAP or TUN `input` names, up to [`BATCH`]
+    /// frames, [`READ_AHEAD`] at a time: each few are read, their tracking
+    /// slots asked for, then each handed to `handle` (with its buffer's
+    /// index); then the pending datagrams go out.
+    fn drain(&mut self, input: Input, mut handle: impl FnMut(&mut Self, usize, VnetHeader, usize)) {
         let mut base = 0;
         while base < BATCH {
-            let Some(Some(fd)) = self.ports.get(port as usize) else {
+            let fd = match input {
+                Input::Tap(port) => self.ports.get(port as usize).and_then(Option::as_ref),
+                Input::Host => self.host.as_ref(),
+                Input::Underlay(_) => None,
+            };
+            let Some(fd) = fd else {
                 break;
             };
-            let (got, n) = read_batch(fd, &mut self.bufs[base..], "TAP");
-            self.prefetch(Input::Tap(port), base, &got[..n]);
+            let what = if input == Input::Host {
+                "ingress TUN"
+            } else {
+                "TAP"
+            };
+            let (got, n) = read_batch(fd, &mut self.bufs[base..], what);
+            self.prefetch(input, base, &got[..n]);
             for (k, &(vnet, len)) in got[..n].iter().enumerate() {
-                self.tap_frame(now, port, base + k, vnet, len);
+                handle(self, base + k, vnet, len);
             }
             base += n;
             if n < READ_AHEAD {
@@ -129,22 +149,9 @@ impl DriverThread {
     /// so they come whole, with their checksums done.
     pub(super) fn rx_host(&mut self) {
         let now = Instant::now();
-        let mut base = 0;
-        while base < BATCH {
-            let Some(fd) = &self.host else {
-                break;
-            };
-            let (got, n) = read_batch(fd, &mut self.bufs[base..], "ingress TUN");
-            self.prefetch(Input::Host, base, &got[..n]);
-            for (k, &(vnet, len)) in got[..n].iter().enumerate() {
-                self.host_packet(now, base + k, vnet, len);
-            }
-            base += n;
-            if n < READ_AHEAD {
-                break;
-            }
-        }
-        self.flush();
+        self.drain(Input::Host, |d, next, vnet, len| {
+            d.host_packet(now, next, vnet, len)
+        });
     }
 
     /// One packet from the host stack, read into `bufs[next]`.

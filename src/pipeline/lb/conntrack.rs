@@ -60,6 +60,12 @@ fn words(protocol: u8, a: Ipv4Addr, a_port: u16, b: Ipv4Addr, b_port: u16) -> Wo
     ]
 }
 
+/// The protocol in a key's words.
+#[inline]
+fn protocol_of(w: &Words) -> u8 {
+    (w[1] >> 32) as u8
+}
+
 impl Key {
     #[inline]
     fn words(&self) -> Words {
@@ -74,7 +80,7 @@ impl Key {
 
     fn from_words(w: &Words) -> Key {
         Key {
-            protocol: (w[1] >> 32) as u8,
+            protocol: protocol_of(w),
             client: Ipv4Addr::from((w[0] >> 32) as u32),
             client_port: (w[1] >> 16) as u16,
             vip: Ipv4Addr::from(w[0] as u32),
@@ -331,20 +337,39 @@ impl Conntrack {
         self.get(&k, now).map(|e| (k, e))
     }
 
-    /// Tracks a new flow to `backend` on the flow's own port.
+    /// Tracks a new flow to `backend` on the flow's own port (no packet
+    /// of it noted yet).
     pub fn insert(&mut self, k: Key, backend: Ipv4Addr, now: Instant) -> Result<Entry, Refusal> {
-        self.insert_to(k, backend, k.port, now)
+        let now = self.ms(now);
+        let i = self.insert_slot(k, backend, k.port, now)?;
+        Ok(self.flows.value_mut(i).entry())
     }
 
-    /// Tracks a new flow to `backend`:`backend_port` (replacing the flow's
-    /// entry if it has one).
-    pub fn insert_to(
+    /// Tracks a new flow to `backend`:`backend_port` from its first packet
+    /// (TCP `flags`, from the client), in one lookup; a flow that had an
+    /// entry gets a new one.
+    pub fn track(
         &mut self,
         k: Key,
         backend: Ipv4Addr,
         backend_port: u16,
+        flags: u8,
         now: Instant,
     ) -> Result<Entry, Refusal> {
+        let now = self.ms(now);
+        let i = self.insert_slot(k, backend, backend_port, now)?;
+        Ok(self.note(i, k.protocol, flags, true, now).entry())
+    }
+
+    /// Puts a fresh entry for `k` in the flow table and the reply index;
+    /// returns its slot.
+    fn insert_slot(
+        &mut self,
+        k: Key,
+        backend: Ipv4Addr,
+        backend_port: u16,
+        now: u64,
+    ) -> Result<usize, Refusal> {
         let w = k.words();
         if let Some(i) = self.flows.find(&w) {
             self.remove_slot(i);
@@ -352,18 +377,18 @@ impl Conntrack {
             return Err(Refusal::Full);
         }
         let v = Tracked {
-            last_seen: self.ms(now),
+            last_seen: now,
             backend: u32::from(backend),
             backend_port,
             state: TcpState::SynSent,
             fins: 0,
         };
-        self.flows.insert(w, v);
+        let i = self.flows.insert(w, v);
         if let Some(replies) = &mut self.replies {
             replies.insert(v.reply_words(&k), vip_port(&k));
         }
         count(&mut self.open, &v, true);
-        Ok(v.entry())
+        Ok(i)
     }
 
     pub fn remove(&mut self, k: &Key) {
@@ -396,12 +421,7 @@ impl Conntrack {
     pub fn update(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) {
         if let Some(i) = self.flows.find(&k.words()) {
             let now = self.ms(now);
-            let slot = self.flows.value_mut(i);
-            let was = *slot;
-            let mut v = was;
-            advance(&mut v, k.protocol, flags, from_client, now);
-            *slot = v;
-            recount(&mut self.open, &was, &v);
+            self.note(i, k.protocol, flags, from_client, now);
         }
     }
 
@@ -411,25 +431,29 @@ impl Conntrack {
     pub fn touch(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) -> Option<Entry> {
         let i = self.flows.find(&k.words())?;
         let now = self.ms(now);
-        let timeouts = self.timeouts;
-        let slot = self.flows.value_mut(i);
-        let was = *slot;
-        if expired(&timeouts, k.protocol, &was, now) {
+        if expired(&self.timeouts, k.protocol, self.flows.value_mut(i), now) {
             self.remove_slot(i);
             return None;
         }
+        Some(self.note(i, k.protocol, flags, from_client, now).entry())
+    }
+
+    /// Notes a packet in the entry in slot `i` and moves the open count if
+    /// it crossed Closed; returns the entry as it is now.
+    #[inline]
+    fn note(&mut self, i: usize, protocol: u8, flags: u8, from_client: bool, now: u64) -> Tracked {
+        let slot = self.flows.value_mut(i);
+        let was = *slot;
         // Worked on in registers and only the fields a packet changes
         // stored (a whole-slot store of a value assembled on the stack
         // stalls on reading back its just-written bytes).
         let mut v = was;
-        advance(&mut v, k.protocol, flags, from_client, now);
+        advance(&mut v, protocol, flags, from_client, now);
         slot.last_seen = v.last_seen;
         slot.state = v.state;
         slot.fins = v.fins;
-        if (was.state == TcpState::Closed) != (v.state == TcpState::Closed) {
-            recount(&mut self.open, &was, &v);
-        }
-        Some(v.entry())
+        recount(&mut self.open, &was, &v);
+        v
     }
 
     /// The client flow a reply belongs to, noting the reply (see [`Conntrack::touch`]).

@@ -14,16 +14,6 @@ use std::net::Ipv4Addr;
 /// unreachable, time exceeded, parameter problem.
 const ERRORS: [u8; 3] = [3, 11, 12];
 
-/// The flow an ICMP error quotes, as the quoted packet had it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quoted {
-    pub protocol: u8,
-    pub src: Ipv4Addr,
-    pub src_port: u16,
-    pub dst: Ipv4Addr,
-    pub dst_port: u16,
-}
-
 /// Where things are in an ICMP error frame.
 struct Layout {
     icmp: usize,
@@ -77,11 +67,12 @@ pub fn quoted(frame: &[u8]) -> Option<Flow> {
     })
 }
 
-/// Translates the ICMP error in `frame` back to what the client knows: the
-/// outer source becomes `src`, the quoted destination `dst`:`dst_port`; the
+/// Translates the ICMP error in `frame` back to what the client knows, the
+/// address `dst` (a VIP or a published address) and port `dst_port` it sent
+/// to: the error comes from `dst` and quotes `dst`:`dst_port`; the
 /// checksums that cover them are made right (outer IP, quoted IP, quoted
 /// UDP/TCP if quoted in full, ICMP). False if it is no such error.
-pub fn translate_back(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> bool {
+pub fn translate_back(frame: &mut [u8], dst: Ipv4Addr, dst_port: u16) -> bool {
     let Some(l) = layout(frame) else {
         return false;
     };
@@ -89,7 +80,7 @@ pub fn translate_back(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, dst_port: 
     let old_port = be16(frame, l.inner_l4 + 2);
     // Outer source, and the outer header's checksum.
     let ip = ethernet::HEADER_LEN;
-    frame[ip + 12..ip + 16].copy_from_slice(&src.octets());
+    frame[ip + 12..ip + 16].copy_from_slice(&dst.octets());
     frame[ip + 10..ip + 12].fill(0);
     let c = checksum(&frame[ip..l.icmp]);
     frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
@@ -193,7 +184,7 @@ pub(crate) mod tests {
             (q.protocol, q.src, q.ports.src, q.dst, q.ports.dst),
             (17, CLIENT, 5555, TASK, 9000)
         );
-        assert!(translate_back(&mut f, PUBLISHED, PUBLISHED, 9001));
+        assert!(translate_back(&mut f, PUBLISHED, 9001));
         // Exactly what the error would be about the packet the client sent.
         let sent = udp_packet((CLIENT, 5555), (PUBLISHED, 9001));
         assert_eq!(f, unreachable(PUBLISHED, CLIENT, &sent));
@@ -208,13 +199,13 @@ pub(crate) mod tests {
         let short = unreachable(TASK, CLIENT, &got[..24]);
         assert!(quoted(&short).is_none());
         let mut copy = short.clone();
-        assert!(!translate_back(&mut copy, PUBLISHED, PUBLISHED, 1));
+        assert!(!translate_back(&mut copy, PUBLISHED, 1));
         assert_eq!(copy, short);
         for cut in 0..got.len() + 42 {
             let f = unreachable(TASK, CLIENT, &got);
             let mut g = f[..cut.min(f.len())].to_vec();
             let _ = quoted(&g);
-            let _ = translate_back(&mut g, PUBLISHED, PUBLISHED, 1);
+            let _ = translate_back(&mut g, PUBLISHED, 1);
         }
     }
 }

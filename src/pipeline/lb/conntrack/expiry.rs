@@ -2,7 +2,7 @@
 //! table never stalls the dataplane (a whole pass over a million flows
 //! takes ~11 ms).
 
-use super::{expired, Conntrack};
+use super::{expired, protocol_of, Conntrack};
 use std::time::{Duration, Instant};
 
 /// Slots a sweep step looks at (8k slots: 256 KB of the table, tens of
@@ -18,6 +18,16 @@ pub(super) struct Pass {
     /// changed and the pass starts over.
     slots: usize,
     started: Instant,
+}
+
+impl Pass {
+    fn start(slots: usize, now: Instant) -> Pass {
+        Pass {
+            next: 0,
+            slots,
+            started: now,
+        }
+    }
 }
 
 impl Conntrack {
@@ -44,18 +54,10 @@ impl Conntrack {
         let pass = match self.pass {
             Some(p) if p.slots == slots => p,
             // The table grew: keys moved, start over.
-            Some(_) => Pass {
-                next: 0,
-                slots,
-                started: now,
-            },
+            Some(_) => Pass::start(slots, now),
             None if self.flows.len() > 0 && due => {
                 self.last_pass = now;
-                Pass {
-                    next: 0,
-                    slots,
-                    started: now,
-                }
+                Pass::start(slots, now)
             }
             None => return,
         };
@@ -92,7 +94,7 @@ impl Conntrack {
         let end = self.flows.slots().min(at.saturating_add(step));
         while at < end {
             match self.flows.at(at) {
-                Some(s) if expired(&self.timeouts, (s.key[1] >> 32) as u8, &s.value, now) => {
+                Some(s) if expired(&self.timeouts, protocol_of(&s.key), &s.value, now) => {
                     self.remove_slot(at);
                 }
                 _ => at += 1,

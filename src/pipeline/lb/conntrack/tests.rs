@@ -13,18 +13,23 @@ fn key(port: u16) -> Key {
 }
 const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 
+/// The reply tuple of flow `k` answered by `backend`:`port`.
+fn reply_of(k: &Key, backend: Ipv4Addr, port: u16) -> ReplyKey {
+    ReplyKey {
+        protocol: k.protocol,
+        backend,
+        port,
+        client: k.client,
+        client_port: k.client_port,
+    }
+}
+
 #[test]
 fn a_flow_and_its_replies_find_the_same_entry() {
     let mut ct = Conntrack::new(10, Timeouts::default());
     let now = Instant::now();
     ct.insert(key(1000), TASK, now).unwrap();
-    let r = ReplyKey {
-        protocol: TCP,
-        backend: TASK,
-        port: 80,
-        client: Ipv4Addr::new(10, 0, 0, 9),
-        client_port: 1000,
-    };
+    let r = reply_of(&key(1000), TASK, 80);
     assert_eq!(
         ct.reply(&r, now).map(|(k, e)| (k, e.backend)),
         Some((key(1000), TASK))
@@ -47,13 +52,7 @@ fn flows_sharing_a_reply_tuple_keep_their_index() {
     };
     ct.insert(a, TASK, now).unwrap();
     ct.insert(b, TASK, now).unwrap();
-    let r = ReplyKey {
-        protocol: TCP,
-        backend: TASK,
-        port: 80,
-        client: a.client,
-        client_port: 1000,
-    };
+    let r = reply_of(&a, TASK, 80);
     assert_eq!(ct.reply(&r, now).map(|(k, _)| k), Some(b));
     ct.remove(&a);
     assert_eq!(ct.reply(&r, now).map(|(k, _)| k), Some(b));
@@ -66,13 +65,7 @@ fn a_keyed_only_table_has_no_replies() {
     let mut ct = Conntrack::keyed_only(10, Timeouts::default());
     let now = Instant::now();
     ct.insert(key(1000), TASK, now).unwrap();
-    let r = ReplyKey {
-        protocol: TCP,
-        backend: TASK,
-        port: 80,
-        client: key(1000).client,
-        client_port: 1000,
-    };
+    let r = reply_of(&key(1000), TASK, 80);
     assert!(ct.get(&key(1000), now).is_some());
     assert!(ct.reply(&r, now).is_none());
     ct.remove(&key(1000));
@@ -209,13 +202,7 @@ fn entries_survive_sweeps_that_remove_their_neighbours() {
             client: Ipv4Addr::from(i),
             ..key(1)
         };
-        let r = ReplyKey {
-            protocol: TCP,
-            backend: TASK,
-            port: 80,
-            client: k.client,
-            client_port: 1,
-        };
+        let r = reply_of(&k, TASK, 80);
         assert!(ct.get(&k, now).is_some(), "flow {i}");
         assert_eq!(ct.reply(&r, now).map(|(k, _)| k.client), Some(k.client));
     }
@@ -262,7 +249,7 @@ proptest::proptest! {
             }
             for (k, e) in &entries {
                 proptest::prop_assert!(ct.flows.find(&k.words()).is_some(), "{:?} not found", k);
-                let r = ReplyKey { protocol: k.protocol, backend: e.backend, port: e.backend_port, client: k.client, client_port: k.client_port };
+                let r = reply_of(k, e.backend, e.backend_port);
                 proptest::prop_assert_eq!(ct.client_key(&r), Some(*k));
             }
         }
