@@ -66,10 +66,25 @@ struct Slot {
 pub struct Coalescer {
     slots: Vec<Slot>,
     clock: u64,
+    /// The slot the last segment joined or started: the next one is most
+    /// likely of the same connection, so it is tried first.
+    last: usize,
 }
 
+/// Big-endian reads of headers whose length the caller has checked (0 if
+/// it has not: never a panic).
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+#[inline]
 fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 impl Coalescer {
@@ -100,6 +115,7 @@ impl Coalescer {
         Coalescer {
             slots: (0..slots.max(1)).map(|_| slot()).collect(),
             clock: 0,
+            last: 0,
         }
     }
 
@@ -116,43 +132,20 @@ impl Coalescer {
         partial: bool,
         sink: &mut impl Sink,
     ) -> bool {
+        self.clock += 1;
+        // Most often, the next segment of the run the last one joined.
+        if self.extend(self.last, port, frame, at) {
+            return true;
+        }
         let Some(l) = coalescable(frame) else {
             self.flush_port(port, sink);
             return false;
         };
-        self.clock += 1;
-        let seq = be32(frame, l.tcp + 4);
-        let payload_len = l.end - l.payload;
-        let piece = Part {
-            buf: at.buf,
-            start: at.start + l.payload as u32,
-            len: payload_len as u32,
-        };
-        let psh = frame[l.tcp + 13] & l4::tcp_flags::PSH != 0;
         // One run per connection: a segment that cannot join its connection's
         // run ends it, so the run never overtakes what comes after it.
-        if let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| s.active && s.port == port && same_connection(s, frame, &l))
-        {
-            let s = &mut self.slots[i];
-            let fits = s.frame_len + payload_len <= MAX_FRAME && s.nparts < MAX_PARTS;
-            if !s.closed
-                && seq == s.next_seq
-                && payload_len <= s.mss
-                && fits
-                && same_flow(s, frame, &l)
-            {
-                s.parts[s.nparts] = piece;
-                s.nparts += 1;
-                s.frame_len += payload_len;
-                s.next_seq = seq.wrapping_add(payload_len as u32);
-                s.age = self.clock;
-                if psh {
-                    s.head[s.layout.tcp + 13] |= l4::tcp_flags::PSH;
-                }
-                s.closed = psh || payload_len < s.mss;
+        let mine = |s: &Slot| s.active && s.port == port && same_connection(s, frame, &l);
+        if let Some(i) = self.slots.iter().position(mine) {
+            if self.extend(i, port, frame, at) {
                 return true;
             }
             self.flush_slot(i, sink);
@@ -170,19 +163,72 @@ impl Coalescer {
                 oldest
             }
         };
+        let payload_len = l.end - l.payload;
         let s = &mut self.slots[i];
         s.head[..l.payload].copy_from_slice(&frame[..l.payload]);
         s.active = true;
         s.port = port;
         s.layout = l;
-        s.parts[0] = piece;
+        s.parts[0] = Part {
+            buf: at.buf,
+            start: at.start + l.payload as u32,
+            len: payload_len as u32,
+        };
         s.nparts = 1;
         s.frame_len = l.end;
         s.mss = payload_len;
-        s.next_seq = seq.wrapping_add(payload_len as u32);
-        s.closed = psh;
+        s.next_seq = be32(frame, l.tcp + 4).wrapping_add(payload_len as u32);
+        s.closed = frame[l.tcp + 13] & l4::tcp_flags::PSH != 0;
         s.partial = partial;
         s.age = self.clock;
+        self.last = i;
+        true
+    }
+
+    /// Joins `frame` to run `i` if it is that run's next segment: same
+    /// headers but for what changes from segment to segment ([`same_headers`]),
+    /// a sound IPv4 length and no fragment, the expected sequence number, at
+    /// most one MSS of payload, and room in the run. Such a frame is
+    /// [`coalescable`] with the run's layout, so this holds whether or not
+    /// that was checked first.
+    #[inline(always)]
+    fn extend(&mut self, i: usize, port: PortId, frame: &[u8], at: Part) -> bool {
+        let Some(s) = self.slots.get_mut(i) else {
+            return false;
+        };
+        let l = s.layout;
+        if !s.active || s.closed || s.port != port || frame.len() <= l.payload {
+            return false;
+        }
+        if !same_headers(&s.head, frame, l.payload) {
+            return false;
+        }
+        let end = l.ip + usize::from(be16(frame, l.ip + 2));
+        let fragment = be16(frame, l.ip + 6) & 0x3fff != 0;
+        if fragment || end > frame.len() || end <= l.payload {
+            return false;
+        }
+        let payload_len = end - l.payload;
+        let seq = be32(frame, l.tcp + 4);
+        let fits = s.frame_len + payload_len <= MAX_FRAME && s.nparts < MAX_PARTS;
+        if seq != s.next_seq || payload_len > s.mss || !fits {
+            return false;
+        }
+        s.parts[s.nparts] = Part {
+            buf: at.buf,
+            start: at.start + l.payload as u32,
+            len: payload_len as u32,
+        };
+        s.nparts += 1;
+        s.frame_len += payload_len;
+        s.next_seq = seq.wrapping_add(payload_len as u32);
+        s.age = self.clock;
+        let psh = frame[l.tcp + 13] & l4::tcp_flags::PSH != 0;
+        if psh {
+            s.head[l.tcp + 13] |= l4::tcp_flags::PSH;
+        }
+        s.closed = psh || payload_len < s.mss;
+        self.last = i;
         true
     }
 
@@ -269,29 +315,59 @@ fn coalescable(frame: &[u8]) -> Option<TcpLayout> {
 #[inline]
 fn same_connection(s: &Slot, frame: &[u8], l: &TcpLayout) -> bool {
     let (a, b) = (s.layout, l);
-    s.head[a.ip + 12..a.ip + 20] == frame[b.ip + 12..b.ip + 20]
+    word_at(&s.head, a.ip + 12) == word_at(frame, b.ip + 12)
         && s.head[a.tcp..a.tcp + 4] == frame[b.tcp..b.tcp + 4]
 }
 
-/// Same MACs, addresses, TOS, TTL, ports, ACK number, header length, flags
-/// (but PSH), window and TCP options as the run.
+/// The bytes of the headers (Ethernet, IPv4 without options, TCP) that
+/// every segment of a run shares, as masks of eight-byte words in memory
+/// order (byte `8 * i + k` is byte `k` of word `i`):
+/// - 0-15: MACs, EtherType, IP version and header length, TOS;
+/// - 16-23: (IP total length, ID, fragment field) TTL, protocol;
+/// - 24-31: (IP checksum) source address, half the destination;
+/// - 32-39: the rest of the destination, ports, (half the sequence number);
+/// - 40-47: (the other half) ACK number, data offset, flags but PSH;
+///
+/// Then the window (48-49) and, after the TCP checksum and urgent pointer,
+/// the options (54 on), all compared.
+const SHARED: [u64; 6] = [
+    !0,
+    !0,
+    0xffff << 48,
+    !0 << 16,
+    !0 >> 16,
+    !(0xffff | (l4::tcp_flags::PSH as u64) << 56),
+];
+
+/// True if the first `len` bytes of `frame` (its headers: at least 54, at
+/// most [`MAX_HEADER`]) match the run's `head` in every shared byte.
 #[inline]
-fn same_flow(s: &Slot, frame: &[u8], l: &TcpLayout) -> bool {
-    let r = &s.head;
-    let (a, b) = (s.layout, l);
-    if a.tcp_len != b.tcp_len || a.ip != b.ip {
+fn same_headers(head: &[u8; MAX_HEADER], frame: &[u8], len: usize) -> bool {
+    let (Some(h), Some(f)) = (head.get(..len), frame.get(..len)) else {
+        return false;
+    };
+    if len < 54 {
         return false;
     }
-    let psh = !l4::tcp_flags::PSH;
-    r[..12] == frame[..12]
-        && r[a.ip + 1] == frame[b.ip + 1]
-        && r[a.ip + 8..a.ip + 10] == frame[b.ip + 8..b.ip + 10]
-        && r[a.ip + 12..a.ip + 20] == frame[b.ip + 12..b.ip + 20]
-        && r[a.tcp..a.tcp + 4] == frame[b.tcp..b.tcp + 4]
-        && r[a.tcp + 8..a.tcp + 13] == frame[b.tcp + 8..b.tcp + 13]
-        && r[a.tcp + 13] & psh == frame[b.tcp + 13] & psh
-        && r[a.tcp + 14..a.tcp + 16] == frame[b.tcp + 14..b.tcp + 16]
-        && r[a.tcp + 20..a.payload] == frame[b.tcp + 20..b.payload]
+    let mut d = 0;
+    for (i, mask) in SHARED.iter().enumerate() {
+        d |= (word_at(h, 8 * i) ^ word_at(f, 8 * i)) & mask;
+    }
+    // The window, then the options, four bytes at a time (TCP's header
+    // length is a multiple of four).
+    let options = h[54..].chunks_exact(4).zip(f[54..].chunks_exact(4));
+    d == 0 && h[48..50] == f[48..50] && options.fold(true, |same, (a, b)| same & (a == b))
+}
+
+/// Eight bytes at `at`, in memory order (little-endian load: byte `at` is
+/// the low byte). Callers have checked the headers are that long.
+#[inline]
+fn word_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        w.copy_from_slice(s);
+    }
+    u64::from_le_bytes(w)
 }
 
 #[cfg(test)]

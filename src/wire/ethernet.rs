@@ -34,6 +34,7 @@ impl Mac {
     pub const ZERO: Mac = Mac([0; 6]);
 
     /// Group (multicast or broadcast) addresses have the I/G bit set.
+    #[inline]
     pub fn is_group(&self) -> bool {
         self.0[0] & 1 == 1
     }
@@ -115,21 +116,26 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     /// Accepts any buffer of at least [`HEADER_LEN`] bytes.
+    #[inline]
     pub fn new_checked(bytes: &'a [u8]) -> Result<Self, Malformed> {
         if bytes.len() < HEADER_LEN {
             return Err(Malformed::Truncated);
         }
         Ok(Frame { bytes })
     }
+    #[inline]
     pub fn dst(&self) -> Mac {
         Mac(read_mac(self.bytes, 0))
     }
+    #[inline]
     pub fn src(&self) -> Mac {
         Mac(read_mac(self.bytes, 6))
     }
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.bytes, 12)
     }
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[HEADER_LEN..]
     }

@@ -25,6 +25,7 @@ pub struct Packet<'a> {
 }
 
 impl<'a> Packet<'a> {
+    #[inline]
     pub fn new_checked(bytes: &'a [u8]) -> Result<Self, Malformed> {
         if bytes.len() < MIN_HEADER_LEN {
             return Err(Malformed::Truncated);
@@ -46,27 +47,34 @@ impl<'a> Packet<'a> {
             total_len,
         })
     }
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.header_len
     }
+    #[inline]
     pub fn total_len(&self) -> usize {
         self.total_len
     }
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.bytes[8]
     }
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.bytes[9]
     }
+    #[inline]
     pub fn src(&self) -> Ipv4Addr {
         let b = self.bytes;
         Ipv4Addr::new(b[12], b[13], b[14], b[15])
     }
+    #[inline]
     pub fn dst(&self) -> Ipv4Addr {
         let b = self.bytes;
         Ipv4Addr::new(b[16], b[17], b[18], b[19])
     }
     /// True when the fragment offset is zero: the transport header is here.
+    #[inline]
     pub fn is_first_fragment(&self) -> bool {
         be16(self.bytes, 6) & 0x1fff == 0
     }
@@ -75,6 +83,7 @@ impl<'a> Packet<'a> {
         checksum(&self.bytes[..self.header_len]) == 0
     }
     /// The transport payload, without link padding.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[self.header_len..self.total_len]
     }

@@ -12,6 +12,7 @@ pub struct Ports {
 }
 
 impl Ports {
+    #[inline]
     pub fn parse(transport: &[u8]) -> Result<Ports, Malformed> {
         if transport.len() < 4 {
             return Err(Malformed::Truncated);
@@ -42,6 +43,7 @@ pub mod tcp_flags {
 }
 
 impl TcpHeader {
+    #[inline]
     pub fn parse(segment: &[u8]) -> Result<TcpHeader, Malformed> {
         if segment.len() < 20 {
             return Err(Malformed::Truncated);
@@ -72,6 +74,7 @@ impl IcmpHeader {
     pub const ECHO_REPLY: u8 = 0;
     pub const ECHO_REQUEST: u8 = 8;
 
+    #[inline]
     pub fn parse(message: &[u8]) -> Result<IcmpHeader, Malformed> {
         if message.len() < 8 {
             return Err(Malformed::Truncated);

@@ -198,6 +198,33 @@ fn a_changed_window_ends_the_run_before_the_next_one_starts() {
     );
 }
 
+/// Every header byte of a second segment, changed one bit at a time: the
+/// bytes that name the flow (MACs, EtherType, IP version, TOS, TTL,
+/// protocol, addresses, ports, ACK number, data offset, flags, window,
+/// options) keep it out of the first segment's run; those that change from
+/// segment to segment (IP ID and checksum, TCP checksum, urgent pointer,
+/// PSH) do not.
+#[test]
+fn each_header_byte_that_names_the_flow_is_compared() {
+    let first = data(0, 100, ACK);
+    let header = 66;
+    // IP total length, fragment field and sequence number are left out:
+    // changing them makes another segment, not another flow.
+    let skipped = [16, 17, 20, 21, 38, 39, 40, 41];
+    let ignored = [18, 19, 24, 25, 50, 51, 52, 53];
+    for at in (0..header).filter(|b| !skipped.contains(b)) {
+        for bit in [0x01u8, 0x08, 0x10, 0x80] {
+            let mut second = data(100, 100, ACK);
+            second[at] ^= bit;
+            let (out, _) = run(&[(1, first.clone()), (1, second)]);
+            let joined = out.len() == 1;
+            let psh = at == 47 && bit == PSH;
+            let expect = ignored.contains(&at) || psh;
+            assert_eq!(joined, expect, "byte {at}, bit {bit:#04x}: joined {joined}");
+        }
+    }
+}
+
 #[test]
 fn more_flows_than_slots_flush_the_oldest() {
     let frames: Vec<(PortId, Vec<u8>)> = (0..10).map(|i| (i, data(0, 10, ACK))).collect();

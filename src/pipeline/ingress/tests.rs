@@ -327,3 +327,29 @@ proptest! {
         p.prefetch(Input::Underlay(SocketAddrV4::new(HOST_A, 4789)), &packet);
     }
 }
+
+#[test]
+fn every_flow_of_a_burst_from_the_ingress_host_learns_its_way_back() {
+    let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
+    // Two clients' SYNs reach B back to back with the same VXLAN and
+    // Ethernet headers (task's MAC, gateway's MAC): the second takes the
+    // first one's way, and its return path is noted all the same.
+    let ports = [5001, 5002, 5003];
+    for port in ports {
+        let syn = tcp_packet((CLIENT, port), (HOST_A, 8000), SYN);
+        let (_, d) = run(&mut a, Input::Host, &syn);
+        assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
+    }
+    for port in ports {
+        let synack = frame(
+            Mac::for_gateway(GATEWAY),
+            Mac::for_ip(TASK),
+            &tcp_packet((TASK, 80), (CLIENT, port), SYN | ACK),
+        );
+        assert_eq!(
+            run(&mut b, Input::Tap(1), &synack).0,
+            Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)),
+            "client port {port}"
+        );
+    }
+}
