@@ -23,7 +23,8 @@ mctl 116 service create --name whoami --network web --publish 8000:80 --publish 
     --publish 7001:7000 --publish 9002:9999/udp >/dev/null || die "setup: service create"
 
 # task NAME HOST: a whoami task: HTTP on :80 answering "NAME CLIENT_IP:PORT",
-# UDP on :9000 answering "NAME CLIENT_IP", TCP lines on :7000 echoed as NAME.
+# UDP on :9000 answering "NAME CLIENT_IP" (padded with as many bytes as it
+# got, when that is more than one frame holds), TCP lines on :7000 echoed as NAME.
 task() {
     local name=$1 id=$2
     mk_container "$name"
@@ -46,7 +47,8 @@ for cls, port, h in ((http.server.ThreadingHTTPServer, 80, Who), (socketserver.T
     threading.Thread(target=cls(("0.0.0.0", port), h).serve_forever, daemon=True).start()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
 while True:
-    d, a = s.recvfrom(2048); s.sendto(("%s %s" % (name, a[0])).encode(), a)' "$name" >/dev/null 2>&1 &
+    d, a = s.recvfrom(65535); r = ("%s %s" % (name, a[0])).encode()
+    s.sendto(r + b" " + b"y" * len(d) if len(d) > 1400 else r, a)' "$name" >/dev/null 2>&1 &
     track $!
     wait_until 5 listening "mt-$name" 80 || die "setup: $name HTTP server"
 }
@@ -98,6 +100,20 @@ check "the host's own connections to port 8000 elsewhere are not captured" \
 udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }
 check "a UDP published port answers from a host without a task" wait_until 5 bash -c "udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 $UNDERLAY.116 9001; }; udp | grep -q '^w[12] $UNDERLAY.10\$'"
 note "UDP answer: $(udp)"
+# A datagram bigger than any MTU on the way arrives in fragments, and so does
+# the answer: the fragments after the first carry no port, and follow it.
+big_udp() {
+    ip netns exec mt-out timeout 5 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b"x" * 3000, (sys.argv[1], 9001))
+d, _ = s.recvfrom(65535)
+w = d.split()
+print(len(d), w[0].decode(), w[1].decode())' "$UNDERLAY.116" 2>/dev/null
+}
+big_ok() { big_udp | awk -v c="$UNDERLAY.10" '$1 > 3000 && $2 ~ /^w[12]$/ && $3 == c { ok = 1 } END { exit !ok }'; }
+check "a 3000-byte UDP datagram to a published port is answered in full (fragments both ways)" wait_until 5 big_ok
+note "big UDP answer: $(big_udp)"
 # No task listens on 9999: the task's port unreachable reaches the client
 # translated (from .116, about .116:9002), so its socket sees the refusal.
 check "UDP to a published port no task listens on is refused at once (the ICMP error is translated)" \

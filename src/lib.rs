@@ -23,7 +23,10 @@
 //! Containers' traffic to the outside leaves through their own host's stack,
 //! masqueraded. The driver reads a batch of frames before it processes any,
 //! so that the tracking slots of the whole batch are asked for at once
-//! ([`pipeline::Pipeline::prefetch`]).
+//! ([`pipeline::Pipeline::prefetch`]). The rest of a burst of datagrams from
+//! one VTEP reuses the first one's table lookups (`pipeline::burst`), and
+//! IPv4 fragments after the first, which carry no ports, go the way the
+//! first went ([`pipeline::fragments`]).
 //!
 //! # Layout
 //!

@@ -49,10 +49,15 @@ impl Memo {
         Some(Memo { src, key, way })
     }
 
-    /// True if `datagram` from `src` would meet the same table entries.
+    /// True if `datagram` from `src` would meet the same table entries,
+    /// and is not an IPv4 fragment (those go by their first, see
+    /// `fragments`).
     #[inline]
     pub(super) fn matches(&self, src: SocketAddrV4, datagram: &[u8]) -> bool {
-        self.src == src && datagram.get(..KEY_LEN) == Some(&self.key[..])
+        let fragment = datagram
+            .get(KEY_LEN + 6..KEY_LEN + 8)
+            .is_some_and(|f| (f[0] & 0x3f) | f[1] != 0);
+        self.src == src && datagram.get(..KEY_LEN) == Some(&self.key[..]) && !fragment
     }
 
     /// Strips the VXLAN header of a datagram that [`Memo::matches`], and

@@ -38,10 +38,13 @@ pub enum DropReason {
     ConntrackFull,
     /// A TCP segment to a VIP of a flow that is not tracked (answered with RST).
     UntrackedFlow,
+    /// An IPv4 fragment after the first whose first fragment was not seen
+    /// (dropped, late, or answered here): it has no ports to go by.
+    FragmentUnmatched,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::NotMember,
         DropReason::UnknownVni,
@@ -57,6 +60,7 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::ConntrackFull,
         DropReason::UntrackedFlow,
+        DropReason::FragmentUnmatched,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl DropReason {
             DropReason::NoBackend => "vip_no_backend",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::UntrackedFlow => "vip_untracked_flow",
+            DropReason::FragmentUnmatched => "fragment_unmatched",
         }
     }
 }

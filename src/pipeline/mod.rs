@@ -13,7 +13,9 @@
 //! 3. encap: VXLAN header in front, to the VTEP of the destination's host ([`encap`])
 //! 4. decap: on the receiving host, VXLAN header off, to the container's TAP
 //!
-//! Beside them: service VIPs are balanced on the client's host ([`vip`],
+//! Beside them: IPv4 fragments after the first follow it ([`fragments`]);
+//! the rest of a burst from the underlay reuses the first datagram's lookups
+//! (`burst`); service VIPs are balanced on the client's host ([`vip`],
 //! [`lb`]); published ports, the task's replies and egress cross between the
 //! host stack and the overlay in [`ingress`]; super-frames are cut and joined
 //! in [`offload`] and [`coalesce`].
@@ -24,6 +26,7 @@ pub mod coalesce;
 pub mod counters;
 pub mod encap;
 pub mod flow;
+pub mod fragments;
 pub mod ingress;
 pub mod lb;
 pub mod offload;
@@ -124,6 +127,8 @@ pub struct Pipeline {
     ingress: ingress::Ingress,
     /// The table lookups of the last datagram switched to a container.
     memo: Option<burst::Memo>,
+    /// What the first fragments of recent datagrams became.
+    fragments: fragments::Fragments,
 }
 
 impl Pipeline {
@@ -144,6 +149,7 @@ impl Pipeline {
             balancer,
             ingress,
             memo: None,
+            fragments: fragments::Fragments::default(),
         }
     }
 
@@ -152,6 +158,7 @@ impl Pipeline {
         self.balancer.set_tables(&tables);
         self.tables = tables;
         self.memo = None;
+        self.fragments.forget();
     }
 
     /// Timers: expires idle tracked flows (bounded work; call once per batch).
@@ -193,21 +200,36 @@ impl Pipeline {
 
     #[inline(never)]
     fn process_any(&mut self, now: Instant, input: Input, pkt: &mut Packet<'_>) -> Verdict {
-        let verdict = match input {
-            Input::Tap(port) => {
-                bump(&self.counters.from_tap);
-                self.on_tap(now, port, pkt)
-            }
-            Input::Underlay(src) => {
-                bump(&self.counters.from_underlay);
-                self.on_underlay(now, src, pkt)
-            }
-            Input::Host => {
-                bump(&self.counters.from_host);
-                self.on_host(now, pkt)
+        bump(match input {
+            Input::Tap(_) => &self.counters.from_tap,
+            Input::Underlay(_) => &self.counters.from_underlay,
+            Input::Host => &self.counters.from_host,
+        });
+        let verdict = match fragments::part_of(input, pkt.bytes()) {
+            fragments::Part::Whole => self.dispatch(now, input, pkt),
+            fragments::Part::Later(id) => self.fragments.follow(id, pkt, now),
+            fragments::Part::First(id) => {
+                let verdict = self.dispatch(now, input, pkt);
+                if let Ok(v) = verdict {
+                    self.fragments.note(id, v, pkt, now);
+                }
+                verdict
             }
         };
         self.count(verdict)
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        input: Input,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
+        match input {
+            Input::Tap(port) => self.on_tap(now, port, pkt),
+            Input::Underlay(src) => self.on_underlay(now, src, pkt),
+            Input::Host => self.on_host(now, pkt),
+        }
     }
 
     /// Counts where a frame goes, or why it does not.

@@ -113,6 +113,27 @@ fn run(p: &mut Pipeline, input: Input, frame: &[u8]) -> (Verdict, Vec<u8>) {
     (v, pkt.bytes().to_vec())
 }
 
+/// Cuts the IPv4 packet in an Ethernet frame (no IP options) in two
+/// fragments after `cut` bytes of its payload (a multiple of 8).
+pub(super) fn fragment(frame: &[u8], cut: usize) -> (Vec<u8>, Vec<u8>) {
+    let (head, payload) = frame.split_at(ethernet::HEADER_LEN + 20);
+    let piece = |bytes: &[u8], field: u16| {
+        let mut f = head.to_vec();
+        f.extend_from_slice(bytes);
+        let ip = &mut f[ethernet::HEADER_LEN..];
+        ip[2..4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
+        ip[6..8].copy_from_slice(&field.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = crate::wire::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    (
+        piece(&payload[..cut], 0x2000),
+        piece(&payload[cut..], (cut / 8) as u16),
+    )
+}
+
 fn vxlan(vni: u32, frame: &[u8]) -> Vec<u8> {
     let mut d = vec![0u8; 8];
     vxlan::emit(&mut d, Vni::new(vni).unwrap()).unwrap();
@@ -378,4 +399,5 @@ proptest! {
 }
 
 mod burst;
+mod fragments;
 mod vip;

@@ -73,6 +73,17 @@ impl<'a> Packet<'a> {
         let b = self.bytes;
         Ipv4Addr::new(b[16], b[17], b[18], b[19])
     }
+    /// The identification field (which datagram a fragment belongs to).
+    #[inline]
+    pub fn ident(&self) -> u16 {
+        be16(self.bytes, 4)
+    }
+    /// Flags and fragment offset: 0x4000 DF, 0x2000 MF, offset in the low
+    /// 13 bits (in 8-byte units).
+    #[inline]
+    pub fn fragment_field(&self) -> u16 {
+        be16(self.bytes, 6)
+    }
     /// True when the fragment offset is zero: the transport header is here.
     #[inline]
     pub fn is_first_fragment(&self) -> bool {

@@ -353,3 +353,94 @@ fn every_flow_of_a_burst_from_the_ingress_host_learns_its_way_back() {
         );
     }
 }
+
+/// An IPv4 UDP packet (no Ethernet header) with `n` bytes of payload and
+/// valid checksums.
+fn udp_datagram(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), n: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 8 + n];
+    ipv4::Repr {
+        src: src.0,
+        dst: dst.0,
+        protocol: ipv4::protocol::UDP,
+        ttl: 64,
+        ident: 77,
+        dont_fragment: false,
+        payload_len: 8 + n,
+    }
+    .emit(&mut p)
+    .unwrap();
+    p[20..22].copy_from_slice(&src.1.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.1.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + n) as u16).to_be_bytes());
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let pseudo = pseudo_header_sum(&p[..20], ipv4::protocol::UDP, 8 + n);
+    let c = !(checksum_fold(pseudo, &p[20..]) as u16);
+    p[26..28].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Two fragments of an Ethernet frame back together (first's headers).
+fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let mut f = first.to_vec();
+    f.extend_from_slice(&later[34..]);
+    let total = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[20..22].copy_from_slice(&[0, 0]);
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_fragmented_datagram_to_a_published_port_and_its_fragmented_answer() {
+    use crate::pipeline::tests::fragment;
+    let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
+    let ip_only = |f: &[u8]| f[ethernet::HEADER_LEN..].to_vec();
+    // 1. The host stack hands A the client's datagram in two fragments.
+    let query = frame(
+        Mac([0; 6]),
+        Mac([0; 6]),
+        &udp_datagram((CLIENT, 4000), (HOST_A, 9001), 200),
+    );
+    let (first, later) = fragment(&query, 96);
+    let to_b = Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789));
+    let (v, d1) = run(&mut a, Input::Host, &ip_only(&first));
+    assert_eq!(v, to_b);
+    let (v, d2) = run(&mut a, Input::Host, &ip_only(&later));
+    assert_eq!(v, to_b, "the later fragment follows the first");
+    assert_eq!(d1[..vxlan::HEADER_LEN + 14], d2[..vxlan::HEADER_LEN + 14]);
+    assert_eq!(ends(&d1[8..]), ((CLIENT, 4000), (TASK, 9000)));
+    assert_eq!(
+        &d2[8 + 26..8 + 34],
+        &[CLIENT.octets(), TASK.octets()].concat()[..]
+    );
+    // 2. B delivers both to the task; it would reassemble them.
+    let (v, f1) = run(&mut b, underlay(HOST_A), &d1);
+    assert_eq!(v, Verdict::ToTap(1));
+    let (v, f2) = run(&mut b, underlay(HOST_A), &d2);
+    assert_eq!(v, Verdict::ToTap(1));
+    assert!(checksums_ok(&reassemble(&f1, &f2)));
+    // 3. The task's answer, in two fragments, goes back through A.
+    let answer = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &udp_datagram((TASK, 9000), (CLIENT, 4000), 300),
+    );
+    let (first, later) = fragment(&answer, 200);
+    let to_a = Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789));
+    let (v, r1) = run(&mut b, Input::Tap(1), &first);
+    assert_eq!(v, to_a);
+    let (v, r2) = run(&mut b, Input::Tap(1), &later);
+    assert_eq!(v, to_a, "not out of B's own host as egress");
+    // 4. A gives both the published address back, for the host stack.
+    let (v, h1) = run(&mut a, underlay(HOST_B), &r1);
+    assert_eq!(v, Verdict::ToHost);
+    let (v, h2) = run(&mut a, underlay(HOST_B), &r2);
+    assert_eq!(v, Verdict::ToHost);
+    let whole = reassemble(&h1, &h2);
+    assert_eq!(ends(&whole), ((HOST_A, 9001), (CLIENT, 4000)));
+    assert!(checksums_ok(&whole));
+}

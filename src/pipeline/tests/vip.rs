@@ -40,8 +40,21 @@ fn l4_frame(
     proto: u8,
     flags: u8,
 ) -> Vec<u8> {
+    l4_frame_with(src, dst, dst_mac, proto, flags, b"ping")
+}
+
+/// As [`l4_frame`], with `data` as the payload.
+fn l4_frame_with(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    dst_mac: Mac,
+    proto: u8,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let hl = if proto == ipv4::protocol::TCP { 20 } else { 8 };
-    let mut f = vec![0u8; 14 + 20 + hl + 4];
+    let n = data.len();
+    let mut f = vec![0u8; 14 + 20 + hl + n];
     ethernet::emit(
         &mut f,
         dst_mac,
@@ -56,23 +69,23 @@ fn l4_frame(
         ttl: 64,
         ident: 9,
         dont_fragment: true,
-        payload_len: hl + 4,
+        payload_len: hl + n,
     }
     .emit(&mut f[14..])
     .unwrap();
     f[34..36].copy_from_slice(&src.1.to_be_bytes());
     f[36..38].copy_from_slice(&dst.1.to_be_bytes());
-    f[34 + hl..].copy_from_slice(b"ping");
+    f[34 + hl..].copy_from_slice(data);
     let csum_at = if proto == ipv4::protocol::TCP {
         f[34 + 4..34 + 8].copy_from_slice(&100u32.to_be_bytes());
         f[34 + 12] = 0x50;
         f[34 + 13] = flags;
         34 + 16
     } else {
-        f[38..40].copy_from_slice(&((hl + 4) as u16).to_be_bytes());
+        f[38..40].copy_from_slice(&((hl + n) as u16).to_be_bytes());
         34 + 6
     };
-    let pseudo = pseudo_header_sum(&f[14..34], proto, hl + 4);
+    let pseudo = pseudo_header_sum(&f[14..34], proto, hl + n);
     let c = !(checksum_fold(pseudo, &f[34..]) as u16);
     f[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
     f
@@ -254,4 +267,48 @@ fn every_reply_of_a_burst_from_a_remote_task_comes_from_the_vip() {
     let (v, out, _) = run_plain(&mut p, host2, &direct);
     assert_eq!(v, Verdict::ToTap(1));
     assert_eq!(src_ip(&out), ip(4));
+}
+
+/// The two fragments of a datagram put back together, as the receiver's
+/// stack would (the first's headers, both payloads).
+fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let mut f = first.to_vec();
+    f.extend_from_slice(&later[34..]);
+    let total = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[20..22].copy_from_slice(&[0, 0]);
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_fragmented_udp_datagram_to_a_vip_and_its_fragmented_reply() {
+    let mut p = pipeline();
+    let data: Vec<u8> = (0..100).map(|i| i as u8).collect();
+    let query = l4_frame_with((ip(2), 5000), (VIP, 53), Mac::for_ip(VIP), 17, 0, &data);
+    let (first, later) = fragment(&query, 32);
+    // rr: .3, on port 2 here. Both fragments are translated alike.
+    let (v, f1, _) = run_plain(&mut p, Input::Tap(1), &first);
+    assert_eq!(v, Verdict::ToTap(2));
+    let (v, f2, _) = run_plain(&mut p, Input::Tap(1), &later);
+    assert_eq!(v, Verdict::ToTap(2));
+    assert_eq!((dst_ip(&f1), dst_ip(&f2)), (ip(3), ip(3)));
+    assert_eq!(&f2[..6], &Mac::for_ip(ip(3)).0, "the task's MAC");
+    assert_eq!(checksum(&f2[14..34]), 0);
+    assert!(
+        l4_ok(&reassemble(&f1, &f2)),
+        "the datagram's checksum holds"
+    );
+    // The task's answer, fragmented too, comes from the VIP in full.
+    let answer = l4_frame_with((ip(3), 53), (ip(2), 5000), Mac::for_ip(ip(2)), 17, 0, &data);
+    let (first, later) = fragment(&answer, 48);
+    let (v, r1, _) = run_plain(&mut p, Input::Tap(2), &first);
+    assert_eq!(v, Verdict::ToTap(1));
+    let (v, r2, _) = run_plain(&mut p, Input::Tap(2), &later);
+    assert_eq!(v, Verdict::ToTap(1));
+    assert_eq!((src_ip(&r1), src_ip(&r2)), (VIP, VIP));
+    assert_eq!(&r2[6..12], &Mac::for_ip(VIP).0);
+    assert!(l4_ok(&reassemble(&r1, &r2)));
 }
