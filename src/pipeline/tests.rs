@@ -134,6 +134,21 @@ pub(super) fn fragment(frame: &[u8], cut: usize) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// The two fragments of an Ethernet frame put back together, as the
+/// receiver's stack would: the first's headers, both payloads.
+pub(super) fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let mut f = first.to_vec();
+    f.extend_from_slice(&later[ethernet::HEADER_LEN + 20..]);
+    let ip = &mut f[ethernet::HEADER_LEN..];
+    let total = ip.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6..8].copy_from_slice(&[0, 0]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = crate::wire::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 fn vxlan(vni: u32, frame: &[u8]) -> Vec<u8> {
     let mut d = vec![0u8; 8];
     vxlan::emit(&mut d, Vni::new(vni).unwrap()).unwrap();

@@ -381,22 +381,9 @@ fn udp_datagram(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), n: usize) -> Vec<u8>
     p
 }
 
-/// Two fragments of an Ethernet frame back together (first's headers).
-fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
-    let mut f = first.to_vec();
-    f.extend_from_slice(&later[34..]);
-    let total = (f.len() - 14) as u16;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[20..22].copy_from_slice(&[0, 0]);
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
 #[test]
 fn a_fragmented_datagram_to_a_published_port_and_its_fragmented_answer() {
-    use crate::pipeline::tests::fragment;
+    use crate::pipeline::tests::{fragment, reassemble};
     let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
     let ip_only = |f: &[u8]| f[ethernet::HEADER_LEN..].to_vec();
     // 1. The host stack hands A the client's datagram in two fragments.

@@ -269,20 +269,6 @@ fn every_reply_of_a_burst_from_a_remote_task_comes_from_the_vip() {
     assert_eq!(src_ip(&out), ip(4));
 }
 
-/// The two fragments of a datagram put back together, as the receiver's
-/// stack would (the first's headers, both payloads).
-fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
-    let mut f = first.to_vec();
-    f.extend_from_slice(&later[34..]);
-    let total = (f.len() - 14) as u16;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[20..22].copy_from_slice(&[0, 0]);
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
 #[test]
 fn a_fragmented_udp_datagram_to_a_vip_and_its_fragmented_reply() {
     let mut p = pipeline();
