@@ -38,13 +38,10 @@ pub enum DropReason {
     ConntrackFull,
     /// A TCP segment to a VIP of a flow that is not tracked (answered with RST).
     UntrackedFlow,
-    /// An IPv4 fragment after the first whose first fragment was not seen
-    /// (dropped, late, or answered here): it has no ports to go by.
-    FragmentUnmatched,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::NotMember,
         DropReason::UnknownVni,
@@ -60,7 +57,6 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::ConntrackFull,
         DropReason::UntrackedFlow,
-        DropReason::FragmentUnmatched,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,7 +76,6 @@ impl DropReason {
             DropReason::NoBackend => "vip_no_backend",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::UntrackedFlow => "vip_untracked_flow",
-            DropReason::FragmentUnmatched => "fragment_unmatched",
         }
     }
 }
@@ -102,6 +97,10 @@ pub struct Counters {
     pub return_path_full: AtomicU64,
     pub return_path_clashes: AtomicU64,
     pub arp_replies: AtomicU64,
+    /// IPv4 fragments after the first sent the way of their first, and
+    /// those with no note of it (judged on their own).
+    pub fragments_followed: AtomicU64,
+    pub fragments_unmatched: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
 }
 

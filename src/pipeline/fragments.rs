@@ -9,21 +9,24 @@
 //!
 //! The identity: where the fragment came from (the TAP and its source MAC,
 //! the VTEP and VNI, or the host) and the IPv4 source, destination,
-//! protocol and ID. The table is small and direct-mapped, allocated once:
-//! fragments of one datagram follow each other within microseconds, so a
-//! note lives [`LIFETIME_MS`] and a newer datagram may take its place.
-//! Notes are forgotten when the tables change. A later fragment with no note
-//! (its first was dropped, came last, or was answered by the pipeline
-//! itself) is dropped and counted as [`DropReason::FragmentUnmatched`].
+//! protocol and ID. The table is direct-mapped, allocated once: fragments
+//! of one datagram follow each other within microseconds, so a note lives
+//! [`LIFETIME`] and a newer datagram may take its place. A later fragment
+//! with no note (its first came after it, was dropped, or was answered by
+//! the pipeline itself) is judged on its own, as before there were notes:
+//! plain switching needs no ports and still works; paths that need them
+//! drop it. A TCP fragment that would overlap the first's TCP header
+//! (offset below 20 bytes, RFC 1858) is dropped as malformed.
 
+use super::lb::nat::replace32;
 use super::{DropReason, Input, Packet, Verdict};
-use crate::wire::{checksum, ethernet, ipv4, vxlan};
+use crate::wire::{ethernet, ipv4, vxlan};
 use std::hash::{BuildHasher, RandomState};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-/// Notes kept (a power of two).
-const SLOTS: usize = 256;
+/// Notes kept (a power of two): ~400 KB.
+const SLOTS: usize = 4096;
 /// How long a first fragment's note is good for.
 pub const LIFETIME: Duration = Duration::from_secs(1);
 
@@ -36,6 +39,8 @@ pub enum Part {
     First(Id),
     /// A later fragment (offset > 0).
     Later(Id),
+    /// A later TCP fragment that would overlap the first's TCP header.
+    Overlapping,
 }
 
 /// A datagram as one input sees it.
@@ -71,17 +76,12 @@ struct Note {
     id: Id,
     way: Way,
     until: Instant,
-    generation: u64,
 }
 
 /// The notes of one dataplane thread.
 pub struct Fragments {
     notes: Box<[Option<Note>]>,
     hasher: RandomState,
-    /// Bumped when the tables change: older notes no longer count.
-    generation: u64,
-    /// Later fragments sent the way of their first.
-    pub followed: u64,
 }
 
 impl Default for Fragments {
@@ -89,8 +89,6 @@ impl Default for Fragments {
         Fragments {
             notes: vec![None; SLOTS].into_boxed_slice(),
             hasher: RandomState::new(),
-            generation: 0,
-            followed: 0,
         }
     }
 }
@@ -127,6 +125,8 @@ pub fn part_of(input: Input, frame: &[u8]) -> Part {
     }
     let (tag, from, vni, mac) = match input {
         Input::Tap(port) => (0, port, 0, mac_at(frame, 6)),
+        // Without the I flag the VXLAN header is refused (by the normal path).
+        Input::Underlay(_) if frame[0] & vxlan::FLAG_I == 0 => return Part::Whole,
         Input::Underlay(src) => {
             let vni = u32::from_be_bytes([0, frame[4], frame[5], frame[6]]);
             (
@@ -150,6 +150,8 @@ pub fn part_of(input: Input, frame: &[u8]) -> Part {
     };
     if offset == 0 {
         Part::First(id)
+    } else if ip.protocol() == ipv4::protocol::TCP && usize::from(offset) * 8 < 20 {
+        Part::Overlapping
     } else {
         Part::Later(id)
     }
@@ -163,11 +165,6 @@ fn mac_at(frame: &[u8], at: usize) -> [u8; 6] {
 }
 
 impl Fragments {
-    /// Forgets every note (the tables they were made with changed).
-    pub fn forget(&mut self) {
-        self.generation += 1;
-    }
-
     fn slot(&self, id: &Id) -> usize {
         self.hasher.hash_one(id) as usize & (SLOTS - 1)
     }
@@ -208,54 +205,67 @@ impl Fragments {
             id,
             way,
             until: now + LIFETIME,
-            generation: self.generation,
         });
     }
 
+    /// Forgets the note of datagram `id`, if any: its first fragment (a
+    /// reused ID) was dropped or answered here, so the later ones must not
+    /// go where an older datagram's went.
+    pub fn forget(&mut self, id: &Id) {
+        let i = self.slot(id);
+        if self.notes[i].is_some_and(|n| n.id == *id) {
+            self.notes[i] = None;
+        }
+    }
+
     /// Makes the later fragment `id` in `pkt` (as read from its input) what
-    /// its first fragment became, and returns where it goes.
+    /// its first fragment became, and returns where it goes; `None` if there
+    /// is no note of its first.
     pub fn follow(
-        &mut self,
+        &self,
         id: Id,
         pkt: &mut Packet<'_>,
         now: Instant,
-    ) -> Result<Verdict, DropReason> {
-        let note = self.notes[self.slot(&id)]
-            .filter(|n| n.id == id && n.generation == self.generation && now < n.until)
-            .ok_or(DropReason::FragmentUnmatched)?;
-        let way = note.way;
-        let ip_at = pkt.start
-            + match id.input {
-                0 => ethernet::HEADER_LEN,
-                1 => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
-                _ => 0,
-            };
-        let head = match way.verdict {
-            Verdict::ToUnderlay(_) => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
-            _ => ethernet::HEADER_LEN,
-        };
-        if ip_at < head {
-            return Err(DropReason::NoHeadroom);
-        }
-        let header_len = {
-            let ip = ipv4::Packet::new_checked(pkt.buf.get(ip_at..pkt.end).unwrap_or_default())
-                .map_err(|_| DropReason::Malformed)?;
-            ip.header_len()
-        };
-        let h = &mut pkt.buf[ip_at..ip_at + header_len];
-        h[12..16].copy_from_slice(&way.src.octets());
-        h[16..20].copy_from_slice(&way.dst.octets());
-        h[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum(h);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        let eth_at = ip_at - ethernet::HEADER_LEN;
-        pkt.buf[eth_at..ip_at].copy_from_slice(&way.ethernet);
-        pkt.start = ip_at - head;
-        if head > ethernet::HEADER_LEN {
-            pkt.buf[pkt.start..eth_at].copy_from_slice(&way.vxlan);
-        }
-        pkt.csum_partial = false;
-        self.followed += 1;
-        Ok(way.verdict)
+    ) -> Option<Result<Verdict, DropReason>> {
+        let note = self.notes[self.slot(&id)].filter(|n| n.id == id && now < n.until)?;
+        Some(apply(note.way, id, pkt))
     }
+}
+
+/// Gives a later fragment the headers and addresses of `way`.
+fn apply(way: Way, id: Id, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> {
+    let ip_at = pkt.start
+        + match id.input {
+            0 => ethernet::HEADER_LEN,
+            1 => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
+            _ => 0,
+        };
+    let head = match way.verdict {
+        Verdict::ToUnderlay(_) => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
+        _ => ethernet::HEADER_LEN,
+    };
+    if ip_at < head {
+        return Err(DropReason::NoHeadroom);
+    }
+    let header_len = {
+        let ip = ipv4::Packet::new_checked(pkt.buf.get(ip_at..pkt.end).unwrap_or_default())
+            .map_err(|_| DropReason::Malformed)?;
+        ip.header_len()
+    };
+    let h = &mut pkt.buf[ip_at..ip_at + header_len];
+    let (src, dst) = (id.src, id.dst);
+    // The checksum is updated, not recomputed: a damaged header stays so.
+    let c = u16::from_be_bytes([h[10], h[11]]);
+    let c = replace32(replace32(c, src, way.src, false), dst, way.dst, false);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h[12..16].copy_from_slice(&way.src.octets());
+    h[16..20].copy_from_slice(&way.dst.octets());
+    let eth_at = ip_at - ethernet::HEADER_LEN;
+    pkt.buf[eth_at..ip_at].copy_from_slice(&way.ethernet);
+    pkt.start = ip_at - head;
+    if head > ethernet::HEADER_LEN {
+        pkt.buf[pkt.start..eth_at].copy_from_slice(&way.vxlan);
+    }
+    pkt.csum_partial = false;
+    Ok(way.verdict)
 }

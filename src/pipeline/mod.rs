@@ -158,7 +158,6 @@ impl Pipeline {
         self.balancer.set_tables(&tables);
         self.tables = tables;
         self.memo = None;
-        self.fragments.forget();
     }
 
     /// Timers: expires idle tracked flows (bounded work; call once per batch).
@@ -207,14 +206,25 @@ impl Pipeline {
         });
         let verdict = match fragments::part_of(input, pkt.bytes()) {
             fragments::Part::Whole => self.dispatch(now, input, pkt),
-            fragments::Part::Later(id) => self.fragments.follow(id, pkt, now),
+            fragments::Part::Later(id) => match self.fragments.follow(id, pkt, now) {
+                Some(verdict) => {
+                    bump(&self.counters.fragments_followed);
+                    verdict
+                }
+                None => {
+                    bump(&self.counters.fragments_unmatched);
+                    self.dispatch(now, input, pkt)
+                }
+            },
             fragments::Part::First(id) => {
                 let verdict = self.dispatch(now, input, pkt);
-                if let Ok(v) = verdict {
-                    self.fragments.note(id, v, pkt, now);
+                match verdict {
+                    Ok(v) if !pkt.plain => self.fragments.note(id, v, pkt, now),
+                    _ => self.fragments.forget(&id),
                 }
                 verdict
             }
+            fragments::Part::Overlapping => Err(DropReason::Malformed),
         };
         self.count(verdict)
     }

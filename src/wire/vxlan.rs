@@ -15,7 +15,7 @@ pub const HEADER_LEN: usize = 8;
 /// The IANA-assigned VXLAN port.
 pub const PORT: u16 = 4789;
 /// The I flag: the VNI is valid. Receivers must drop headers without it.
-const FLAG_I: u8 = 0x08;
+pub const FLAG_I: u8 = 0x08;
 /// mesh's own flag, a reserved bit of byte 1 (no VXLAN extension uses it;
 /// RFC 7348 receivers ignore it): the inner TCP or UDP checksum holds only the
 /// pseudo-header sum, as the sending kernel left it (CHECKSUM_PARTIAL). Only

@@ -48,14 +48,31 @@ fn a_later_fragment_goes_where_its_first_went() {
 }
 
 #[test]
-fn a_later_fragment_without_its_first_is_dropped_and_counted() {
+fn a_later_fragment_without_its_first_is_judged_on_its_own() {
     let mut p = pipeline();
     let (_, later) = c1_to_c3();
+    // Plain switching needs no ports: it goes as it always did.
     assert_eq!(
         run(&mut p, Input::Tap(1), &later).0,
-        Verdict::Drop(DropReason::FragmentUnmatched)
+        Verdict::ToUnderlay(SocketAddrV4::new(HOST2, 4789))
     );
-    assert_eq!(p.counters().dropped(DropReason::FragmentUnmatched), 1);
+    // From the host, with no ports to go by, it is dropped.
+    let ip_only = &later[ethernet::HEADER_LEN..];
+    assert_eq!(
+        run(&mut p, Input::Host, ip_only).0,
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
+    let c = p.counters();
+    assert_eq!(
+        c.fragments_unmatched
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        c.fragments_followed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -64,35 +81,70 @@ fn only_the_input_the_first_came_from_is_followed() {
     let (first, later) = c1_to_c3();
     run(&mut p, Input::Tap(1), &first);
     // The same datagram ID from another port, or with another source MAC
-    // on the same port, or from the underlay: not the first's datagram.
+    // on the same port, or from the underlay: judged on their own.
     let mut spoofed = later.clone();
     spoofed[6..12].copy_from_slice(&Mac::for_ip(ip(9)).0);
     let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
-    for (input, frame) in [
-        (Input::Tap(2), later.clone()),
-        (Input::Tap(1), spoofed),
-        (host2, vxlan(VNI_A, &later)),
+    for (input, frame, why) in [
+        (Input::Tap(2), later.clone(), DropReason::Spoofed),
+        (Input::Tap(1), spoofed, DropReason::Spoofed),
+        (host2, vxlan(VNI_A, &later), DropReason::Hairpin),
     ] {
         assert_eq!(
             run(&mut p, input, &frame).0,
-            Verdict::Drop(DropReason::FragmentUnmatched),
+            Verdict::Drop(why),
             "{input:?}"
         );
     }
+    let followed = || {
+        p.counters()
+            .fragments_followed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(followed(), 0);
     assert!(matches!(
         run(&mut p, Input::Tap(1), &later).0,
         Verdict::ToUnderlay(_)
     ));
+    assert_eq!(
+        p.counters()
+            .fragments_followed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
-fn notes_are_forgotten_when_the_tables_change() {
+fn a_tcp_fragment_over_the_first_ones_tcp_header_is_dropped() {
     let mut p = pipeline();
-    let (first, later) = c1_to_c3();
-    run(&mut p, Input::Tap(1), &first);
-    p.set_tables(Arc::new(tables()));
+    let (_, mut later) = c1_to_c3();
+    let ip_hdr = ethernet::HEADER_LEN..ethernet::HEADER_LEN + 20;
+    later[ethernet::HEADER_LEN + 9] = ipv4::protocol::TCP;
+    later[ethernet::HEADER_LEN + 6..ethernet::HEADER_LEN + 8].copy_from_slice(&[0x20, 1]);
+    later[ethernet::HEADER_LEN + 10..ethernet::HEADER_LEN + 12].copy_from_slice(&[0, 0]);
+    let c = checksum(&later[ip_hdr]);
+    later[ethernet::HEADER_LEN + 10..ethernet::HEADER_LEN + 12].copy_from_slice(&c.to_be_bytes());
     assert_eq!(
         run(&mut p, Input::Tap(1), &later).0,
-        Verdict::Drop(DropReason::FragmentUnmatched)
+        Verdict::Drop(DropReason::Malformed)
+    );
+}
+
+#[test]
+fn a_vxlan_header_without_its_i_flag_is_refused_for_fragments_too() {
+    let mut p = pipeline();
+    let mut f = ipv4_frame(Mac::for_ip(ip(4)), Mac::for_ip(ip(3)), ip(4), ip(3));
+    f.extend([7u8; 56]);
+    let (first, later) = fragment(&f, 32);
+    let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
+    assert_eq!(
+        run(&mut p, host2, &vxlan(VNI_A, &first)).0,
+        Verdict::ToTap(2)
+    );
+    let mut no_i = vxlan(VNI_A, &later);
+    no_i[0] = 0;
+    assert_eq!(
+        run(&mut p, host2, &no_i).0,
+        Verdict::Drop(DropReason::Malformed)
     );
 }

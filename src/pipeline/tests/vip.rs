@@ -298,3 +298,46 @@ fn a_fragmented_udp_datagram_to_a_vip_and_its_fragmented_reply() {
     assert_eq!(&r2[6..12], &Mac::for_ip(VIP).0);
     assert!(l4_ok(&reassemble(&r1, &r2)));
 }
+
+/// Runs `frame` at `now`.
+fn run_at(p: &mut Pipeline, input: Input, frame: &[u8], now: Instant) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; HEADROOM + frame.len() + 100];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    let mut pkt = Packet::new(&mut buf, HEADROOM, frame.len());
+    let v = p.process(now, input, &mut pkt);
+    (v, pkt.bytes().to_vec())
+}
+
+#[test]
+fn a_note_lives_a_second_and_a_dropped_first_fragment_leaves_none() {
+    let data: Vec<u8> = (0..100).map(|i| i as u8).collect();
+    let query = l4_frame_with((ip(2), 5000), (VIP, 53), Mac::for_ip(VIP), 17, 0, &data);
+    let (first, later) = fragment(&query, 32);
+    // Late: the note has lapsed, and a fragment without ports cannot be
+    // balanced.
+    let mut p = pipeline();
+    let t0 = Instant::now();
+    assert_eq!(
+        run_at(&mut p, Input::Tap(1), &first, t0).0,
+        Verdict::ToTap(2)
+    );
+    let late = t0 + crate::pipeline::fragments::LIFETIME + std::time::Duration::from_millis(1);
+    assert_eq!(
+        run_at(&mut p, Input::Tap(1), &later, late).0,
+        Verdict::Drop(DropReason::Malformed)
+    );
+    // A datagram with the same ID whose first fragment is dropped (the VIP
+    // is gone) takes nothing from the older one's note.
+    let mut p = pipeline();
+    assert_eq!(
+        run_at(&mut p, Input::Tap(1), &first, t0).0,
+        Verdict::ToTap(2)
+    );
+    let mut t = (*p.tables).clone();
+    let net = t.networks.get_mut(&Vni::new(VNI_A).unwrap()).unwrap();
+    net.vips.remove(&VIP);
+    p.set_tables(Arc::new(t));
+    let gone = Verdict::Drop(DropReason::UnknownDestination);
+    assert_eq!(run_at(&mut p, Input::Tap(1), &first, t0).0, gone);
+    assert_eq!(run_at(&mut p, Input::Tap(1), &later, t0).0, gone);
+}
