@@ -12,6 +12,13 @@ fn c1_to_c3() -> (Vec<u8>, Vec<u8>) {
     fragment(&f, 24)
 }
 
+/// c3 (.4, on HOST2) to c2 (.3, port 2 here): the same, cut after 32 bytes.
+fn c3_to_c2() -> (Vec<u8>, Vec<u8>) {
+    let mut f = ipv4_frame(Mac::for_ip(ip(4)), Mac::for_ip(ip(3)), ip(4), ip(3));
+    f.extend([7u8; 56]);
+    fragment(&f, 32)
+}
+
 fn ip_ok(frame: &[u8]) -> bool {
     checksum(&frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + 20]) == 0
 }
@@ -34,9 +41,7 @@ fn a_later_fragment_goes_where_its_first_went() {
     assert!(ip_ok(&out_later[8..]));
     // On HOST2's side (here, the same pipeline as a receiver would be),
     // both reach c2 when addressed to it.
-    let mut f = ipv4_frame(Mac::for_ip(ip(4)), Mac::for_ip(ip(3)), ip(4), ip(3));
-    f.extend([7u8; 56]);
-    let (first, later) = fragment(&f, 32);
+    let (first, later) = c3_to_c2();
     let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
     assert_eq!(
         run(&mut p, host2, &vxlan(VNI_A, &first)).0,
@@ -133,9 +138,7 @@ fn a_tcp_fragment_over_the_first_ones_tcp_header_is_dropped() {
 #[test]
 fn a_vxlan_header_without_its_i_flag_is_refused_for_fragments_too() {
     let mut p = pipeline();
-    let mut f = ipv4_frame(Mac::for_ip(ip(4)), Mac::for_ip(ip(3)), ip(4), ip(3));
-    f.extend([7u8; 56]);
-    let (first, later) = fragment(&f, 32);
+    let (first, later) = c3_to_c2();
     let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
     assert_eq!(
         run(&mut p, host2, &vxlan(VNI_A, &first)).0,
