@@ -11,7 +11,7 @@
 //! tables change (`Pipeline::set_tables`). Only a frame switched to a
 //! container makes one: ARP, frames to the gateway and drops never do.
 
-use super::{DropReason, Packet};
+use super::{encap, DropReason, Packet};
 use crate::tables::PortId;
 use crate::wire::vxlan::{self, Vni};
 use crate::wire::{ethernet, ipv4};
@@ -64,8 +64,7 @@ impl Memo {
     /// checks the inner IPv4 header as switching would.
     #[inline]
     pub(super) fn decap(pkt: &mut Packet<'_>) -> Result<(), DropReason> {
-        pkt.csum_partial = vxlan::is_csum_partial(pkt.bytes());
-        pkt.start += vxlan::HEADER_LEN;
+        encap::decap(pkt)?;
         let ip = pkt.bytes().get(ethernet::HEADER_LEN..).unwrap_or_default();
         ipv4::Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
         Ok(())

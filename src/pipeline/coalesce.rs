@@ -18,7 +18,7 @@
 use super::offload::{pseudo_header_sum, tcp_layout, TcpLayout};
 use crate::tables::PortId;
 use crate::wire::virtio::{self, VnetHeader};
-use crate::wire::{checksum_fold, ethernet, ipv4, l4};
+use crate::wire::{be16, be32, checksum_fold, ethernet, ipv4, l4};
 
 /// The largest frame a run may grow to: an IPv4 packet of 64 KB behind Ethernet.
 pub const MAX_FRAME: usize = ethernet::HEADER_LEN + 65535;
@@ -69,22 +69,6 @@ pub struct Coalescer {
     /// The slot the last segment joined or started: the next one is most
     /// likely of the same connection, so it is tried first.
     last: usize,
-}
-
-/// Big-endian reads of headers whose length the caller has checked (0 if
-/// it has not: never a panic).
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u16::from_be_bytes)
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_be_bytes)
 }
 
 impl Coalescer {

@@ -8,6 +8,7 @@ use super::{DropReason, Packet};
 use crate::wire::vxlan::{self, Vni};
 
 /// Prepends the VXLAN header for `vni`.
+#[inline]
 pub fn encap(pkt: &mut Packet<'_>, vni: Vni) -> Result<(), DropReason> {
     if pkt.start < vxlan::HEADER_LEN {
         return Err(DropReason::NoHeadroom);
@@ -16,9 +17,12 @@ pub fn encap(pkt: &mut Packet<'_>, vni: Vni) -> Result<(), DropReason> {
     vxlan::emit(&mut pkt.buf[pkt.start..], vni).map_err(|_| DropReason::Malformed)
 }
 
-/// Reads and strips the VXLAN header; returns the VNI.
+/// Reads and strips the VXLAN header, noting whether it says the inner
+/// checksum is partial; returns the VNI.
+#[inline]
 pub fn decap(pkt: &mut Packet<'_>) -> Result<Vni, DropReason> {
     let vni = vxlan::parse(pkt.bytes()).map_err(|_| DropReason::Malformed)?;
+    pkt.csum_partial = vxlan::is_csum_partial(pkt.bytes());
     pkt.start += vxlan::HEADER_LEN;
     Ok(vni)
 }

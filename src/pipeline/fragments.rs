@@ -18,9 +18,10 @@
 //! drop it. A TCP fragment that would overlap the first's TCP header
 //! (offset below 20 bytes, RFC 1858) is dropped as malformed.
 
-use super::lb::nat::replace32;
+use super::lb::nat::{self, Side};
 use super::{DropReason, Input, Packet, Verdict};
-use crate::wire::{ethernet, ipv4, vxlan};
+use crate::wire::vxlan::{self, Vni};
+use crate::wire::{ethernet, ipv4, Mac};
 use std::hash::{BuildHasher, RandomState};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -46,14 +47,11 @@ pub enum Part {
 /// A datagram as one input sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Id {
-    /// 0: a TAP, 1: the underlay, 2: the host.
-    input: u8,
-    /// The port, the VTEP's address, or 0.
-    from: u32,
-    /// The VXLAN header's VNI field (underlay), else 0.
-    vni: u32,
+    input: Input,
+    /// The VXLAN header's VNI (underlay), else zero.
+    vni: Vni,
     /// The frame's source MAC (TAP, underlay), else zero.
-    mac: [u8; 6],
+    mac: Mac,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     protocol: u8,
@@ -93,54 +91,36 @@ impl Default for Fragments {
     }
 }
 
-/// Where the IPv4 header of a frame from `input` starts, relative to the
-/// frame, if it is IPv4 at all.
-fn ip_offset(input: Input, frame: &[u8]) -> Option<usize> {
-    let eth_at = match input {
-        Input::Host => return Some(0),
-        Input::Tap(_) => 0,
-        Input::Underlay(_) => vxlan::HEADER_LEN,
-    };
-    let ethertype = frame.get(eth_at + 12..eth_at + 14)?;
-    (ethertype == ethernet::ethertype::IPV4.to_be_bytes()).then_some(eth_at + ethernet::HEADER_LEN)
-}
-
 /// Which fragment `frame`, as read from `input`, is.
 pub fn part_of(input: Input, frame: &[u8]) -> Part {
-    let Some(at) = ip_offset(input, frame) else {
-        return Part::Whole;
-    };
+    let at = input.ip_offset();
     // Most packets: neither more fragments nor an offset.
-    match frame.get(at + 6..at + 8) {
-        Some(&[flags, offset]) if (flags & 0x3f) | offset != 0 => {}
+    let offset = match frame.get(at + 6..at + 8) {
+        Some(&[flags, offset]) if (flags & 0x3f) | offset != 0 => {
+            u16::from_be_bytes([flags, offset]) & 0x1fff
+        }
         _ => return Part::Whole,
-    }
+    };
+    // Without the I flag, the VXLAN header is refused (by the normal path).
+    let vni = match input {
+        Input::Underlay(_) => match vxlan::parse(frame) {
+            Ok(vni) => vni,
+            Err(_) => return Part::Whole,
+        },
+        _ => Vni::default(),
+    };
+    let mac = match input {
+        Input::Host => Mac::ZERO,
+        _ => match ethernet::Frame::new_checked(&frame[at - ethernet::HEADER_LEN..]) {
+            Ok(eth) if eth.ethertype() == ethernet::ethertype::IPV4 => eth.src(),
+            _ => return Part::Whole,
+        },
+    };
     let Ok(ip) = ipv4::Packet::new_checked(&frame[at..]) else {
         return Part::Whole;
     };
-    let field = ip.fragment_field();
-    let (more, offset) = (field & 0x2000 != 0, field & 0x1fff);
-    if !more && offset == 0 {
-        return Part::Whole;
-    }
-    let (tag, from, vni, mac) = match input {
-        Input::Tap(port) => (0, port, 0, mac_at(frame, 6)),
-        // Without the I flag the VXLAN header is refused (by the normal path).
-        Input::Underlay(_) if frame[0] & vxlan::FLAG_I == 0 => return Part::Whole,
-        Input::Underlay(src) => {
-            let vni = u32::from_be_bytes([0, frame[4], frame[5], frame[6]]);
-            (
-                1,
-                u32::from(*src.ip()),
-                vni,
-                mac_at(frame, vxlan::HEADER_LEN + 6),
-            )
-        }
-        Input::Host => (2, 0, 0, [0; 6]),
-    };
     let id = Id {
-        input: tag,
-        from,
+        input,
         vni,
         mac,
         src: ip.src(),
@@ -157,35 +137,23 @@ pub fn part_of(input: Input, frame: &[u8]) -> Part {
     }
 }
 
-fn mac_at(frame: &[u8], at: usize) -> [u8; 6] {
-    frame
-        .get(at..at + 6)
-        .and_then(|m| m.try_into().ok())
-        .unwrap_or_default()
-}
-
 impl Fragments {
     fn slot(&self, id: &Id) -> usize {
         self.hasher.hash_one(id) as usize & (SLOTS - 1)
     }
 
     /// Notes what the first fragment `id` became: `pkt` as the pipeline
-    /// left it, going where `verdict` says.
+    /// left it (not a frame it made itself), going where `verdict` says.
     pub fn note(&mut self, id: Id, verdict: Verdict, pkt: &Packet<'_>, now: Instant) {
         let out = pkt.bytes();
         let eth_at = match verdict {
             Verdict::ToUnderlay(_) => vxlan::HEADER_LEN,
             Verdict::ToTap(_) | Verdict::ToHost => 0,
-            Verdict::Drop(_) => return,
+            Verdict::Drop(_) => return self.forget(&id),
         };
-        // A frame the pipeline made itself (a refusal, an echo reply) is no
-        // way for the rest of the datagram.
-        if pkt.plain {
-            return;
-        }
         let ip_at = eth_at + ethernet::HEADER_LEN;
         let Ok(ip) = ipv4::Packet::new_checked(out.get(ip_at..).unwrap_or_default()) else {
-            return;
+            return self.forget(&id);
         };
         let mut way = Way {
             verdict,
@@ -232,14 +200,10 @@ impl Fragments {
     }
 }
 
-/// Gives a later fragment the headers and addresses of `way`.
+/// Gives a later fragment (as read from its input) the headers and
+/// addresses of `way`; its IPv4 header was checked by [`part_of`].
 fn apply(way: Way, id: Id, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> {
-    let ip_at = pkt.start
-        + match id.input {
-            0 => ethernet::HEADER_LEN,
-            1 => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
-            _ => 0,
-        };
+    let ip_at = pkt.start + id.input.ip_offset();
     let head = match way.verdict {
         Verdict::ToUnderlay(_) => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
         _ => ethernet::HEADER_LEN,
@@ -247,21 +211,14 @@ fn apply(way: Way, id: Id, pkt: &mut Packet<'_>) -> Result<Verdict, DropReason> 
     if ip_at < head {
         return Err(DropReason::NoHeadroom);
     }
-    let header_len = {
-        let ip = ipv4::Packet::new_checked(pkt.buf.get(ip_at..pkt.end).unwrap_or_default())
-            .map_err(|_| DropReason::Malformed)?;
-        ip.header_len()
-    };
-    let h = &mut pkt.buf[ip_at..ip_at + header_len];
-    let (src, dst) = (id.src, id.dst);
-    // The checksum is updated, not recomputed: a damaged header stays so.
-    let c = u16::from_be_bytes([h[10], h[11]]);
-    let c = replace32(replace32(c, src, way.src, false), dst, way.dst, false);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h[12..16].copy_from_slice(&way.src.octets());
-    h[16..20].copy_from_slice(&way.dst.octets());
     let eth_at = ip_at - ethernet::HEADER_LEN;
     pkt.buf[eth_at..ip_at].copy_from_slice(&way.ethernet);
+    let eth = ethernet::Frame::new_checked(&way.ethernet).map_err(|_| DropReason::Malformed)?;
+    let (dst_mac, src_mac) = (eth.dst(), eth.src());
+    // Addresses as NAT made them (a later fragment holds no L4 checksum).
+    let frame = &mut pkt.buf[eth_at..pkt.end];
+    nat::rewrite(frame, Side::Source, way.src, src_mac, false);
+    nat::rewrite(frame, Side::Destination, way.dst, dst_mac, false);
     pkt.start = ip_at - head;
     if head > ethernet::HEADER_LEN {
         pkt.buf[pkt.start..eth_at].copy_from_slice(&way.vxlan);

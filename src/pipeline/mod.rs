@@ -94,7 +94,7 @@ impl<'a> Packet<'a> {
 }
 
 /// Where a frame came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Input {
     /// An Ethernet frame read from a container's TAP.
     Tap(PortId),
@@ -103,6 +103,20 @@ pub enum Input {
     /// An IPv4 packet from the host stack (the ingress TUN), with room for
     /// an Ethernet header in front of `start`.
     Host,
+}
+
+impl Input {
+    /// Where the IPv4 header of a frame read from here starts, if it is
+    /// IPv4: behind the VXLAN and Ethernet headers, the Ethernet header, or
+    /// at once (the host stack's packets).
+    #[inline]
+    pub fn ip_offset(self) -> usize {
+        match self {
+            Input::Tap(_) => ethernet::HEADER_LEN,
+            Input::Underlay(_) => crate::wire::vxlan::HEADER_LEN + ethernet::HEADER_LEN,
+            Input::Host => 0,
+        }
+    }
 }
 
 /// What to do with the packet now in the buffer.
@@ -303,7 +317,7 @@ impl Pipeline {
         match switch::from_container(net, pkt.bytes())? {
             Location::Local(p) if p == port => Err(DropReason::Hairpin),
             Location::Local(p) => {
-                self.balancer.reverse(now, tables, net, pkt);
+                self.balancer.reverse(now, tables, net.vni, pkt);
                 Ok(Verdict::ToTap(p))
             }
             Location::Remote(vtep) => {
@@ -321,7 +335,6 @@ impl Pipeline {
     ) -> Result<Verdict, DropReason> {
         let tables = &*self.tables;
         let peer = *tables.peers.get(src.ip()).ok_or(DropReason::NotMember)?;
-        pkt.csum_partial = crate::wire::vxlan::is_csum_partial(pkt.bytes());
         let vni = encap::decap(pkt)?;
         let net = tables.networks.get(&vni).ok_or(DropReason::UnknownVni)?;
         let eth = ethernet::Frame::new_checked(pkt.bytes()).map_err(|_| DropReason::Malformed)?;
@@ -369,12 +382,7 @@ impl Pipeline {
         if way.routed {
             self.ingress.learn_return(now, *src.ip(), pkt.bytes());
         }
-        if !self.balancer.conntrack.is_empty() {
-            let tables = &*self.tables;
-            if let Some(net) = tables.networks.get(&way.vni) {
-                self.balancer.reverse(now, tables, net, pkt);
-            }
-        }
+        self.balancer.reverse(now, &self.tables, way.vni, pkt);
         Verdict::ToTap(way.port)
     }
 

@@ -8,9 +8,8 @@
 //! all asked for, in tables that hold anything. Nothing changes and nothing
 //! is counted; whatever cannot be read is left for `process` to judge.
 
-use super::flow::{flow_of, flow_of_ip};
+use super::flow::flow_of_ip;
 use super::{Input, Pipeline};
-use crate::wire::vxlan;
 
 impl Pipeline {
     /// Asks the cache for the tracking slots `frame` (as `process` will get
@@ -25,12 +24,8 @@ impl Pipeline {
         if vips.is_empty() && ingress.is_empty() && returns.is_empty() {
             return;
         }
-        let flow = match input {
-            Input::Host => flow_of_ip(frame),
-            Input::Tap(_) => flow_of(frame),
-            Input::Underlay(_) => flow_of(frame.get(vxlan::HEADER_LEN..).unwrap_or_default()),
-        };
-        let Ok(Some(f)) = flow else {
+        let packet = frame.get(input.ip_offset()..).unwrap_or_default();
+        let Ok(Some(f)) = flow_of_ip(packet) else {
             return;
         };
         match input {

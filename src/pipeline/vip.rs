@@ -13,6 +13,7 @@ use super::lb::nat::{self, Side};
 use super::lb::{FlowKey, Scheduler};
 use super::{DropReason, Packet};
 use crate::tables::{Location, NetworkTable, Tables};
+use crate::wire::vxlan::Vni;
 use crate::wire::{ethernet, ipv4, l4, Mac};
 use std::sync::Arc;
 use std::time::Instant;
@@ -176,18 +177,27 @@ impl Balancer {
         Ok(VipOutcome::Forward(ep.location))
     }
 
-    /// Gives a task's reply to a client the VIP as its source. Returns true if
-    /// the frame belonged to a tracked flow.
+    /// Gives a task's reply to a client (in network `vni`) the VIP as its
+    /// source. Returns true if the frame belonged to a tracked flow.
+    #[inline]
     pub(super) fn reverse(
         &mut self,
         now: Instant,
         tables: &Tables,
-        net: &NetworkTable,
+        vni: Vni,
         pkt: &mut Packet<'_>,
     ) -> bool {
-        if self.conntrack.is_empty() {
-            return false;
-        }
+        // Most frames, when no VIP flow is open, cost only this.
+        !self.conntrack.is_empty() && self.reverse_tracked(now, tables, vni, pkt)
+    }
+
+    fn reverse_tracked(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        vni: Vni,
+        pkt: &mut Packet<'_>,
+    ) -> bool {
         if let Some(q) = super::lb::icmp::quoted(pkt.bytes()) {
             return self.reverse_icmp_error(now, &q, pkt);
         }
@@ -199,7 +209,11 @@ impl Balancer {
         let Some((key, _)) = self.conntrack.touch_reply(&r, f.flags, now) else {
             return false;
         };
-        if let Some(vip) = net.vips.get(&key.vip).and_then(|i| tables.vips.get(*i)) {
+        let net = tables.networks.get(&vni);
+        if let Some(vip) = net
+            .and_then(|n| n.vips.get(&key.vip))
+            .and_then(|i| tables.vips.get(*i))
+        {
             vip.count(r.backend, pkt.len(), false);
         }
         let partial = pkt.csum_partial;

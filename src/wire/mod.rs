@@ -58,10 +58,21 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(checksum_fold(0, data) as u16)
 }
 
-/// Reads a big-endian u16 at `at`; callers have checked the length.
+/// Reads a big-endian u16 at `at`; callers have checked the length (0 if
+/// not: no panic path, so it inlines into hot loops).
 #[inline]
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+    b.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+/// Reads a big-endian u32 at `at`; as [`be16`].
+#[inline]
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 #[cfg(test)]

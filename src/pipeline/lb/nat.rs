@@ -19,7 +19,7 @@ pub(super) fn replace16(field: u16, old: u16, new: u16, partial: bool) -> u16 {
     }
 }
 
-pub(crate) fn replace32(field: u16, old: Ipv4Addr, new: Ipv4Addr, partial: bool) -> u16 {
+pub(super) fn replace32(field: u16, old: Ipv4Addr, new: Ipv4Addr, partial: bool) -> u16 {
     let (o, n) = (old.octets(), new.octets());
     let f = replace16(
         field,
