@@ -60,10 +60,27 @@ fn bench(c: &mut Criterion) {
             udp: forever,
         };
         let mut ct = Conntrack::new(2 * n as usize, timeouts);
+        // The slowest insert while filling: what one packet may wait when
+        // the table has to grow under it.
+        // Beside it, the slowest of as many empty steps as long as an
+        // insert: the machine's own pauses (a VM's vCPU is descheduled now
+        // and then), which no table can do anything about.
+        let (mut slowest, mut over, mut pause) = (Duration::ZERO, 0, Duration::ZERO);
         for i in 0..n {
+            let t = Instant::now();
             let _ = ct.insert(key(i), backend, now);
+            let took = t.elapsed();
+            slowest = slowest.max(took);
+            over += u32::from(took > Duration::from_micros(500));
+            let t = Instant::now();
+            while t.elapsed() < took.min(Duration::from_micros(1)) {}
+            pause = pause.max(t.elapsed());
         }
         let grown = rss_bytes().saturating_sub(before);
+        println!(
+            "conntrack growth: the slowest of {n} inserts took {slowest:?}, {over} over 0.5 ms \
+             (the machine's slowest empty step: {pause:?})"
+        );
         println!(
             "conntrack memory: {n} flows take {:.1} MB of resident memory ({} bytes a flow)",
             grown as f64 / 1e6,

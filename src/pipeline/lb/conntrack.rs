@@ -8,8 +8,9 @@
 //! cannot compute which ports collide), and a reply finds its flow through a
 //! second index of the same kind (reply tuple -> VIP and port). It is
 //! bounded: when full, new flows are refused and counted while existing ones
-//! go on. It grows by doubling (a rehash, tens of milliseconds at a million
-//! flows, a handful of times in its life) and never shrinks.
+//! go on. It grows by doubling, a handful of times in its life, moving its
+//! keys to the new array a few at a time (so growing never stalls the
+//! dataplane), and never shrinks.
 //!
 //! TCP entries follow the flags (SYN, established, FIN, RST) with timeouts per
 //! state. An idle established connection is kept for a long time by default
@@ -19,10 +20,12 @@
 //! time ([`Conntrack::expire`]), so a big table never stalls the dataplane.
 
 mod expiry;
+mod slots;
 mod table;
 
 use crate::wire::l4::tcp_flags::{ACK, FIN, RST, SYN};
 use expiry::Pass;
+use slots::Zeroable;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -137,6 +140,9 @@ struct Tracked {
     state: TcpState,
     fins: u8,
 }
+
+// SAFETY: integers, and a fieldless `repr(u8)` enum whose 0 is `SynSent`.
+unsafe impl Zeroable for Tracked {}
 
 impl Tracked {
     fn entry(&self) -> Entry {
@@ -383,9 +389,13 @@ impl Conntrack {
             state: TcpState::SynSent,
             fins: 0,
         };
-        let i = self.flows.insert(w, v);
+        // None: the kernel refused the memory to grow the table (logged).
+        let i = self.flows.insert(w, v).ok_or(Refusal::Full)?;
         if let Some(replies) = &mut self.replies {
-            replies.insert(v.reply_words(&k), vip_port(&k));
+            if replies.insert(v.reply_words(&k), vip_port(&k)).is_none() {
+                self.flows.remove_at(i);
+                return Err(Refusal::Full);
+            }
         }
         count(&mut self.open, &v, true);
         Ok(i)

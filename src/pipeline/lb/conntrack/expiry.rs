@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 /// microseconds).
 pub(super) const SWEEP_STEP: usize = 8192;
 
+/// Old slots a growing table moves to its new array per turn (random
+/// writes, so fewer than a sweep step looks at: tens of microseconds).
+const MIGRATE_PER_TURN: usize = 1024;
+
 /// Where a sweep of the table stands.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pass {
@@ -42,6 +46,12 @@ impl Conntrack {
     /// full table is swept whole at once (at most once a second), so that
     /// expired flows do not keep new ones out.
     pub fn expire(&mut self, now: Instant) {
+        // A growing table moves some keys on every turn too, so that the
+        // old array goes even when few new flows come.
+        self.flows.migrate(MIGRATE_PER_TURN);
+        if let Some(replies) = &mut self.replies {
+            replies.migrate(MIGRATE_PER_TURN);
+        }
         let slots = self.flows.slots();
         let due = now.saturating_duration_since(self.last_pass) >= Duration::from_secs(1);
         if self.flows.len() >= self.max {

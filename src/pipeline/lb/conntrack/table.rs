@@ -6,13 +6,25 @@
 //! million flows every lookup is a cache miss. Here a key is two words
 //! compared in place, a flow's whole entry is in the 32-byte slot next to
 //! its key (two to a cache line: a hit on its home slot costs one miss, a
-//! probe that runs on to the next slot one more at most), and a big array asks the kernel for huge pages so the miss is not
-//! also a TLB miss.
+//! probe that runs on to the next slot one more at most), and the array
+//! ([`Slots`]) is on huge pages so the miss is not also a TLB miss.
+//!
+//! Growing never stalls: a full-size rehash of a million flows held the
+//! dataplane ~200 ms. When the table is half full it gets an array twice
+//! the size, and the keys move over a little at a time ([`MIGRATE_STEP`]
+//! slots per insert, more per expiry turn), whole probe runs at once, in
+//! order from a free slot. So the old array is split in two at a free
+//! slot: runs before the split have moved, runs after it have not, and a
+//! key is looked for in the old array exactly when its home there is
+//! after the split (and, if not found, in the new one: new keys always go
+//! to the new array). The moves end long before the new array is half full.
 //!
 //! Keys come from the wire, so slots are found by a keyed hash
 //! ([`Seeds`]): a folded 64x64->128 multiply of the two key words xored
 //! with two secret random words drawn per table (foldhash's construction).
 //! A sender cannot compute which tuples collide without the seeds.
+
+use super::slots::{Slots, Zeroable};
 
 /// A table key: two words, the second never zero (zero marks a free slot).
 pub(super) type Words = [u64; 2];
@@ -48,23 +60,121 @@ pub(super) struct Slot<V> {
     pub value: V,
 }
 
+// SAFETY: two integers and a `V` that is itself all-zero valid.
+unsafe impl<V: Zeroable> Zeroable for Slot<V> {}
+
+impl<V: Zeroable> Slot<V> {
+    #[inline]
+    fn is_free(&self) -> bool {
+        self.key[1] == 0
+    }
+}
+
 /// The smallest table made (slots).
 const MIN_SLOTS: usize = 64;
 
-pub(super) struct Table<V: Copy + Default> {
-    slots: Vec<Slot<V>>,
+/// Old slots moved to the new array per insert while the table grows. The
+/// moves must end before the new array (twice the old one) is half full:
+/// the old one was half full when it grew, so the inserts left until then
+/// are at least half its slots, and two slots per insert would do.
+pub(super) const MIGRATE_STEP: usize = 8;
+
+/// The array a growing table is leaving.
+struct Old<V: Zeroable> {
+    slots: Slots<Slot<V>>,
     mask: usize,
-    len: usize,
-    seeds: Seeds,
+    /// The free slot the moves started from.
+    start: usize,
+    /// Slots walked from `start`; the slot after them is free, and every
+    /// key homed before it has moved (its slot is free now).
+    done: usize,
 }
 
-impl<V: Copy + Default> Table<V> {
+impl<V: Zeroable> Old<V> {
+    /// Whether a key homed at slot `home` of the old array is still there
+    /// (if it is in the table at all).
+    #[inline]
+    fn holds(&self, home: usize) -> bool {
+        (home.wrapping_sub(self.start) & self.mask) >= self.done
+    }
+}
+
+pub(super) struct Table<V: Zeroable> {
+    slots: Slots<Slot<V>>,
+    mask: usize,
+    /// Keys in both arrays.
+    len: usize,
+    seeds: Seeds,
+    /// While growing: the array the keys are moving from.
+    old: Option<Old<V>>,
+    /// A grow the kernel refused memory for was reported.
+    refused: bool,
+}
+
+/// The slot holding `k` in `slots`, probing from `home`.
+#[inline]
+fn probe<V: Zeroable>(slots: &[Slot<V>], mask: usize, home: usize, k: &Words) -> Option<usize> {
+    let mut i = home;
+    loop {
+        let s = slots.get(i)?;
+        if s.key == *k {
+            return Some(i);
+        }
+        if s.is_free() {
+            return None;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/// The first free slot from `home` on (the table is never full).
+#[inline]
+fn free_from<V: Zeroable>(slots: &[Slot<V>], mask: usize, home: usize) -> usize {
+    let mut i = home;
+    while slots.get(i).is_some_and(|s| !s.is_free()) {
+        i = (i + 1) & mask;
+    }
+    i
+}
+
+/// Empties slot `i` of `slots`, moving later keys of its probe run back so
+/// that every key stays reachable from its home slot. A key moves only into
+/// a slot at or cyclically after `i`, and never past a free slot.
+fn remove_shifting<V: Zeroable>(
+    slots: &mut [Slot<V>],
+    mask: usize,
+    seeds: &Seeds,
+    mut i: usize,
+) -> Option<Slot<V>> {
+    let removed = *slots.get(i).filter(|s| !s.is_free())?;
+    let mut j = i;
+    loop {
+        j = (j + 1) & mask;
+        let s = slots[j];
+        if s.is_free() {
+            break;
+        }
+        // Slot j's key may fill the hole at i unless its home lies
+        // cyclically in (i, j].
+        let home = seeds.hash(&s.key) as usize & mask;
+        if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
+            slots[i] = s;
+            i = j;
+        }
+    }
+    slots[i].key = [0, 0];
+    Some(removed)
+}
+
+impl<V: Zeroable> Table<V> {
     pub fn new() -> Table<V> {
         Table {
-            slots: Vec::new(),
+            slots: Slots::empty(),
             mask: 0,
             len: 0,
             seeds: Seeds::random(),
+            old: None,
+            refused: false,
         }
     }
 
@@ -72,25 +182,36 @@ impl<V: Copy + Default> Table<V> {
         self.len
     }
 
-    /// Slots, free or not (sweeps walk them by index).
+    /// Slots, free or not, of both arrays while growing (sweeps walk them
+    /// by index: the new array's first, then the old one's).
     pub fn slots(&self) -> usize {
-        self.slots.len()
+        self.slots.len() + self.old.as_ref().map_or(0, |o| o.slots.len())
+    }
+
+    /// Whether keys are still moving to a grown array.
+    #[cfg(test)]
+    pub fn growing(&self) -> bool {
+        self.old.is_some()
     }
 
     /// The key and value in slot `i`, if it holds one.
     #[inline]
     pub fn at(&self, i: usize) -> Option<&Slot<V>> {
-        self.slots.get(i).filter(|s| s.key[1] != 0)
+        let s = match i.checked_sub(self.slots.len()) {
+            None => self.slots.get(i),
+            Some(j) => self.old.as_ref()?.slots.get(j),
+        };
+        s.filter(|s| !s.is_free())
     }
 
+    /// The value in slot `i` (one [`Table::find`] or [`Table::insert`]
+    /// returned, with nothing inserted since).
     #[inline]
     pub fn value_mut(&mut self, i: usize) -> &mut V {
-        &mut self.slots[i].value
-    }
-
-    #[inline]
-    fn home(&self, k: &Words) -> usize {
-        self.seeds.hash(k) as usize & self.mask
+        match (i.checked_sub(self.slots.len()), self.old.as_mut()) {
+            (Some(j), Some(o)) => &mut o.slots[j].value,
+            _ => &mut self.slots[i].value,
+        }
     }
 
     /// The slot holding `k`.
@@ -99,17 +220,15 @@ impl<V: Copy + Default> Table<V> {
         if self.len == 0 {
             return None;
         }
-        let mut i = self.home(k);
-        loop {
-            let s = &self.slots[i];
-            if s.key == *k {
-                return Some(i);
+        let h = self.seeds.hash(k) as usize;
+        if let Some(o) = &self.old {
+            if o.holds(h & o.mask) {
+                if let Some(i) = probe(&o.slots, o.mask, h & o.mask, k) {
+                    return Some(self.slots.len() + i);
+                }
             }
-            if s.key[1] == 0 {
-                return None;
-            }
-            i = (i + 1) & self.mask;
         }
+        probe(&self.slots, self.mask, h & self.mask, k)
     }
 
     /// Starts loading the home slot of `k` into the cache, so that a
@@ -120,59 +239,60 @@ impl<V: Copy + Default> Table<V> {
         if self.len == 0 {
             return;
         }
-        if let Some(s) = self.slots.get(self.home(k)) {
+        let h = self.seeds.hash(k) as usize;
+        let s = match &self.old {
+            Some(o) if o.holds(h & o.mask) => o.slots.get(h & o.mask),
+            _ => self.slots.get(h & self.mask),
+        };
+        if let Some(s) = s {
             prefetch(s);
         }
     }
 
-    /// Puts `k` in (replacing its value if present); returns its slot.
-    pub fn insert(&mut self, k: Words, value: V) -> usize {
+    /// Puts `k` in (replacing its value if present); returns its slot, or
+    /// `None` when the table is full because the kernel refused the memory
+    /// to grow it.
+    pub fn insert(&mut self, k: Words, value: V) -> Option<usize> {
         debug_assert!(k[1] != 0, "a key's second word is never zero");
+        self.migrate(MIGRATE_STEP);
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let mut i = self.home(&k);
-        loop {
-            let s = &mut self.slots[i];
-            if s.key == k {
-                s.value = value;
-                return i;
+        let h = self.seeds.hash(&k) as usize;
+        if let Some(o) = &mut self.old {
+            if o.holds(h & o.mask) {
+                if let Some(i) = probe(&o.slots, o.mask, h & o.mask, &k) {
+                    o.slots[i].value = value;
+                    return Some(self.slots.len() + i);
+                }
             }
-            if s.key[1] == 0 {
-                *s = Slot { key: k, value };
-                self.len += 1;
-                return i;
-            }
-            i = (i + 1) & self.mask;
         }
+        if let Some(i) = probe(&self.slots, self.mask, h & self.mask, &k) {
+            self.slots[i].value = value;
+            return Some(i);
+        }
+        // Never the last free slot: probes end at a free one.
+        if self.len + 1 >= self.slots.len() {
+            return None;
+        }
+        let i = free_from(&self.slots, self.mask, h & self.mask);
+        self.slots[i] = Slot { key: k, value };
+        self.len += 1;
+        Some(i)
     }
 
-    /// Empties slot `i`, moving later keys of its probe run back so that
-    /// every key stays reachable from its home slot. A key moves only into
-    /// a slot at or cyclically after `i`, so a walk by index that looks at
-    /// slot `i` again after a removal misses no key.
-    pub fn remove_at(&mut self, mut i: usize) -> Option<Slot<V>> {
-        let removed = *self.at(i)?;
+    /// Empties slot `i`, moving later keys of its probe run back (see
+    /// [`remove_shifting`]). A walk by index that looks at slot `i` again
+    /// after a removal misses no key of that array.
+    pub fn remove_at(&mut self, i: usize) -> Option<Slot<V>> {
+        let removed = match (i.checked_sub(self.slots.len()), self.old.as_mut()) {
+            // The old array's split stays at a free slot: a removal shifts
+            // keys back within their run, never past a free slot.
+            (Some(j), Some(o)) => remove_shifting(&mut o.slots, o.mask, &self.seeds, j),
+            (Some(_), None) => None,
+            (None, _) => remove_shifting(&mut self.slots, self.mask, &self.seeds, i),
+        }?;
         self.len -= 1;
-        let mut j = i;
-        loop {
-            j = (j + 1) & self.mask;
-            let s = self.slots[j];
-            if s.key[1] == 0 {
-                break;
-            }
-            // Slot j's key may fill the hole at i unless its home lies
-            // cyclically in (i, j].
-            let home = self.home(&s.key);
-            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(i) & self.mask) {
-                self.slots[i] = s;
-                i = j;
-            }
-        }
-        self.slots[i] = Slot {
-            key: [0, 0],
-            value: V::default(),
-        };
         Some(removed)
     }
 
@@ -182,15 +302,71 @@ impl<V: Copy + Default> Table<V> {
         self.remove_at(i).map(|s| s.value)
     }
 
-    /// Doubles the slots (or makes the first ones) and puts every key back.
-    fn grow(&mut self) {
-        let n = (self.slots.len() * 2).max(MIN_SLOTS);
-        let old = std::mem::replace(&mut self.slots, free_slots(n));
-        self.mask = n - 1;
-        self.len = 0;
-        for s in old.into_iter().filter(|s| s.key[1] != 0) {
-            self.insert(s.key, s.value);
+    /// Moves the keys of at least `budget` old slots to the new array (then
+    /// on to the end of that probe run); drops the old array when all have.
+    pub fn migrate(&mut self, budget: usize) {
+        let Table {
+            slots,
+            mask,
+            seeds,
+            old,
+            ..
+        } = self;
+        let Some(o) = old else {
+            return;
+        };
+        let n = o.slots.len();
+        let mut walked = 0;
+        while o.done < n {
+            let i = (o.start + o.done) & o.mask;
+            let s = o.slots[i];
+            if s.is_free() {
+                // Stop only between runs.
+                if walked >= budget {
+                    return;
+                }
+            } else {
+                o.slots[i].key = [0, 0];
+                let home = seeds.hash(&s.key) as usize & *mask;
+                let j = free_from(slots, *mask, home);
+                slots[j] = s;
+            }
+            o.done += 1;
+            walked += 1;
         }
+        *old = None;
+    }
+
+    /// Gets an array twice the size (or the first one) and starts moving
+    /// the keys to it. A table still moving keys finishes first (it never
+    /// does in practice: see [`MIGRATE_STEP`]).
+    fn grow(&mut self) {
+        self.migrate(usize::MAX);
+        let n = (self.slots.len() * 2).max(MIN_SLOTS);
+        let Some(new) = Slots::zeroed(n) else {
+            if !self.refused {
+                self.refused = true;
+                tracing::warn!(
+                    slots = n,
+                    flows = self.len,
+                    "no memory to grow a connection table; it fills up where it is, then refuses new flows"
+                );
+            }
+            return;
+        };
+        let old = std::mem::replace(&mut self.slots, new);
+        let old_mask = std::mem::replace(&mut self.mask, n - 1);
+        if self.len == 0 {
+            return;
+        }
+        // At most half full: there is a free slot to start from.
+        let start = old.iter().position(Slot::is_free).unwrap_or(0);
+        self.old = Some(Old {
+            slots: old,
+            mask: old_mask,
+            start,
+            done: 0,
+        });
     }
 }
 
@@ -205,37 +381,6 @@ fn prefetch<T>(p: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-}
-
-/// `n` free slots. A big array is offered to the kernel for transparent
-/// huge pages (2 MB pages: 64 of them cover a million flows, where 4 KB
-/// pages would make each random lookup a TLB miss too); a kernel that
-/// refuses keeps normal pages.
-fn free_slots<V: Copy + Default>(n: usize) -> Vec<Slot<V>> {
-    // Advice first, then the writes that fault the pages in: pages already
-    // there stay small.
-    let mut v = Vec::with_capacity(n);
-    const HUGE: usize = 2 << 20;
-    let bytes = n * std::mem::size_of::<Slot<V>>();
-    if bytes >= 2 * HUGE {
-        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (v.as_ptr() as usize + bytes) & !(HUGE - 1);
-        if end > start {
-            // SAFETY: advice on a range inside our own allocation; it
-            // changes how pages are backed, never their contents.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    v.resize(
-        n,
-        Slot {
-            key: [0, 0],
-            value: V::default(),
-        },
-    );
-    v
 }
 
 #[cfg(test)]
@@ -277,6 +422,106 @@ mod tests {
         }
         assert_eq!(t.remove(&k(0)), None);
         assert_eq!(t.find(&k(5000)), None);
+    }
+
+    #[test]
+    fn growing_moves_keys_a_little_at_a_time_and_loses_none() {
+        let mut t: Table<u64> = Table::new();
+        let mut grew_at = None;
+        for i in 0..20_000 {
+            t.insert(k(i), i);
+            if t.growing() && grew_at.is_none() && i > 1000 {
+                grew_at = Some(i);
+            }
+            if i % 101 == 0 {
+                for j in 0..=i {
+                    assert_eq!(
+                        t.find(&k(j)).and_then(|s| t.at(s)).map(|s| s.value),
+                        Some(j)
+                    );
+                }
+            }
+        }
+        let grew_at = grew_at.expect("the table grew past 1000 keys");
+        // One insert moves a few slots, not the whole table.
+        t.insert(k(grew_at + 20_000), 0);
+        let mut u: Table<u64> = Table::new();
+        let mut inserts_while_growing = 0;
+        for i in 0..5000 {
+            u.insert(k(i), i);
+            if u.growing() {
+                inserts_while_growing += 1;
+            }
+        }
+        assert!(
+            inserts_while_growing > 100,
+            "keys moved over many inserts ({inserts_while_growing})"
+        );
+    }
+
+    #[test]
+    fn while_growing_keys_are_updated_removed_and_added_where_they_belong() {
+        let mut t: Table<u64> = Table::new();
+        let mut i = 0;
+        // Fill until a grow has just begun.
+        while !(t.growing() && t.len() > 5000) {
+            t.insert(k(i), i);
+            i += 1;
+        }
+        let n = i;
+        // (Each insert moves a few slots: few enough that the move is
+        // still under way at the end.)
+        for j in (0..n).step_by(8) {
+            assert!(t.insert(k(j), j + 1_000_000).is_some(), "update {j}");
+        }
+        for j in (0..n).step_by(3) {
+            assert_eq!(
+                t.remove(&k(j)),
+                Some(if j.is_multiple_of(8) {
+                    j + 1_000_000
+                } else {
+                    j
+                })
+            );
+        }
+        for j in n..n + 50 {
+            t.insert(k(j), j);
+        }
+        assert!(t.growing(), "still moving keys");
+        let want = |j: u64| -> Option<u64> {
+            if j < n && j.is_multiple_of(3) {
+                None
+            } else if j < n && j.is_multiple_of(8) {
+                Some(j + 1_000_000)
+            } else {
+                Some(j)
+            }
+        };
+        for j in 0..n + 50 {
+            assert_eq!(
+                t.find(&k(j)).and_then(|s| t.at(s)).map(|s| s.value),
+                want(j),
+                "key {j}"
+            );
+        }
+        // A walk by index (the sweep's) sees both arrays' keys once each.
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..t.slots() {
+            if let Some(slot) = t.at(s) {
+                assert!(seen.insert(slot.key), "a key in two slots");
+            }
+        }
+        assert_eq!(seen.len(), t.len());
+        // Moving the rest leaves every key where lookups find it.
+        t.migrate(usize::MAX);
+        assert!(!t.growing());
+        for j in 0..n + 50 {
+            assert_eq!(
+                t.find(&k(j)).and_then(|s| t.at(s)).map(|s| s.value),
+                want(j),
+                "key {j}"
+            );
+        }
     }
 
     proptest::proptest! {

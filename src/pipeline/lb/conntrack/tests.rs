@@ -255,3 +255,32 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_growing_table_finishes_moving_on_expiry_turns_and_loses_no_flow() {
+    let mut ct = Conntrack::new(100_000, Timeouts::default());
+    let now = Instant::now();
+    let mut port = 1;
+    // Fill until both tables have just begun to grow.
+    while !(ct.flows.growing() && port > 2000) {
+        ct.insert(key(port), TASK, now).unwrap();
+        port += 1;
+    }
+    assert!(ct.replies.as_ref().is_some_and(|r| r.growing()));
+    let mut turns = 0;
+    while ct.flows.growing() || ct.replies.as_ref().is_some_and(|r| r.growing()) {
+        assert!(turns < 100, "a growing table moves its keys in a few turns");
+        ct.expire(now);
+        turns += 1;
+    }
+    assert!(turns > 1, "moving the keys took more than one turn");
+    for p in 1..port {
+        let k = key(p);
+        assert_eq!(ct.get(&k, now).map(|e| e.backend), Some(TASK), "flow {p}");
+        assert_eq!(
+            ct.reply(&reply_of(&k, TASK, 80), now).map(|(k, _)| k),
+            Some(k),
+            "reply of flow {p}"
+        );
+    }
+}
