@@ -39,6 +39,61 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// An array of 32-byte slots in its own huge-page mapping, read at
+/// hashed positions: the memory system's floor for a table of that size.
+struct Floor {
+    slots: &'static mut [[u64; 4]],
+}
+
+impl Floor {
+    fn new(len: usize) -> Floor {
+        const HUGE: usize = 2 << 20;
+        let bytes = len * 32;
+        // SAFETY: a fresh anonymous mapping (with room to start on a huge
+        // page boundary), leaked for the benchmark's life; zeroed by the
+        // kernel, so every [u64; 4] in it is initialised.
+        let slots = unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                bytes + HUGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED, "memory for the floor array");
+            let start = (base as usize).next_multiple_of(HUGE) as *mut [u64; 4];
+            libc::madvise(start.cast(), bytes, libc::MADV_HUGEPAGE);
+            std::slice::from_raw_parts_mut(start, len)
+        };
+        for (i, s) in slots.iter_mut().enumerate() {
+            s[0] = i as u64;
+        }
+        Floor { slots }
+    }
+
+    #[inline]
+    fn at(&self, i: u32) -> usize {
+        (u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) as usize & (self.slots.len() - 1)
+    }
+
+    #[inline]
+    fn prefetch(&self, i: u32) {
+        let p = &self.slots[self.at(i)];
+        // SAFETY: a hint about a live reference; it reads nothing.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (p as *const [u64; 4]).cast(),
+            )
+        };
+    }
+
+    #[inline]
+    fn read(&self, i: u32) -> u64 {
+        self.slots[self.at(i)][0]
+    }
+}
+
 /// Frames looked up in one batch (the dataplane takes up to
 /// `io::driver::BATCH`, 64, per wake-up).
 const BATCH: usize = 32;
@@ -122,6 +177,35 @@ fn bench(c: &mut Criterion) {
                     }
                     let hits = (batches * BATCH as u64) as f64;
                     start.elapsed().mul_f64(iters as f64 / hits)
+                })
+            },
+        );
+        // The memory's own floor, for comparison in the same run: one
+        // random 32-byte read per flow from an array as big as the flow
+        // table (huge pages too), in the same prefetched batches, with
+        // nothing else done. A hit cannot be faster than this.
+        let floor = Floor::new((2 * n as usize).next_power_of_two());
+        g.bench_function(
+            format!("memory floor, {n} flows, batches of {BATCH} prefetched"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let batches = iters.div_ceil(BATCH as u64);
+                    let start = Instant::now();
+                    for _ in 0..batches {
+                        if at + BATCH > order.len() {
+                            at = 0;
+                        }
+                        let batch = &order[at..at + BATCH];
+                        at += BATCH;
+                        for &i in batch {
+                            floor.prefetch(i);
+                        }
+                        for &i in batch {
+                            black_box(floor.read(i));
+                        }
+                    }
+                    let reads = (batches * BATCH as u64) as f64;
+                    start.elapsed().mul_f64(iters as f64 / reads)
                 })
             },
         );

@@ -550,6 +550,7 @@ fn count(open: &mut HashMap<Ipv4Addr, u32>, e: &Tracked, add: bool) {
 }
 
 /// Moves the open count when an entry's state crosses Closed.
+#[inline]
 fn recount(open: &mut HashMap<Ipv4Addr, u32>, was: &Tracked, now: &Tracked) {
     match (was.state == TcpState::Closed, now.state == TcpState::Closed) {
         (false, true) => count(open, was, false),
