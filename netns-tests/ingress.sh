@@ -96,6 +96,22 @@ check "curl ADVERTISE_ADDR:8000 on .116 answers" grep -q "^w[12] " <<<"$out"
 check "the host's own connections to port 8000 elsewhere are not captured" \
     bash -c "ip netns exec mt-h116 curl -sf -m 3 http://$UNDERLAY.10:8000/ | grep -qx outside"
 
+# ---- every address of the host ---------------------------------------------
+# As Swarm publishes on 0.0.0.0: an address given to .116 later serves the
+# published ports within a few seconds (the agent looks every second), and
+# one taken away loses its rules.
+SECOND="$UNDERLAY.216"
+ip -n mt-h116 addr add "$SECOND/24" dev eth0
+second_ok() { get mt-out "http://$SECOND:8000/" | grep -q "^w[12] $UNDERLAY.10:"; }
+check "an address added to .116 later serves the published port, and the task sees the real client" \
+    wait_until 4 second_ok
+second_rules() { ip -n mt-h116 rule list | grep -c "to $SECOND "; }
+ip -n mt-h116 addr del "$SECOND/24" dev eth0
+no_second_rules() { [ "$(second_rules)" = 0 ]; }
+check "the address removed, its rules go too" wait_until 4 no_second_rules
+check "and ADVERTISE_ADDR and 127.0.0.1 keep theirs" \
+    bash -c "ip -n mt-h116 rule list | grep -q 'to $UNDERLAY.116 ipproto tcp dport 8000' && ip -n mt-h116 rule list | grep -q 'to 127.0.0.1 ipproto tcp dport 8000'"
+
 # ---- UDP --------------------------------------------------------------------
 udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }
 check "a UDP published port answers from a host without a task" wait_until 5 bash -c "udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 $UNDERLAY.116 9001; }; udp | grep -q '^w[12] $UNDERLAY.10\$'"

@@ -15,13 +15,8 @@ impl Agent {
         let tun = crate::io::tun::NAME;
         let fd = crate::io::tun::create(tun).map_err(|e| e.to_string())?;
         let advertise = self.cluster.config.advertise;
-        let routing = HostRouting::setup(
-            tun,
-            advertise,
-            ingress_address(advertise),
-            self.container_mtu,
-        )
-        .map_err(|e| format!("cannot set up ingress: {e}"))?;
+        let routing = HostRouting::setup(tun, ingress_address(advertise), self.container_mtu)
+            .map_err(|e| format!("cannot set up ingress: {e}"))?;
         self.dataplane
             .set_host(fd)
             .await
@@ -68,8 +63,14 @@ impl Agent {
         let Some(routing) = guard.as_mut() else {
             return;
         };
+        let advertise = self.cluster.config.advertise;
+        // Published ports answer on every address of the host (its own
+        // list, plus the two that must never be missing).
+        let mut addresses = crate::netns::ingress::host_addresses(crate::io::tun::NAME);
+        addresses.extend([advertise, Ipv4Addr::LOCALHOST]);
         let mut plan = HostPlan {
             vxlan_port: self.cluster.config.vxlan_port,
+            addresses,
             ..HostPlan::default()
         };
         for s in view.services.values() {
@@ -84,7 +85,6 @@ impl Agent {
                 });
             }
         }
-        let advertise = self.cluster.config.advertise;
         for n in view.networks.values() {
             // Routing a subnet that holds a node's address to the TUN would
             // cut that node off: leave it to the host (no egress for it).

@@ -39,6 +39,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 pub const SETTLE: Duration = Duration::from_millis(1500);
 /// How often the control loop looks at the cluster view.
 pub const TICK: Duration = Duration::from_millis(100);
+/// Ticks between two looks at the host's addresses (a second).
+const ADDRESS_TICKS: u64 = 10;
 /// What VXLAN costs on the underlay: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
@@ -155,7 +157,7 @@ impl Agent {
     /// Runs the control loop forever.
     pub async fn run(self: Arc<Self>) {
         let mut last: Option<View> = None;
-        loop {
+        for turn in 0u64.. {
             let view = self.cluster.view().await;
             self.cluster.replicate(&view).await;
             if last.as_ref() != Some(&view) {
@@ -166,6 +168,10 @@ impl Agent {
                 self.publish(&view, &local);
                 drop(local);
                 last = Some(view);
+            } else if turn % ADDRESS_TICKS == 0 {
+                // The host's addresses change without the cluster knowing:
+                // published ports follow them (nothing is done if none did).
+                self.apply_host_plan(&view);
             }
             tokio::time::sleep(TICK).await;
         }

@@ -15,9 +15,12 @@
 //!   as any forwarded packet does;
 //! - it works with no iptables at all, and undoing it is deleting rules.
 //!
-//! The rules match the destination as well as the port (ADVERTISE_ADDR and
-//! 127.0.0.1): a bare `dport 80` rule would also catch the host's own
-//! connections to port 80 elsewhere. The published ports are also added to
+//! The rules match the destination as well as the port: a bare `dport 80`
+//! rule would also catch the host's own connections to port 80 elsewhere.
+//! The destinations are every IPv4 address of the host (as Swarm publishes
+//! on 0.0.0.0: ADVERTISE_ADDR, 127.0.0.1, a second NIC's, ...), read again
+//! every second so that an address added later serves the ports too and
+//! one removed loses its rules. The published ports are also added to
 //! `ip_local_reserved_ports`, so that no socket of the host's own takes one
 //! as its ephemeral port (its replies would be steered to the TUN).
 //!
@@ -78,12 +81,61 @@ pub struct HostPlan {
     /// The underlay's VXLAN port: its datagrams are not tracked either (the
     /// NAT table would otherwise put every one through conntrack).
     pub vxlan_port: u16,
+    /// The addresses the published ports answer on: the host's own.
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+impl HostPlan {
+    /// Every (address, port) pair steered to the TUN.
+    fn steered(&self) -> BTreeSet<(Ipv4Addr, PublishedPort)> {
+        self.addresses
+            .iter()
+            .flat_map(|a| self.published.iter().map(move |p| (*a, *p)))
+            .collect()
+    }
+}
+
+/// The host's IPv4 addresses (of every interface but `except`, the TUN,
+/// whose address is its own business), 127.0.0.1 among them. Empty if the
+/// kernel cannot list them (logged).
+pub fn host_addresses(except: &str) -> BTreeSet<Ipv4Addr> {
+    let mut found = BTreeSet::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(),
+            "cannot list the host's addresses; published ports keep the ones they had");
+        return found;
+    }
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: a node of the list getifaddrs made, alive until freeifaddrs.
+        let ifa = unsafe { &*at };
+        at = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null sockaddr of the node; its family says its type.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: a NUL-terminated interface name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() == except.as_bytes() {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        found.insert(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
 }
 
 /// The host side of ingress, as set up in the agent's namespace.
 pub struct HostRouting {
     tun: String,
-    advertise: Ipv4Addr,
     applied: HostPlan,
     /// Sysctls as they were before setup, put back by teardown.
     forward_before: Option<String>,
@@ -155,12 +207,7 @@ impl HostRouting {
     /// MTU, routes table [`TABLE`] to it, moves the `local` rule after ours
     /// and turns forwarding on. Removes rules a killed agent left. If a step
     /// fails, what was done is undone.
-    pub fn setup(
-        tun: &str,
-        advertise: Ipv4Addr,
-        address: Ipv4Addr,
-        mtu: u32,
-    ) -> Result<HostRouting, NetnsError> {
+    pub fn setup(tun: &str, address: Ipv4Addr, mtu: u32) -> Result<HostRouting, NetnsError> {
         Self::remove_stale();
         let read = |path: &str| {
             std::fs::read_to_string(path)
@@ -170,7 +217,6 @@ impl HostRouting {
         // The guard first: dropping it on an error below undoes the rest.
         let mut r = HostRouting {
             tun: tun.to_string(),
-            advertise,
             applied: HostPlan::default(),
             forward_before: read(FORWARD),
             reserved_before: read(RESERVED_PORTS),
@@ -225,12 +271,12 @@ impl HostRouting {
         succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
     }
 
-    fn published_rules(&self, verb: &str, p: &PublishedPort) -> [String; 2] {
-        let sel = |to: String| format!("to {to} ipproto {} dport {}", p.protocol, p.port);
-        [
-            rule(verb, PREF_PUBLISHED, &sel(format!("{}/32", self.advertise))),
-            rule(verb, PREF_PUBLISHED, &sel("127.0.0.1/32".into())),
-        ]
+    fn published_rule(verb: &str, (to, p): &(Ipv4Addr, PublishedPort)) -> String {
+        rule(
+            verb,
+            PREF_PUBLISHED,
+            &format!("to {to}/32 ipproto {} dport {}", p.protocol, p.port),
+        )
     }
 
     /// Brings the rules in line with `plan` (only the differences).
@@ -238,7 +284,7 @@ impl HostRouting {
         if !self.active || *plan == self.applied {
             return Ok(());
         }
-        let cmds = self.rule_changes(&self.applied, plan);
+        let cmds = Self::rule_changes(&self.applied, plan);
         // Recorded as applied even if a command failed: the next plan
         // differs from this one only where the cluster changed, and a rule
         // that failed to go in would fail again the same way. Every step is
@@ -253,6 +299,7 @@ impl HostRouting {
         };
         tracing::info!(
             published = plan.published.len(),
+            addresses = plan.addresses.len(),
             subnets = plan.subnets.len(),
             "ingress rules updated"
         );
@@ -278,14 +325,11 @@ impl HostRouting {
 
     /// The `ip rule` commands that take the rules of plan `from` to those
     /// of plan `to`.
-    fn rule_changes(&self, from: &HostPlan, to: &HostPlan) -> Vec<String> {
+    fn rule_changes(from: &HostPlan, to: &HostPlan) -> Vec<String> {
         let mut cmds = vec![];
-        for p in from.published.difference(&to.published) {
-            cmds.extend(self.published_rules("del", p));
-        }
-        for p in to.published.difference(&from.published) {
-            cmds.extend(self.published_rules("add", p));
-        }
+        let (was, now) = (from.steered(), to.steered());
+        cmds.extend(was.difference(&now).map(|s| Self::published_rule("del", s)));
+        cmds.extend(now.difference(&was).map(|s| Self::published_rule("add", s)));
         let subnet =
             |verb, (a, l): &(Ipv4Addr, u8)| rule(verb, PREF_SUBNETS, &format!("to {a}/{l}"));
         cmds.extend(
@@ -318,7 +362,7 @@ impl HostRouting {
             return;
         }
         self.active = false;
-        let mut cmds = self.rule_changes(&self.applied, &HostPlan::default());
+        let mut cmds = Self::rule_changes(&self.applied, &HostPlan::default());
         cmds.push("rule add pref 0 lookup local".to_string());
         cmds.push(format!("rule del pref {PREF_LOCAL} lookup local"));
         cmds.push(format!("route flush table {TABLE}"));
@@ -382,6 +426,62 @@ impl Drop for HostRouting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_ports_are_steered_on_every_address_and_follow_them() {
+        let a = Ipv4Addr::new(192, 168, 1, 5);
+        let b = Ipv4Addr::new(10, 9, 0, 1);
+        let web = PublishedPort {
+            protocol: "tcp",
+            port: 8000,
+        };
+        let dns = PublishedPort {
+            protocol: "udp",
+            port: 53,
+        };
+        let mut one = HostPlan::default();
+        one.addresses.extend([a, Ipv4Addr::LOCALHOST]);
+        one.published.insert(web);
+        let mut two = one.clone();
+        two.addresses.insert(b);
+        two.published.insert(dns);
+        let rule = |verb: &str, to: Ipv4Addr, p: &str, port: u16| {
+            format!("rule {verb} pref {PREF_PUBLISHED} to {to}/32 ipproto {p} dport {port} lookup {TABLE}")
+        };
+        let set = |v: Vec<String>| v.into_iter().collect::<BTreeSet<_>>();
+        assert_eq!(
+            set(HostRouting::rule_changes(&HostPlan::default(), &one)),
+            set(vec![
+                rule("add", a, "tcp", 8000),
+                rule("add", Ipv4Addr::LOCALHOST, "tcp", 8000)
+            ])
+        );
+        // A new address gets every port; a new port every address.
+        assert_eq!(
+            set(HostRouting::rule_changes(&one, &two)),
+            set(vec![
+                rule("add", b, "tcp", 8000),
+                rule("add", a, "udp", 53),
+                rule("add", b, "udp", 53),
+                rule("add", Ipv4Addr::LOCALHOST, "udp", 53),
+            ])
+        );
+        // An address gone takes its rules along, and only those.
+        let mut three = two.clone();
+        three.addresses.remove(&a);
+        assert_eq!(
+            set(HostRouting::rule_changes(&two, &three)),
+            set(vec![rule("del", a, "tcp", 8000), rule("del", a, "udp", 53)])
+        );
+        assert!(HostRouting::rule_changes(&three, &three).is_empty());
+    }
+
+    #[test]
+    fn the_host_addresses_are_listed_but_the_named_interface() {
+        // Unit tests run where the loopback is up.
+        assert!(host_addresses("mesh-ingress").contains(&Ipv4Addr::LOCALHOST));
+        assert!(!host_addresses("lo").contains(&Ipv4Addr::LOCALHOST));
+    }
 
     #[test]
     fn the_nftables_script_masquerades_egress_and_keeps_containers_closed() {
