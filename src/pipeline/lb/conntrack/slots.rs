@@ -16,8 +16,9 @@ use std::ptr::NonNull;
 /// Types whose all-zero bytes are a valid value (a free slot is all zeros).
 ///
 /// # Safety
-/// Implement only for types made of integers (and fieldless enums whose
-/// zero is a variant), with no references, pointers or niches.
+/// Implement only for types whose all-zero bytes are a valid value: made of
+/// integers and fieldless enums with a zero variant, no references or
+/// pointers.
 pub(in crate::pipeline::lb::conntrack) unsafe trait Zeroable:
     Copy
 {

@@ -75,9 +75,14 @@ const MIN_SLOTS: usize = 64;
 
 /// Old slots moved to the new array per insert while the table grows. The
 /// moves must end before the new array (twice the old one) is half full:
-/// the old one was half full when it grew, so the inserts left until then
-/// are at least half its slots, and two slots per insert would do.
+/// the old one was at most half full when it grew, so the inserts left
+/// until then are about half its slots, and a little over two slots per
+/// insert would do.
 pub(super) const MIGRATE_STEP: usize = 8;
+
+/// Inserts that wait for room before a table the kernel refused memory to
+/// asks again.
+const RETRY_GROW: u32 = 4096;
 
 /// The array a growing table is leaving.
 struct Old<V: Zeroable> {
@@ -85,8 +90,8 @@ struct Old<V: Zeroable> {
     mask: usize,
     /// The free slot the moves started from.
     start: usize,
-    /// Slots walked from `start`; the slot after them is free, and every
-    /// key homed before it has moved (its slot is free now).
+    /// Slots walked from `start`; between moves the slot after them is
+    /// free, and every key homed before it has moved (its slot is free now).
     done: usize,
 }
 
@@ -107,8 +112,12 @@ pub(super) struct Table<V: Zeroable> {
     seeds: Seeds,
     /// While growing: the array the keys are moving from.
     old: Option<Old<V>>,
-    /// A grow the kernel refused memory for was reported.
-    refused: bool,
+    /// Inserts to wait before asking for memory again after the kernel
+    /// refused it (not a system call per refused flow).
+    retry_grow: u32,
+    /// Tests: act as if the kernel refused every new array.
+    #[cfg(test)]
+    refuse_memory: bool,
 }
 
 /// The slot holding `k` in `slots`, probing from `home`.
@@ -174,7 +183,9 @@ impl<V: Zeroable> Table<V> {
             len: 0,
             seeds: Seeds::random(),
             old: None,
-            refused: false,
+            retry_grow: 0,
+            #[cfg(test)]
+            refuse_memory: false,
         }
     }
 
@@ -255,9 +266,9 @@ impl<V: Zeroable> Table<V> {
     pub fn insert(&mut self, k: Words, value: V) -> Option<usize> {
         debug_assert!(k[1] != 0, "a key's second word is never zero");
         self.migrate(MIGRATE_STEP);
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
+        // At most half full, always (else no room for a new key): the
+        // moves of a grow are paced for that.
+        let room = (self.len + 1) * 2 <= self.slots.len() || self.grow();
         let h = self.seeds.hash(&k) as usize;
         if let Some(o) = &mut self.old {
             if o.holds(h & o.mask) {
@@ -271,8 +282,7 @@ impl<V: Zeroable> Table<V> {
             self.slots[i].value = value;
             return Some(i);
         }
-        // Never the last free slot: probes end at a free one.
-        if self.len + 1 >= self.slots.len() {
+        if !room {
             return None;
         }
         let i = free_from(&self.slots, self.mask, h & self.mask);
@@ -338,26 +348,34 @@ impl<V: Zeroable> Table<V> {
     }
 
     /// Gets an array twice the size (or the first one) and starts moving
-    /// the keys to it. A table still moving keys finishes first (it never
-    /// does in practice: see [`MIGRATE_STEP`]).
-    fn grow(&mut self) {
+    /// the keys to it; false if the kernel has no memory for it (then the
+    /// table stays as it is, half full, and new keys are refused; it asks
+    /// again after [`RETRY_GROW`] more). A table still moving keys finishes
+    /// first (it never does in practice: see [`MIGRATE_STEP`]).
+    fn grow(&mut self) -> bool {
+        if self.retry_grow > 0 {
+            self.retry_grow -= 1;
+            return false;
+        }
         self.migrate(usize::MAX);
         let n = (self.slots.len() * 2).max(MIN_SLOTS);
-        let Some(new) = Slots::zeroed(n) else {
-            if !self.refused {
-                self.refused = true;
-                tracing::warn!(
-                    slots = n,
-                    flows = self.len,
-                    "no memory to grow a connection table; it fills up where it is, then refuses new flows"
-                );
-            }
-            return;
+        #[cfg(test)]
+        let new = Slots::zeroed(n).filter(|_| !self.refuse_memory);
+        #[cfg(not(test))]
+        let new = Slots::zeroed(n);
+        let Some(new) = new else {
+            self.retry_grow = RETRY_GROW;
+            tracing::warn!(
+                slots = n,
+                flows = self.len,
+                "no memory to grow a connection table: new flows are refused until there is"
+            );
+            return false;
         };
         let old = std::mem::replace(&mut self.slots, new);
         let old_mask = std::mem::replace(&mut self.mask, n - 1);
         if self.len == 0 {
-            return;
+            return true;
         }
         // At most half full: there is a free slot to start from.
         let start = old.iter().position(Slot::is_free).unwrap_or(0);
@@ -367,6 +385,7 @@ impl<V: Zeroable> Table<V> {
             start,
             done: 0,
         });
+        true
     }
 }
 
@@ -521,6 +540,40 @@ mod tests {
                 want(j),
                 "key {j}"
             );
+        }
+    }
+
+    #[test]
+    fn without_memory_to_grow_new_keys_are_refused_and_the_rest_goes_on() {
+        let mut t: Table<u64> = Table::new();
+        for i in 0..32 {
+            assert!(t.insert(k(i), i).is_some());
+        }
+        t.refuse_memory = true;
+        // Half full: the next new key needs a bigger array.
+        assert_eq!(t.insert(k(100), 100), None);
+        assert_eq!(t.len(), 32);
+        assert!(t.insert(k(5), 55).is_some(), "a key there is still updated");
+        assert_eq!(
+            t.find(&k(5)).and_then(|s| t.at(s)).map(|s| s.value),
+            Some(55)
+        );
+        assert_eq!(t.remove(&k(6)), Some(6));
+        assert!(t.insert(k(101), 101).is_some(), "a removal makes room");
+        assert_eq!(t.insert(k(102), 102), None);
+        // Memory back: the table asks again after a while, not at once.
+        t.refuse_memory = false;
+        let mut refused = 0;
+        while t.insert(k(200 + refused), 0).is_none() {
+            refused += 1;
+            assert!(
+                refused <= u64::from(RETRY_GROW) + 1,
+                "the table asks for memory again"
+            );
+        }
+        assert!(refused > 100, "no system call per refused key ({refused})");
+        for i in (0..32).filter(|&i| i != 6) {
+            assert!(t.find(&k(i)).is_some(), "key {i}");
         }
     }
 
