@@ -1,4 +1,4 @@
-use super::expiry::SWEEP_STEP;
+use super::expiry::{FULL_STEP, SWEEP_STEP};
 use super::*;
 use crate::wire::ipv4::protocol::{TCP, UDP};
 
@@ -134,7 +134,7 @@ fn fill_udp(ct: &mut Conntrack, n: u32, now: Instant) {
 }
 
 #[test]
-fn expiry_goes_a_slice_at_a_time_and_a_full_table_at_once() {
+fn expiry_goes_a_slice_at_a_time_and_faster_when_full() {
     let t = Timeouts::default();
     let n = 100_000u32;
     let mut ct = Conntrack::new(200_000, t);
@@ -168,10 +168,35 @@ fn expiry_goes_a_slice_at_a_time_and_a_full_table_at_once() {
         "a second later, the rest of the pass at once"
     );
 
+    // A full table goes faster, still a slice a turn; the first slice
+    // already makes room for new flows.
     let mut full = Conntrack::new(50_000, t);
     fill_udp(&mut full, 50_000, now);
+    assert!(
+        full.flows.slots() > FULL_STEP,
+        "a table of more than one step"
+    );
     full.expire(later);
-    assert!(full.is_empty(), "a full table is swept at once");
+    let left = full.len();
+    assert!(
+        left > 0 && 50_000 - left > SWEEP_STEP,
+        "one slice, more than a normal step could remove: {left} left"
+    );
+    assert!(
+        full.insert(key(1), TASK, later).is_ok(),
+        "room for a new flow"
+    );
+    let mut calls = 1;
+    while full.len() > 1 && calls < 100 {
+        full.expire(later);
+        calls += 1;
+    }
+    assert_eq!(full.len(), 1, "all but the new flow expired");
+    // (No longer full after the first slice: the rest at the usual pace.)
+    assert!(
+        calls <= full.flows.slots() / SWEEP_STEP + 1,
+        "{calls} calls"
+    );
 }
 
 #[test]
