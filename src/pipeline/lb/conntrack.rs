@@ -441,9 +441,20 @@ impl Conntrack {
     pub fn touch(&mut self, k: &Key, flags: u8, from_client: bool, now: Instant) -> Option<Entry> {
         let i = self.flows.find(&k.words())?;
         let now = self.ms(now);
-        if expired(&self.timeouts, k.protocol, self.flows.value_mut(i), now) {
+        let timeouts = &self.timeouts;
+        let v = self.flows.value_mut(i);
+        if expired(timeouts, k.protocol, v, now) {
             self.remove_slot(i);
             return None;
+        }
+        // Most packets: an established flow's, with no flag that moves its
+        // state (or any packet of an established UDP flow). Only the time
+        // changes.
+        if v.state == TcpState::Established
+            && (k.protocol != crate::wire::ipv4::protocol::TCP || flags & (SYN | FIN | RST) == 0)
+        {
+            v.last_seen = now;
+            return Some(v.entry());
         }
         Some(self.note(i, k.protocol, flags, from_client, now).entry())
     }

@@ -246,6 +246,27 @@ fn a_full_table_refuses_new_flows_and_keeps_old_ones() {
 }
 
 proptest::proptest! {
+    /// `touch` (the per-packet path, with its shortcut for established
+    /// flows) moves an entry exactly as the full state machine does.
+    #[test]
+    fn touch_and_update_agree(packets in proptest::collection::vec((0u8..64, proptest::bool::ANY), 1..60)) {
+        for protocol in [TCP, UDP] {
+            let (mut a, mut b) = (Conntrack::new(10, Timeouts::default()), Conntrack::new(10, Timeouts::default()));
+            let now = Instant::now();
+            let k = Key { protocol, ..key(1) };
+            a.insert(k, TASK, now).unwrap();
+            b.insert(k, TASK, now).unwrap();
+            for &(flags, from_client) in &packets {
+                let touched = a.touch(&k, flags, from_client, now);
+                b.update(&k, flags, from_client, now);
+                proptest::prop_assert_eq!(touched, b.get(&k, now));
+                proptest::prop_assert_eq!(a.flows.find(&k.words()).and_then(|i| a.flows.at(i)).map(|s| s.value.fins),
+                    b.flows.find(&k.words()).and_then(|i| b.flows.at(i)).map(|s| s.value.fins));
+                proptest::prop_assert_eq!(a.active_to(TASK), b.active_to(TASK));
+            }
+        }
+    }
+
     /// Whatever happens to the entries (inserts past a growth, removals,
     /// packets, sweeps whole and in steps, time jumps): the open counts
     /// least-connections reads match a count over the table, every entry
