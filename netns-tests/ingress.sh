@@ -22,7 +22,8 @@ mctl 116 network create web >/dev/null || die "setup: network create"
 mctl 116 service create --name whoami --network web --publish 8000:80 --publish 9001:9000/udp \
     --publish 7001:7000 --publish 9002:9999/udp >/dev/null || die "setup: service create"
 
-# task NAME HOST: a whoami task: HTTP on :80 answering "NAME CLIENT_IP:PORT",
+# task NAME HOST: a whoami task: HTTP on :80 answering "NAME CLIENT_IP:PORT"
+# (and 100 kB more for /big),
 # UDP on :9000 answering "NAME CLIENT_IP" (padded with as many bytes as it
 # got, when that is more than one frame holds), TCP lines on :7000 echoed as NAME.
 task() {
@@ -35,6 +36,7 @@ name = sys.argv[1]
 class Who(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = ("%s %s:%d\n" % (name, self.client_address[0], self.client_address[1])).encode()
+        if self.path == "/big": body += b"x" * 100000 + b"\n"
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
@@ -111,6 +113,31 @@ no_second_rules() { [ "$(second_rules)" = 0 ]; }
 check "the address removed, its rules go too" wait_until 4 no_second_rules
 check "and ADVERTISE_ADDR and 127.0.0.1 keep theirs" \
     bash -c "ip -n mt-h116 rule list | grep -q 'to $UNDERLAY.116 ipproto tcp dport 8000' && ip -n mt-h116 rule list | grep -q 'to 127.0.0.1 ipproto tcp dport 8000'"
+
+# ---- a narrower path on the client's side ------------------------------------
+#   mt-far 10.79.0.2 --(1500)-- mt-mid --(MTU 1280)-- mt-out (router) -- .116
+# The task's full-size segments cannot pass mt-out: it says so to .116 (ICMP
+# fragmentation needed, about .116:8000 -> 10.79.0.2). The agent sends that
+# on to the task, translated, so its TCP lowers the path MTU; else the reply
+# is resent at full size until the client gives up.
+mk_container mid; mk_container far
+ip -n mt-out link add to-mid mtu 1280 type veth peer name to-out netns mt-mid mtu 1280
+ip -n mt-mid link add to-far type veth peer name eth0 netns mt-far
+ip -n mt-out addr add 10.78.0.1/24 dev to-mid; ip -n mt-out link set to-mid up
+ip -n mt-mid addr add 10.78.0.2/24 dev to-out; ip -n mt-mid link set to-out up
+ip -n mt-mid addr add 10.79.0.1/24 dev to-far; ip -n mt-mid link set to-far up
+ip -n mt-far addr add 10.79.0.2/24 dev eth0; ip -n mt-far link set eth0 up
+ip -n mt-far route add default via 10.79.0.1
+ip -n mt-mid route add default via 10.78.0.1
+ip -n mt-out route add 10.79.0.0/24 via 10.78.0.2
+ip netns exec mt-out sysctl -qw net.ipv4.ip_forward=1
+ip netns exec mt-mid sysctl -qw net.ipv4.ip_forward=1
+ip -n mt-h116 route add 10.79.0.0/24 via "$UNDERLAY.10"
+big_ok() {
+    local n; n=$(ip netns exec mt-far curl -s -m 6 "http://$UNDERLAY.116:8000/big" | wc -c)
+    [ "$n" -gt 100000 ]
+}
+check "a client behind a 1280-byte link gets a 100 kB answer through .116 (the path MTU error reaches the task)" big_ok
 
 # ---- UDP --------------------------------------------------------------------
 udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }

@@ -60,6 +60,9 @@ pub const PREF_LOCAL: u32 = 1000;
 pub const PREF_SUBNETS: u32 = 1001;
 const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+/// The mark nftables gives ICMP errors from outside about a published
+/// port's replies ("mesh"), which a rule steers to the TUN.
+pub const ERROR_MARK: u32 = 0x6d65_7368;
 /// The nftables table: egress masquerade, and `notrack` for ingress.
 pub const NFT_TABLE: &str = "mesh";
 
@@ -202,6 +205,12 @@ fn rule(verb: &str, pref: u32, selector: &str) -> String {
     format!("rule {verb} pref {pref} {selector} lookup {TABLE}")
 }
 
+/// The rule that steers ICMP errors about published ports' replies (marked
+/// [`ERROR_MARK`] by the nftables table) to the TUN.
+fn error_rule(verb: &str) -> String {
+    rule(verb, PREF_PUBLISHED, &format!("fwmark {ERROR_MARK:#x}"))
+}
+
 impl HostRouting {
     /// Gives the TUN (already created in this namespace) its address and
     /// MTU, routes table [`TABLE`] to it, moves the `local` rule after ours
@@ -235,7 +244,10 @@ impl HostRouting {
         // ICMP has no port to match).
         sysctl(&format!("{conf}/accept_local"), "1")?;
         sysctl(FORWARD, "1")?;
-        ip_batch(&[format!("route replace default dev {tun} table {TABLE}")])?;
+        ip_batch(&[
+            format!("route replace default dev {tun} table {TABLE}"),
+            error_rule("add"),
+        ])?;
         // Add the new `local` rule before deleting the old one, so that there
         // is never a moment without it. Either may be done already (an agent
         // was killed before it could put them back): not an error.
@@ -363,6 +375,7 @@ impl HostRouting {
         }
         self.active = false;
         let mut cmds = Self::rule_changes(&self.applied, &HostPlan::default());
+        cmds.push(error_rule("del"));
         cmds.push("rule add pref 0 lookup local".to_string());
         cmds.push(format!("rule del pref {PREF_LOCAL} lookup local"));
         cmds.push(format!("route flush table {TABLE}"));
@@ -390,7 +403,11 @@ impl HostRouting {
 /// addresses, and `notrack` for VXLAN datagrams.
 pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
     let mut text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    let errors = client_errors_chain(tun, plan);
     if plan.subnets.is_empty() {
+        if !errors.is_empty() {
+            text += &format!("table ip {NFT_TABLE} {{\n{errors}}}\n");
+        }
         return text;
     }
     let subnets: Vec<String> = plan
@@ -399,7 +416,7 @@ pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
         .map(|(a, l)| format!("{a}/{l}"))
         .collect();
     let subnets = subnets.join(", ");
-    text += &format!("table ip {NFT_TABLE} {{\n");
+    text += &format!("table ip {NFT_TABLE} {{\n{errors}");
     if plan.vxlan_port != 0 {
         let p = plan.vxlan_port;
         for (name, hook) in [("notrack_in", "prerouting"), ("notrack_out", "output")] {
@@ -415,6 +432,35 @@ pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
         "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {subnets} }} ip daddr != {{ {subnets} }} masquerade\n  }}\n"
     );
     text + "}\n"
+}
+
+/// The chain that marks ICMP errors (destination unreachable, time
+/// exceeded) coming from outside about a published port's reply, so that
+/// they go to the TUN and on to the task (which learns the path MTU to the
+/// client from them). The quoted packet's protocol and source port are read
+/// at fixed offsets (a quoted IPv4 header without options, as the agent's
+/// replies have). Empty when nothing is published.
+fn client_errors_chain(tun: &str, plan: &HostPlan) -> String {
+    let mut rules = String::new();
+    for (name, number) in [("tcp", 6), ("udp", 17)] {
+        let ports: Vec<String> = plan
+            .published
+            .iter()
+            .filter(|p| p.protocol == name)
+            .map(|p| p.port.to_string())
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        rules += &format!(
+            "    iifname != \"{tun}\" icmp type {{ destination-unreachable, time-exceeded }} @th,136,8 {number} @th,224,16 {{ {} }} meta mark set {ERROR_MARK:#x}\n",
+            ports.join(", ")
+        );
+    }
+    if rules.is_empty() {
+        return rules;
+    }
+    format!("  chain client_errors {{\n    type filter hook prerouting priority mangle; policy accept;\n{rules}  }}\n")
 }
 
 impl Drop for HostRouting {
@@ -504,5 +550,25 @@ mod tests {
         plan.vxlan_port = 4789;
         let s = nft_ruleset("mesh-ingress", &plan);
         assert_eq!(s.matches("udp dport 4789 notrack").count(), 2);
+        assert!(!s.contains("client_errors"), "nothing published");
+    }
+
+    #[test]
+    fn icmp_errors_about_published_ports_are_marked_for_the_tun() {
+        let mut plan = HostPlan::default();
+        for (protocol, port) in [("tcp", 8000), ("tcp", 7001), ("udp", 9001)] {
+            plan.published.insert(PublishedPort { protocol, port });
+        }
+        // Even without overlay subnets (no egress rules).
+        let s = nft_ruleset("mesh-ingress", &plan);
+        assert!(
+            s.contains("chain client_errors {\n    type filter hook prerouting priority mangle;")
+        );
+        assert!(s.contains("iifname != \"mesh-ingress\" icmp type { destination-unreachable, time-exceeded } @th,136,8 6 @th,224,16 { 7001, 8000 } meta mark set 0x6d657368\n"));
+        assert!(s.contains("@th,136,8 17 @th,224,16 { 9001 } meta mark set 0x6d657368\n"));
+        assert_eq!(
+            error_rule("add"),
+            format!("rule add pref {PREF_PUBLISHED} fwmark 0x6d657368 lookup {TABLE}")
+        );
     }
 }

@@ -74,6 +74,11 @@ impl Ingress {
             set_macs(pkt, ep.mac, net.gateway_mac);
             return deliver(pkt, net, ep.location);
         }
+        // An ICMP error about a task's reply, from the client's side (the
+        // host's rules steer those here): to the task.
+        if let Some(q) = icmp::quoted(pkt.bytes()) {
+            return self.icmp_error_to_task(now, tables, &q, pkt);
+        }
         let Some(f) = flow_of(pkt.bytes())? else {
             return Err(DropReason::UnsupportedProtocol);
         };
@@ -190,6 +195,38 @@ impl Ingress {
     fn translate_error(&mut self, now: Instant, q: &Flow, pkt: &mut Packet<'_>) -> Option<bool> {
         let (key, _) = self.flows.reply(&q.reversed().reply_key(), now)?;
         Some(icmp::translate_back(pkt.bytes_mut(), key.vip, key.port))
+    }
+
+    /// An ICMP error from the client's side quoting `q`, a reply of an
+    /// ingress flow (a router on the way to the client could not forward
+    /// it, and tells the path MTU): to the flow's task, translated, so that
+    /// its stack lowers the path MTU instead of resending into a black hole.
+    fn icmp_error_to_task(
+        &mut self,
+        now: Instant,
+        tables: &Tables,
+        q: &Flow,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
+        let e = self
+            .flows
+            .get(&q.reversed().key(), now)
+            .ok_or(DropReason::UntrackedFlow)?;
+        let vip = tables
+            .published
+            .get(&(q.protocol, q.ports.src))
+            .and_then(|p| tables.vips.get(p.vip))
+            .ok_or(DropReason::NoBackend)?;
+        let net = tables
+            .networks
+            .get(&vip.vni)
+            .ok_or(DropReason::UnknownVni)?;
+        let ep = net.by_ip.get(&e.backend).ok_or(DropReason::NoBackend)?;
+        if !icmp::translate_to_task(pkt.bytes_mut(), e.backend, e.backend_port) {
+            return Err(DropReason::Malformed);
+        }
+        set_macs(pkt, ep.mac, net.gateway_mac);
+        deliver(pkt, net, ep.location)
     }
 
     /// An ICMP error a task sent about a packet of an ingress flow: back to

@@ -300,6 +300,46 @@ fn a_tasks_icmp_error_returns_through_the_ingress_host_translated() {
     assert_eq!(&f[14..], &port_unreachable(HOST_A, CLIENT, &sent)[..]);
 }
 
+#[test]
+fn an_icmp_error_about_a_reply_reaches_the_task_translated() {
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+    let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
+    let sent = udp_packet((CLIENT, 5555), (HOST_A, 9001));
+    let (_, d) = run(&mut a, Input::Host, &sent);
+    let (v, _) = run(&mut b, underlay(HOST_A), &d);
+    assert_eq!(v, Verdict::ToTap(1));
+    // The task's reply leaves through .116 as .116:9001.
+    let reply = udp_packet((TASK, 9000), (CLIENT, 5555));
+    let (v, d) = run(
+        &mut b,
+        Input::Tap(1),
+        &frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &reply),
+    );
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
+    let (v, left) = run(&mut a, underlay(HOST_B), &d);
+    assert_eq!(v, Verdict::ToHost);
+    // A router on the client's side cannot forward it and says so to .116.
+    let error = port_unreachable(ROUTER, HOST_A, &left[14..]);
+    let (v, d) = run(&mut a, Input::Host, &error);
+    assert_eq!(
+        v,
+        Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)),
+        "to the task's host"
+    );
+    let (v, got) = run(&mut b, underlay(HOST_A), &d);
+    assert_eq!(v, Verdict::ToTap(1));
+    // What the task's stack can match: to the task, about what it sent.
+    assert_eq!(&got[14..], &port_unreachable(ROUTER, TASK, &reply)[..]);
+    // An error about no flow of ours goes nowhere.
+    let stray = udp_packet((HOST_A, 9001), (CLIENT, 6666));
+    let (v, _) = run(
+        &mut a,
+        Input::Host,
+        &port_unreachable(ROUTER, HOST_A, &stray),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::UntrackedFlow));
+}
+
 proptest! {
     #[test]
     fn arbitrary_packets_from_the_host_never_panic(

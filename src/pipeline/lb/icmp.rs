@@ -5,7 +5,7 @@
 //! the error the address the client knows, outside and inside, so that the
 //! client's stack matches it to its socket (and no task address leaks).
 
-use super::nat::{replace16, replace32};
+use super::nat::{replace16, replace32, Side};
 use crate::pipeline::flow::Flow;
 use crate::wire::{be16, checksum, ethernet, ipv4, l4};
 use std::net::Ipv4Addr;
@@ -73,24 +73,41 @@ pub fn quoted(frame: &[u8]) -> Option<Flow> {
 /// checksums that cover them are made right (outer IP, quoted IP, quoted
 /// UDP/TCP if quoted in full, ICMP). False if it is no such error.
 pub fn translate_back(frame: &mut [u8], dst: Ipv4Addr, dst_port: u16) -> bool {
+    translate(frame, Side::Source, dst, dst_port)
+}
+
+/// Translates an ICMP error from the client's side about a task's reply
+/// (a router that cannot forward it: "fragmentation needed", say) to what
+/// the task knows: the error goes to `task` and quotes `task`:`port` as the
+/// reply's source, so the task's stack matches it to its socket (and learns
+/// the path MTU). Checksums as in [`translate_back`].
+pub fn translate_to_task(frame: &mut [u8], task: Ipv4Addr, port: u16) -> bool {
+    translate(frame, Side::Destination, task, port)
+}
+
+/// Puts `to`:`port` in the error's outer header on `outer` side and in the
+/// quoted packet on the other side (the error travels opposite to the
+/// packet it quotes).
+fn translate(frame: &mut [u8], outer: Side, to: Ipv4Addr, port: u16) -> bool {
     let Some(l) = layout(frame) else {
         return false;
     };
-    let old_dst = addr(frame, l.inner + 16);
-    let old_port = be16(frame, l.inner_l4 + 2);
-    // Outer source, and the outer header's checksum.
     let ip = ethernet::HEADER_LEN;
-    frame[ip + 12..ip + 16].copy_from_slice(&dst.octets());
+    let (outer_at, inner_at, port_at) = match outer {
+        Side::Source => (ip + 12, l.inner + 16, l.inner_l4 + 2),
+        Side::Destination => (ip + 16, l.inner + 12, l.inner_l4),
+    };
+    let old_addr = addr(frame, inner_at);
+    let old_port = be16(frame, port_at);
+    frame[outer_at..outer_at + 4].copy_from_slice(&to.octets());
     frame[ip + 10..ip + 12].fill(0);
     let c = checksum(&frame[ip..l.icmp]);
     frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-    // The quoted header.
-    frame[l.inner + 16..l.inner + 20].copy_from_slice(&dst.octets());
-    frame[l.inner_l4 + 2..l.inner_l4 + 4].copy_from_slice(&dst_port.to_be_bytes());
+    frame[inner_at..inner_at + 4].copy_from_slice(&to.octets());
+    frame[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
     frame[l.inner + 10..l.inner + 12].fill(0);
     let c = checksum(&frame[l.inner..l.inner_l4]);
     frame[l.inner + 10..l.inner + 12].copy_from_slice(&c.to_be_bytes());
-    // The quoted transport checksum, where it was quoted and is in use.
     let csum_at = match frame[l.inner + 9] {
         ipv4::protocol::UDP => l.inner_l4 + 6,
         _ => l.inner_l4 + 16,
@@ -99,12 +116,11 @@ pub fn translate_back(frame: &mut [u8], dst: Ipv4Addr, dst_port: u16) -> bool {
         let field = be16(frame, csum_at);
         let udp_off = frame[l.inner + 9] == ipv4::protocol::UDP && field == 0;
         if !udp_off {
-            let c = replace32(field, old_dst, dst, false);
-            let c = replace16(c, old_port, dst_port, false);
+            let c = replace32(field, old_addr, to, false);
+            let c = replace16(c, old_port, port, false);
             frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         }
     }
-    // Last, the ICMP checksum over the whole message.
     frame[l.icmp + 2..l.icmp + 4].fill(0);
     let c = checksum(&frame[l.icmp..l.end]);
     frame[l.icmp + 2..l.icmp + 4].copy_from_slice(&c.to_be_bytes());
@@ -172,6 +188,17 @@ pub(crate) mod tests {
         ethernet::emit(&mut f, Mac::ZERO, Mac::ZERO, ethernet::ethertype::IPV4).unwrap();
         f.extend_from_slice(&port_unreachable(from, to, quoted));
         f
+    }
+
+    #[test]
+    fn an_error_about_a_reply_is_translated_to_the_task() {
+        const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+        // The reply as it left for the client, and the router's error.
+        let sent = udp_packet((PUBLISHED, 9001), (CLIENT, 5555));
+        let mut f = unreachable(ROUTER, PUBLISHED, &sent);
+        assert!(translate_to_task(&mut f, TASK, 9000));
+        let replied = udp_packet((TASK, 9000), (CLIENT, 5555));
+        assert_eq!(f, unreachable(ROUTER, TASK, &replied));
     }
 
     #[test]
