@@ -137,7 +137,8 @@ big_ok() {
     local n; n=$(ip netns exec mt-far curl -s -m 6 "http://$UNDERLAY.116:8000/big" | wc -c)
     [ "$n" -gt 100000 ]
 }
-check "a client behind a 1280-byte link gets a 100 kB answer through .116 (the path MTU error reaches the task)" big_ok
+check "a client behind a 1280-byte link gets a 100 kB answer through .116 (the path MTU error reaches the task)" \
+    wait_until 13 big_ok
 
 # ---- UDP --------------------------------------------------------------------
 udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }

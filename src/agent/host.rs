@@ -66,7 +66,8 @@ impl Agent {
         let advertise = self.cluster.config.advertise;
         // Published ports answer on every address of the host (its own
         // list, plus the two that must never be missing).
-        let mut addresses = crate::netns::ingress::host_addresses(crate::io::tun::NAME);
+        let mut addresses = crate::netns::ingress::host_addresses(crate::io::tun::NAME)
+            .unwrap_or_else(|| routing.addresses().clone());
         addresses.extend([advertise, Ipv4Addr::LOCALHOST]);
         let mut plan = HostPlan {
             vxlan_port: self.cluster.config.vxlan_port,

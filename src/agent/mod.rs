@@ -157,6 +157,7 @@ impl Agent {
     /// Runs the control loop forever.
     pub async fn run(self: Arc<Self>) {
         let mut last: Option<View> = None;
+        let mut addresses = None;
         for turn in 0u64.. {
             let view = self.cluster.view().await;
             self.cluster.replicate(&view).await;
@@ -170,8 +171,16 @@ impl Agent {
                 last = Some(view);
             } else if turn % ADDRESS_TICKS == 0 {
                 // The host's addresses change without the cluster knowing:
-                // published ports follow them (nothing is done if none did).
-                self.apply_host_plan(&view);
+                // published ports follow them.
+                let now = crate::netns::ingress::host_addresses(crate::io::tun::NAME);
+                if now.is_some() && now != addresses {
+                    // As above: the newest view, under the lock.
+                    let local = self.local.lock().await;
+                    let view = self.cluster.view().await;
+                    self.apply_host_plan(&view);
+                    drop(local);
+                    addresses = now;
+                }
             }
             tokio::time::sleep(TICK).await;
         }

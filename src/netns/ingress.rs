@@ -99,16 +99,16 @@ impl HostPlan {
 }
 
 /// The host's IPv4 addresses (of every interface but `except`, the TUN,
-/// whose address is its own business), 127.0.0.1 among them. Empty if the
-/// kernel cannot list them (logged).
-pub fn host_addresses(except: &str) -> BTreeSet<Ipv4Addr> {
+/// whose address is its own business), 127.0.0.1 among them. `None` if the
+/// kernel cannot list them now (logged).
+pub fn host_addresses(except: &str) -> Option<BTreeSet<Ipv4Addr>> {
     let mut found = BTreeSet::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(),
             "cannot list the host's addresses; published ports keep the ones they had");
-        return found;
+        return None;
     }
     let mut at = list;
     while !at.is_null() {
@@ -133,7 +133,7 @@ pub fn host_addresses(except: &str) -> BTreeSet<Ipv4Addr> {
     }
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(list) };
-    found
+    Some(found)
 }
 
 /// The host side of ingress, as set up in the agent's namespace.
@@ -270,6 +270,11 @@ impl HostRouting {
     /// True if containers' egress is masqueraded (nftables is there).
     pub fn egress(&self) -> bool {
         self.nft
+    }
+
+    /// The addresses the published ports answer on now.
+    pub fn addresses(&self) -> &BTreeSet<Ipv4Addr> {
+        &self.applied.addresses
     }
 
     /// Deletes every rule that points at [`TABLE`] (left by an agent that
@@ -435,11 +440,13 @@ pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
 }
 
 /// The chain that marks ICMP errors (destination unreachable, time
-/// exceeded) coming from outside about a published port's reply, so that
-/// they go to the TUN and on to the task (which learns the path MTU to the
-/// client from them). The quoted packet's protocol and source port are read
-/// at fixed offsets (a quoted IPv4 header without options, as the agent's
-/// replies have). Empty when nothing is published.
+/// exceeded) coming from outside to one of the host's own addresses about
+/// a published port's reply, so that they go to the TUN and on to the task
+/// (which learns the path MTU to the client from them); errors for machines
+/// the host forwards for are left alone. The quoted packet's protocol and
+/// source port are read at fixed offsets, so only a quoted IPv4 header
+/// without options (as the agent's replies have) matches. Empty when
+/// nothing is published.
 fn client_errors_chain(tun: &str, plan: &HostPlan) -> String {
     let mut rules = String::new();
     for (name, number) in [("tcp", 6), ("udp", 17)] {
@@ -453,7 +460,7 @@ fn client_errors_chain(tun: &str, plan: &HostPlan) -> String {
             continue;
         }
         rules += &format!(
-            "    iifname != \"{tun}\" icmp type {{ destination-unreachable, time-exceeded }} @th,136,8 {number} @th,224,16 {{ {} }} meta mark set {ERROR_MARK:#x}\n",
+            "    iifname != \"{tun}\" fib daddr type local icmp type {{ destination-unreachable, time-exceeded }} @th,68,4 5 @th,136,8 {number} @th,224,16 {{ {} }} meta mark set {ERROR_MARK:#x}\n",
             ports.join(", ")
         );
     }
@@ -525,8 +532,10 @@ mod tests {
     #[test]
     fn the_host_addresses_are_listed_but_the_named_interface() {
         // Unit tests run where the loopback is up.
-        assert!(host_addresses("mesh-ingress").contains(&Ipv4Addr::LOCALHOST));
-        assert!(!host_addresses("lo").contains(&Ipv4Addr::LOCALHOST));
+        let all = host_addresses("mesh-ingress").expect("the addresses are listed");
+        assert!(all.contains(&Ipv4Addr::LOCALHOST));
+        let but_lo = host_addresses("lo").expect("the addresses are listed");
+        assert!(!but_lo.contains(&Ipv4Addr::LOCALHOST));
     }
 
     #[test]
@@ -564,7 +573,7 @@ mod tests {
         assert!(
             s.contains("chain client_errors {\n    type filter hook prerouting priority mangle;")
         );
-        assert!(s.contains("iifname != \"mesh-ingress\" icmp type { destination-unreachable, time-exceeded } @th,136,8 6 @th,224,16 { 7001, 8000 } meta mark set 0x6d657368\n"));
+        assert!(s.contains("iifname != \"mesh-ingress\" fib daddr type local icmp type { destination-unreachable, time-exceeded } @th,68,4 5 @th,136,8 6 @th,224,16 { 7001, 8000 } meta mark set 0x6d657368\n"));
         assert!(s.contains("@th,136,8 17 @th,224,16 { 9001 } meta mark set 0x6d657368\n"));
         assert_eq!(
             error_rule("add"),
