@@ -213,6 +213,13 @@ done
 agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 
 wait_until 5 get_ok || die "setup: curl $ENTRY:$PUB from mt-out (mesh)"
+# The cluster view names every task a moment before .116's dataplane tables
+# have them: wait until TASKS new connections in a row reach TASKS tasks.
+all_serve() {
+    [ "$(for ((i = 0; i < TASKS; i++)); do ip netns exec mt-out curl -s -m 3 "http://$ENTRY:$PUB/"; echo; done |
+        sort -u | grep -c .)" = "$TASKS" ]
+}
+wait_until 5 all_serve || die "setup: not every task answers through $ENTRY:$PUB (mesh)"
 expect_spread "mesh $ENTRY:$PUB" w
 wait_until 3 logged w || die "mesh: the tasks did not log the /client requests"
 MSEEN=$(seen_by w)

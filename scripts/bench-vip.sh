@@ -116,6 +116,13 @@ wait_until 5 replicas || die "setup: web does not have $TASKS tasks on .116"
 get_ok() { ip netns exec "$1" curl -s -m 3 -o /dev/null "http://$2/"; }
 wait_until 5 get_ok mt-kclient "$KVIP" || die "setup: curl $KVIP from mt-kclient"
 wait_until 5 get_ok mt-client "$VIP" || die "setup: curl $VIP from mt-client"
+# The cluster view names every task a moment before the client's host has
+# them in its tables: wait until TASKS new connections in a row reach TASKS tasks.
+all_serve() {
+    [ "$(for ((i = 0; i < TASKS; i++)); do ip netns exec mt-client curl -s -m 3 "http://$VIP/"; echo; done |
+        sort -u | grep -c .)" = "$TASKS" ]
+}
+wait_until 5 all_serve || die "setup: not every task answers through $VIP (mesh)"
 expect_spread "kernel $KVIP" mt-kclient "$KVIP" kt
 expect_spread "mesh $VIP" mt-client "$VIP" w
 
