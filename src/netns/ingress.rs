@@ -306,10 +306,18 @@ impl HostRouting {
         // differs from this one only where the cluster changed, and a rule
         // that failed to go in would fail again the same way. Every step is
         // tried; the first error is returned.
-        self.applied = plan.clone();
+        let was = std::mem::replace(&mut self.applied, plan.clone());
         let rules = ip_batch(&cmds);
-        let reserved = self.reserve_ports(plan);
-        let nft = if self.nft {
+        // Neither the reserved ports nor the nftables table depend on the
+        // addresses: a change of those alone is the rules only.
+        let ports = was.published != plan.published;
+        let reserved = if ports {
+            self.reserve_ports(plan)
+        } else {
+            Ok(())
+        };
+        let netfilter = ports || was.subnets != plan.subnets || was.vxlan_port != plan.vxlan_port;
+        let nft = if self.nft && netfilter {
             self.apply_nft(plan)
         } else {
             Ok(())
@@ -407,21 +415,27 @@ impl HostRouting {
 /// its way back), a drop of new connections from outside to container
 /// addresses, and `notrack` for VXLAN datagrams.
 pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
-    let mut text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
-    let errors = client_errors_chain(tun, plan);
-    if plan.subnets.is_empty() {
-        if !errors.is_empty() {
-            text += &format!("table ip {NFT_TABLE} {{\n{errors}}}\n");
-        }
+    let text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    let mut chains = client_errors_chain(tun, plan);
+    if !plan.subnets.is_empty() {
+        chains += &overlay_chains(tun, plan);
+    }
+    if chains.is_empty() {
         return text;
     }
+    text + &format!("table ip {NFT_TABLE} {{\n{chains}}}\n")
+}
+
+/// The chains for the overlay subnets: VXLAN `notrack`, containers closed
+/// to new connections from outside, egress masquerade.
+fn overlay_chains(tun: &str, plan: &HostPlan) -> String {
     let subnets: Vec<String> = plan
         .subnets
         .iter()
         .map(|(a, l)| format!("{a}/{l}"))
         .collect();
     let subnets = subnets.join(", ");
-    text += &format!("table ip {NFT_TABLE} {{\n{errors}");
+    let mut text = String::new();
     if plan.vxlan_port != 0 {
         let p = plan.vxlan_port;
         for (name, hook) in [("notrack_in", "prerouting"), ("notrack_out", "output")] {
@@ -436,7 +450,7 @@ pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
     text += &format!(
         "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {subnets} }} ip daddr != {{ {subnets} }} masquerade\n  }}\n"
     );
-    text + "}\n"
+    text
 }
 
 /// The chain that marks ICMP errors (destination unreachable, time
