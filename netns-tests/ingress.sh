@@ -253,6 +253,41 @@ for id in 116 117 118; do
         wait_until 5 wp_ok "$id"
 done
 
+# ---- a service on two networks: its published port reaches every task -----------
+# m1 is on web only, m2 on wp only, m3 on both (one task: counted once).
+mctl 116 service create --name multi --network web --network wp --publish 8090:80 >/dev/null ||
+    die "setup: service create multi"
+for m in m1:117:web m2:118:wp m3:117:web; do
+    IFS=: read -r name id net <<<"$m"
+    mk_container "$name"
+    attach "$id" "$name" "$net" --service multi >/dev/null || die "setup: attach $name to $net"
+done
+attach 117 m3 wp --service multi --ifname eth1 >/dev/null || die "setup: attach m3 to wp too"
+for name in m1 m2 m3; do
+    ip netns exec "mt-$name" timeout 300 python3 -c '
+import sys, http.server
+class Who(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%s %s\n" % (sys.argv[1], self.client_address[0])).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), Who).serve_forever()' "$name" >/dev/null 2>&1 &
+    track $!
+    wait_until 5 listening "mt-$name" 80 || die "setup: $name HTTP server"
+done
+# multi_spread: 6 new connections to .116:8090 (no task there), counted by task.
+multi_spread() {
+    local i
+    for ((i = 0; i < 6; i++)); do get mt-out "http://$UNDERLAY.116:8090/" || echo failed; done |
+        awk '{ print $1 }' | sort | uniq -c | awk '{ print $2 ":" $1 }' | tr '\n' ' '
+}
+all_three() { [ "$(multi_spread)" = "m1:2 m2:2 m3:2 " ]; }
+check "a port published by a service on two networks reaches the tasks of both, each task once (rr 2/2/2)" \
+    wait_until 5 all_three
+check "the task on the second network sees the real client" \
+    bash -c "for i in 1 2 3; do ip netns exec mt-out curl -s -m 3 http://$UNDERLAY.116:8090/; done | grep -qx 'm2 $UNDERLAY.10'"
+
 # ---- a task host going Down -----------------------------------------------------
 kill_agent 118
 only_up() {

@@ -87,6 +87,7 @@ pub fn build_tables(
     // Service VIPs: every task of the service on that network, sorted by
     // address so every host hands the schedulers the same list.
     for s in view.services.values() {
+        let mut first = None;
         for (net_id, vip) in &s.vips {
             let Some(vni) = vni_of.get(net_id.as_str()) else {
                 continue;
@@ -114,23 +115,39 @@ pub fn build_tables(
             if let Some(net) = t.networks.get_mut(vni) {
                 net.vips.insert(*vip, idx);
             }
-            // Published ports are served by the tasks on the service's
-            // first network.
             if s.networks.first() == Some(net_id) {
-                for p in &s.ports {
-                    let proto = match p.protocol {
-                        Protocol::Tcp => ipv4::protocol::TCP,
-                        Protocol::Udp => ipv4::protocol::UDP,
-                    };
-                    t.published.insert(
-                        (proto, p.published),
-                        Published {
-                            vip: idx,
-                            target: p.target,
-                        },
-                    );
-                }
+                first = Some(idx);
             }
+        }
+        // Published ports are served by every task of the service, on
+        // whichever of its networks it is attached (as Swarm's ingress
+        // network reaches every task). One network: its VIP's table. More:
+        // a table of its own over all of them.
+        let Some(first) = first else {
+            continue;
+        };
+        if s.ports.is_empty() {
+            continue;
+        }
+        let served_by = if s.networks.len() > 1 {
+            let pool = ingress_pool(view, s, &vni_of, stats, &t.vips[first]);
+            t.vips.push(pool);
+            t.vips.len() - 1
+        } else {
+            first
+        };
+        for p in &s.ports {
+            let proto = match p.protocol {
+                Protocol::Tcp => ipv4::protocol::TCP,
+                Protocol::Udp => ipv4::protocol::UDP,
+            };
+            t.published.insert(
+                (proto, p.published),
+                Published {
+                    vip: served_by,
+                    target: p.target,
+                },
+            );
         }
     }
     // Local ports go in last: our own attachments are the truth for this host,
@@ -163,13 +180,63 @@ pub fn build_tables(
     t
 }
 
+/// The tasks behind the published ports of `s`, a service on several
+/// networks: each task once (a container attached on several of the
+/// service's networks is reached through the first of them), sorted by
+/// address. The pipeline finds each task's network by its address. Ingress
+/// counts go to the first network's VIP (`first`) and to each task's own
+/// counters.
+fn ingress_pool(
+    view: &View,
+    s: &crate::cluster::model::Service,
+    vni_of: &BTreeMap<&str, Vni>,
+    stats: &StatsRegistry,
+    first: &VipTable,
+) -> VipTable {
+    let mut seen = std::collections::HashSet::new();
+    let mut backends = Vec::new();
+    let mut backend_stats = Vec::new();
+    for net_id in &s.networks {
+        let Some(vip) = s.vips.get(net_id) else {
+            continue;
+        };
+        if !vni_of.contains_key(net_id.as_str()) {
+            continue;
+        }
+        for c in view
+            .tasks(&s.id)
+            .filter(|c| &c.network_id == net_id && !c.draining)
+        {
+            if seen.insert((c.node_id.as_str(), c.netns.as_str())) {
+                backends.push(Backend {
+                    ip: c.ip,
+                    weight: c.weight.max(1),
+                });
+                backend_stats.push((c.ip, stats.backend(*vip, c.ip)));
+            }
+        }
+    }
+    backends.sort_by_key(|b| b.ip);
+    backend_stats.sort_by_key(|(ip, _)| *ip);
+    VipTable {
+        service: s.name.clone(),
+        vip: first.vip,
+        vni: first.vni,
+        scheduler: s.scheduler.clone(),
+        backends,
+        stats: first.stats.clone(),
+        backend_stats: backend_stats.into_iter().map(|(_, st)| st).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::model::ContainerEndpoint;
-    use crate::cluster::model::{Network, NodeRecord, NodeView, StaticEndpoint};
+    use crate::cluster::model::{Network, NodeRecord, NodeView, PortSpec, Service, StaticEndpoint};
     use crate::wire::Mac;
     use std::net::Ipv4Addr;
+    use std::sync::Arc;
 
     #[test]
     fn tables_place_endpoints_locally_remotely_and_behind_static_vteps() {
@@ -252,5 +319,121 @@ mod tests {
             "a Down node is no peer"
         );
         assert_eq!(t.ports[&1].vni.get(), 4096);
+    }
+
+    fn net(id: &str, vni: u32, third: u8) -> Network {
+        Network {
+            id: id.into(),
+            name: id.into(),
+            driver: "overlay".into(),
+            vni,
+            subnet: format!("10.0.{third}.0/24").parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, third, 1),
+        }
+    }
+
+    fn task(net: &str, ip: Ipv4Addr, netns: &str, service: &str) -> ContainerEndpoint {
+        ContainerEndpoint {
+            network_id: net.into(),
+            ip,
+            mac: Mac::for_ip(ip),
+            name: netns.into(),
+            netns: netns.into(),
+            node_id: "b".into(),
+            service: Some(service.into()),
+            weight: 1,
+            draining: false,
+        }
+    }
+
+    fn service(id: &str, nets: &[(&str, Ipv4Addr)], published: u16) -> Service {
+        Service {
+            id: id.into(),
+            name: id.into(),
+            networks: nets.iter().map(|(n, _)| n.to_string()).collect(),
+            endpoint_mode: Default::default(),
+            scheduler: "rr".into(),
+            ports: vec![PortSpec {
+                published,
+                target: 80,
+                protocol: Protocol::Tcp,
+            }],
+            vips: nets.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_service_on_several_networks_publishes_through_every_task_once() {
+        let ip = |third: u8, last: u8| Ipv4Addr::new(10, 0, third, last);
+        let mut view = View {
+            self_id: "a".into(),
+            ..View::default()
+        };
+        for (id, last) in [("a", 116), ("b", 117)] {
+            view.nodes.push(NodeView {
+                id: id.into(),
+                record: NodeRecord {
+                    hostname: id.into(),
+                    address: Ipv4Addr::new(192, 168, 100, last),
+                    vxlan_port: 4789,
+                },
+                ready: true,
+            });
+        }
+        view.networks.insert("n1".into(), net("n1", 4096, 0));
+        view.networks.insert("n2".into(), net("n2", 4097, 1));
+        let (vip1, vip2, vip_single) = (ip(0, 250), ip(1, 250), ip(1, 251));
+        view.services.insert(
+            "web".into(),
+            service("web", &[("n1", vip1), ("n2", vip2)], 8000),
+        );
+        view.services
+            .insert("one".into(), service("one", &[("n2", vip_single)], 9000));
+        let mut draining = task("n2", ip(1, 5), "t4", "web");
+        draining.draining = true;
+        view.containers = vec![
+            task("n1", ip(0, 3), "t1", "web"),
+            task("n2", ip(1, 3), "t2", "web"),
+            // t3 is attached on both networks: one task.
+            task("n2", ip(1, 4), "t3", "web"),
+            task("n1", ip(0, 4), "t3", "web"),
+            draining,
+            task("n2", ip(1, 9), "s1", "one"),
+        ];
+        let stats = StatsRegistry::default();
+        let t = build_tables(&view, &BTreeMap::new(), "a", 4789, &stats);
+
+        let publ = t.published[&(ipv4::protocol::TCP, 8000)];
+        let pool = &t.vips[publ.vip];
+        let ips: Vec<Ipv4Addr> = pool.backends.iter().map(|b| b.ip).collect();
+        assert_eq!(ips, vec![ip(0, 3), ip(0, 4), ip(1, 3)]);
+        assert_eq!(publ.target, 80);
+        assert_eq!((pool.vip, pool.vni.get()), (vip1, 4096));
+        // The pool is no VIP of its own: each network's VIP keeps its tasks.
+        for (vni, vip, want) in [
+            (4096, vip1, vec![ip(0, 3), ip(0, 4)]),
+            (4097, vip2, vec![ip(1, 3), ip(1, 4)]),
+        ] {
+            let i = t.networks[&Vni::new(vni).unwrap()].vips[&vip];
+            assert_ne!(i, publ.vip);
+            let got: Vec<Ipv4Addr> = t.vips[i].backends.iter().map(|b| b.ip).collect();
+            assert_eq!(got, want);
+        }
+        // Counts land on each task's own counters and the first VIP's.
+        assert!(Arc::ptr_eq(&pool.stats, &stats.vip(vip1)));
+        assert!(Arc::ptr_eq(
+            &pool.backend_stats[2],
+            &stats.backend(vip2, ip(1, 3))
+        ));
+        assert!(Arc::ptr_eq(
+            &pool.backend_stats[1],
+            &stats.backend(vip1, ip(0, 4))
+        ));
+        // A service on one network publishes through its VIP's own table.
+        let one = t.published[&(ipv4::protocol::TCP, 9000)];
+        assert_eq!(
+            t.networks[&Vni::new(4097).unwrap()].vips[&vip_single],
+            one.vip
+        );
     }
 }

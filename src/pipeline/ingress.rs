@@ -27,7 +27,7 @@ use super::lb::icmp;
 use super::lb::nat::{self, Side};
 use super::vip::{refuse_counted, Balancer, BalancerConfig};
 use super::{encap, DropReason, Packet, Verdict};
-use crate::tables::{Location, NetworkTable, Tables};
+use crate::tables::{Endpoint, Location, NetworkTable, Tables, VipTable};
 use crate::wire::{ethernet, ipv4, l4, Mac};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -115,11 +115,7 @@ impl Ingress {
                 (e, true)
             }
         };
-        let net = tables
-            .networks
-            .get(&vip.vni)
-            .ok_or(DropReason::UnknownVni)?;
-        let Some(ep) = net.by_ip.get(&entry.backend) else {
+        let Some((net, ep)) = task_endpoint(tables, vip, entry.backend) else {
             // The task left: forget the flow, reset the client.
             self.flows.remove(&key);
             return self.refuse(pkt, DropReason::NoBackend);
@@ -217,11 +213,7 @@ impl Ingress {
             .get(&(q.protocol, q.ports.src))
             .and_then(|p| tables.vips.get(p.vip))
             .ok_or(DropReason::NoBackend)?;
-        let net = tables
-            .networks
-            .get(&vip.vni)
-            .ok_or(DropReason::UnknownVni)?;
-        let ep = net.by_ip.get(&e.backend).ok_or(DropReason::NoBackend)?;
+        let (net, ep) = task_endpoint(tables, vip, e.backend).ok_or(DropReason::NoBackend)?;
         if !icmp::translate_to_task(pkt.bytes_mut(), e.backend, e.backend_port) {
             return Err(DropReason::Malformed);
         }
@@ -313,6 +305,24 @@ impl Ingress {
         self.flows.expire(now);
         self.returns.expire(now);
     }
+}
+
+/// Task `backend` of the published port served by `vip`: its network and
+/// endpoint. Usually on the VIP's own network; a service on several
+/// networks has tasks on the others too (see `agent::tables`).
+#[inline]
+fn task_endpoint<'t>(
+    tables: &'t Tables,
+    vip: &VipTable,
+    backend: Ipv4Addr,
+) -> Option<(&'t NetworkTable, &'t Endpoint)> {
+    if let Some(net) = tables.networks.get(&vip.vni) {
+        if let Some(ep) = net.by_ip.get(&backend) {
+            return Some((net, ep));
+        }
+    }
+    let net = tables.networks.get(tables.routed.get(&backend)?)?;
+    Some((net, net.by_ip.get(&backend)?))
 }
 
 fn set_macs(pkt: &mut Packet<'_>, dst: Mac, src: Mac) {
