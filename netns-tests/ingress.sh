@@ -285,6 +285,8 @@ multi_spread() {
 all_three() { [ "$(multi_spread)" = "m1:2 m2:2 m3:2 " ]; }
 check "a port published by a service on two networks reaches the tasks of both, each task once (rr 2/2/2)" \
     wait_until 5 all_three
+multi_replicas() { [ "$(mctl 116 service ls --format json | jq -r '.[] | select(.name == "multi") | .replicas')" = 3 ]; }
+check "service ls counts m3, attached on both networks, as one of 3 replicas" multi_replicas
 check "the task on the second network sees the real client" \
     bash -c "for i in 1 2 3; do ip netns exec mt-out curl -s -m 3 http://$UNDERLAY.116:8090/; done | grep -qx 'm2 $UNDERLAY.10'"
 

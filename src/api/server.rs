@@ -420,7 +420,13 @@ fn service_out(view: &View, s: &Service, detail: bool, stats: &StatsRegistry) ->
             })
             .collect(),
         ports: s.ports.iter().map(ToString::to_string).collect(),
-        replicas: tasks.len(),
+        // A container attached on several of the service's networks is
+        // one task, listed once per network.
+        replicas: view
+            .tasks(&s.id)
+            .map(|c| (c.node_id.as_str(), c.netns.as_str()))
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         tasks: if detail { tasks } else { vec![] },
     }
 }
