@@ -5,7 +5,10 @@
 //! addresses after NAT, its Ethernet and VXLAN headers, where it went) is
 //! noted under the datagram's identity, and each later fragment of the same
 //! datagram, from the same input, is made the same and goes the same way.
-//! The receiver reassembles them, as it would have without us.
+//! The receiver reassembles them, as it would have without us. An ICMP
+//! echo request to a VIP is answered with itself turned around, and its
+//! later fragments are turned around the same way: a big ping to a VIP
+//! gets its whole answer.
 //!
 //! The identity: where the fragment came from (the TAP and its source MAC,
 //! the VTEP and VNI, or the host) and the IPv4 source, destination,
@@ -13,7 +16,8 @@
 //! of one datagram follow each other within microseconds, so a note lives
 //! [`LIFETIME`] and a newer datagram may take its place. A later fragment
 //! with no note (its first came after it, was dropped, or was answered by
-//! the pipeline itself) is judged on its own, as before there were notes:
+//! the pipeline with a frame of its own, such as a RST) is judged on its
+//! own, as before there were notes:
 //! plain switching needs no ports and still works; paths that need them
 //! drop it. A TCP fragment that would overlap the first's TCP header
 //! (offset below 20 bytes, RFC 1858) is dropped as malformed.

@@ -59,6 +59,9 @@ pub struct Packet<'a> {
     /// Out: the frame was made here (a RST, an ICMP reply): write it plain,
     /// without the offload metadata the input came with.
     pub plain: bool,
+    /// Out: the frame was answered with itself, turned around (an ICMP echo
+    /// reply): the later fragments of its datagram are turned around alike.
+    pub reflected: bool,
 }
 
 impl<'a> Packet<'a> {
@@ -73,6 +76,7 @@ impl<'a> Packet<'a> {
             end,
             csum_partial: false,
             plain: false,
+            reflected: false,
         }
     }
     #[inline]
@@ -233,7 +237,7 @@ impl Pipeline {
             fragments::Part::First(id) => {
                 let verdict = self.dispatch(now, input, pkt);
                 match verdict {
-                    Ok(v) if !pkt.plain => self.fragments.note(id, v, pkt, now),
+                    Ok(v) if !pkt.plain || pkt.reflected => self.fragments.note(id, v, pkt, now),
                     _ => self.fragments.forget(&id),
                 }
                 verdict

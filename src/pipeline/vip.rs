@@ -112,6 +112,7 @@ impl Balancer {
             .map_err(|_| DropReason::Malformed)?;
         if ip.protocol() == ipv4::protocol::ICMP {
             return if nat::echo_reply(pkt.bytes_mut()) {
+                pkt.reflected = true;
                 Ok(self.replied(pkt))
             } else {
                 Err(DropReason::NoRoute)

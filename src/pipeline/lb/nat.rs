@@ -128,7 +128,8 @@ pub fn rewrite_port(frame: &mut [u8], side: Side, port: u16, partial: bool) {
 }
 
 /// Turns an ICMP echo request into its reply, in place: addresses and MACs
-/// swapped, type 0. Returns false if it is not an echo request.
+/// swapped, type 0. Returns false if it is not an echo request (a later
+/// fragment holds no ICMP header: it follows its first, see `fragments`).
 pub fn echo_reply(frame: &mut [u8]) -> bool {
     let ip_at = ethernet::HEADER_LEN;
     let Ok(p) = ipv4::Packet::new_checked(&frame[ip_at..]) else {
@@ -136,6 +137,7 @@ pub fn echo_reply(frame: &mut [u8]) -> bool {
     };
     let icmp_at = ip_at + p.header_len();
     let is_echo = p.protocol() == ipv4::protocol::ICMP
+        && p.is_first_fragment()
         && l4::IcmpHeader::parse(p.payload()).is_ok_and(|h| h.kind == l4::IcmpHeader::ECHO_REQUEST);
     if !is_echo {
         return false;

@@ -299,6 +299,65 @@ fn a_fragmented_udp_datagram_to_a_vip_and_its_fragmented_reply() {
     assert!(l4_ok(&reassemble(&r1, &r2)));
 }
 
+/// An ICMP echo request from c1 (.2) to the VIP with `n` bytes of data
+/// (valid checksums, fragmentation allowed).
+fn big_echo(n: usize) -> Vec<u8> {
+    let mut f = ipv4_frame(Mac::for_ip(ip(2)), Mac::for_ip(VIP), ip(2), VIP);
+    f[38..42].copy_from_slice(&[0x1c, 0x46, 0, 1]); // id, sequence
+    f.extend((0..n).map(|i| (i % 251) as u8));
+    let len = (f.len() - ethernet::HEADER_LEN) as u16;
+    f[16..18].copy_from_slice(&len.to_be_bytes());
+    f[20..22].copy_from_slice(&[0, 0]);
+    let c = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let c = checksum(&f[34..]);
+    f[36..38].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_fragmented_ping_to_a_vip_is_answered_in_full() {
+    let mut p = pipeline();
+    let echo = big_echo(1000);
+    let (first, later) = fragment(&echo, 512);
+    let (v, r1, _) = run_plain(&mut p, Input::Tap(1), &first);
+    assert_eq!(v, Verdict::ToTap(1));
+    let (v, r2, _) = run_plain(&mut p, Input::Tap(1), &later);
+    assert_eq!(v, Verdict::ToTap(1), "the later fragment is answered too");
+    for r in [&r1, &r2] {
+        assert_eq!((src_ip(r), dst_ip(r)), (VIP, ip(2)));
+        assert_eq!(&r[..6], &Mac::for_ip(ip(2)).0);
+        assert_eq!(&r[6..12], &Mac::for_ip(VIP).0);
+        assert_eq!(checksum(&r[14..34]), 0);
+    }
+    let reply = reassemble(&r1, &r2);
+    assert_eq!(reply[34], 0, "an echo reply");
+    assert_eq!(checksum(&reply[34..]), 0, "its checksum holds");
+    assert_eq!(
+        reply[38..],
+        echo[38..],
+        "with the request's id, sequence and data"
+    );
+    let followed = p
+        .counters()
+        .fragments_followed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(followed, 1);
+}
+
+#[test]
+fn a_later_fragment_to_a_vip_is_never_taken_for_an_echo_request() {
+    let mut p = pipeline();
+    // Its data happens to start with 8 (echo request), where a first
+    // fragment has its ICMP type; without its first it is not answered.
+    let mut echo = big_echo(1000);
+    echo[34 + 512] = 8;
+    let (_, later) = fragment(&echo, 512);
+    let (v, out, _) = run_plain(&mut p, Input::Tap(1), &later);
+    assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(out, later, "left as it was");
+}
+
 /// Runs `frame` at `now`.
 fn run_at(p: &mut Pipeline, input: Input, frame: &[u8], now: Instant) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; HEADROOM + frame.len() + 100];
