@@ -87,7 +87,7 @@ pub fn build_tables(
     // Service VIPs: every task of the service on that network, sorted by
     // address so every host hands the schedulers the same list.
     for s in view.services.values() {
-        let mut first = None;
+        let mut idx_of = BTreeMap::new();
         for (net_id, vip) in &s.vips {
             let Some(vni) = vni_of.get(net_id.as_str()) else {
                 continue;
@@ -115,15 +115,17 @@ pub fn build_tables(
             if let Some(net) = t.networks.get_mut(vni) {
                 net.vips.insert(*vip, idx);
             }
-            if s.networks.first() == Some(net_id) {
-                first = Some(idx);
-            }
+            idx_of.insert(net_id.as_str(), idx);
         }
         // Published ports are served by every task of the service, on
         // whichever of its networks it is attached (as Swarm's ingress
         // network reaches every task). One network: its VIP's table. More:
         // a table of its own over all of them.
-        let Some(first) = first else {
+        let Some(first) = s
+            .networks
+            .iter()
+            .find_map(|n| idx_of.get(n.as_str()).copied())
+        else {
             continue;
         };
         if s.ports.is_empty() {
@@ -184,8 +186,8 @@ pub fn build_tables(
 /// networks: each task once (a container attached on several of the
 /// service's networks is reached through the first of them), sorted by
 /// address. The pipeline finds each task's network by its address. Ingress
-/// counts go to the first network's VIP (`first`) and to each task's own
-/// counters.
+/// counts go to the first known network's VIP (`first`) and to each task's
+/// own counters (under its own network's VIP).
 fn ingress_pool(
     view: &View,
     s: &crate::cluster::model::Service,
@@ -212,12 +214,13 @@ fn ingress_pool(
                     ip: c.ip,
                     weight: c.weight.max(1),
                 });
-                backend_stats.push((c.ip, stats.backend(*vip, c.ip)));
+                backend_stats.push(stats.backend(*vip, c.ip));
             }
         }
     }
-    backends.sort_by_key(|b| b.ip);
-    backend_stats.sort_by_key(|(ip, _)| *ip);
+    let mut pairs: Vec<_> = backends.into_iter().zip(backend_stats).collect();
+    pairs.sort_by_key(|(b, _)| b.ip);
+    let (backends, backend_stats) = pairs.into_iter().unzip();
     VipTable {
         service: s.name.clone(),
         vip: first.vip,
@@ -225,7 +228,7 @@ fn ingress_pool(
         scheduler: s.scheduler.clone(),
         backends,
         stats: first.stats.clone(),
-        backend_stats: backend_stats.into_iter().map(|(_, st)| st).collect(),
+        backend_stats,
     }
 }
 
@@ -383,9 +386,15 @@ mod tests {
         view.networks.insert("n1".into(), net("n1", 4096, 0));
         view.networks.insert("n2".into(), net("n2", 4097, 1));
         let (vip1, vip2, vip_single) = (ip(0, 250), ip(1, 250), ip(1, 251));
+        // n2 first: its tasks are listed first, and t3 is reached there.
         view.services.insert(
             "web".into(),
-            service("web", &[("n1", vip1), ("n2", vip2)], 8000),
+            service("web", &[("n2", vip2), ("n1", vip1)], 8000),
+        );
+        // A service whose first network is not known here (yet).
+        view.services.insert(
+            "late".into(),
+            service("late", &[("gone", ip(9, 250)), ("n1", ip(0, 252))], 8001),
         );
         view.services
             .insert("one".into(), service("one", &[("n2", vip_single)], 9000));
@@ -406,9 +415,9 @@ mod tests {
         let publ = t.published[&(ipv4::protocol::TCP, 8000)];
         let pool = &t.vips[publ.vip];
         let ips: Vec<Ipv4Addr> = pool.backends.iter().map(|b| b.ip).collect();
-        assert_eq!(ips, vec![ip(0, 3), ip(0, 4), ip(1, 3)]);
+        assert_eq!(ips, vec![ip(0, 3), ip(1, 3), ip(1, 4)]);
         assert_eq!(publ.target, 80);
-        assert_eq!((pool.vip, pool.vni.get()), (vip1, 4096));
+        assert_eq!((pool.vip, pool.vni.get()), (vip2, 4097));
         // The pool is no VIP of its own: each network's VIP keeps its tasks.
         for (vni, vip, want) in [
             (4096, vip1, vec![ip(0, 3), ip(0, 4)]),
@@ -420,15 +429,20 @@ mod tests {
             assert_eq!(got, want);
         }
         // Counts land on each task's own counters and the first VIP's.
-        assert!(Arc::ptr_eq(&pool.stats, &stats.vip(vip1)));
-        assert!(Arc::ptr_eq(
-            &pool.backend_stats[2],
-            &stats.backend(vip2, ip(1, 3))
-        ));
-        assert!(Arc::ptr_eq(
-            &pool.backend_stats[1],
-            &stats.backend(vip1, ip(0, 4))
-        ));
+        assert!(Arc::ptr_eq(&pool.stats, &stats.vip(vip2)));
+        for (i, vip, task) in [
+            (0, vip1, ip(0, 3)),
+            (1, vip2, ip(1, 3)),
+            (2, vip2, ip(1, 4)),
+        ] {
+            assert!(Arc::ptr_eq(
+                &pool.backend_stats[i],
+                &stats.backend(vip, task)
+            ));
+        }
+        // The first known network stands in for one not known here.
+        let late = &t.vips[t.published[&(ipv4::protocol::TCP, 8001)].vip];
+        assert_eq!((late.vip, late.backends.len()), (ip(0, 252), 0));
         // A service on one network publishes through its VIP's own table.
         let one = t.published[&(ipv4::protocol::TCP, 9000)];
         assert_eq!(

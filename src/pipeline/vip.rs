@@ -82,12 +82,16 @@ impl Balancer {
             .collect();
         let built_for = std::mem::take(&mut self.built_for);
         for v in &tables.vips {
+            // The first match not taken yet: a published port's pool may
+            // list the same VIP and tasks as its first network's VIP, and
+            // each keeps its own (tables list them in the same order).
             let kept = built_for
                 .iter()
-                .position(|(vip, name, backends)| {
-                    *vip == v.vip && *name == v.scheduler && *backends == v.backends
+                .zip(old.iter_mut())
+                .find(|((vip, name, backends), s)| {
+                    s.is_some() && *vip == v.vip && *name == v.scheduler && *backends == v.backends
                 })
-                .and_then(|i| old.get_mut(i).and_then(Option::take));
+                .and_then(|(_, s)| s.take());
             let s = kept.unwrap_or_else(|| {
                 Scheduler::named(&v.scheduler, &v.backends)
                     .unwrap_or(Scheduler::RoundRobin { next: 0 })

@@ -565,3 +565,27 @@ fn a_published_port_reaches_tasks_on_every_network_of_the_service() {
     reached.sort();
     assert_eq!(reached, vec![TASK, TASK2], "rr over both networks' tasks");
 }
+
+#[test]
+fn the_pool_keeps_its_round_robin_place_beside_a_vip_with_the_same_tasks() {
+    // Every task on both networks: the first network's VIP and the pool
+    // list the same tasks, with the same VIP address and scheduler.
+    let mut t = two_network_tables(HOST_A);
+    t.vips[0].backends = t.vips[2].backends.clone();
+    let mut a = Pipeline::new(Arc::new(t), Arc::new(Counters::default()));
+    let task_of = |a: &mut Pipeline, port| {
+        let syn = tcp_packet((CLIENT, port), (HOST_A, 8000), SYN);
+        let (v, d) = run(a, Input::Host, &syn);
+        assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+        ends(&d[vxlan::HEADER_LEN..]).1 .0
+    };
+    assert_eq!(task_of(&mut a, 7000), TASK);
+    // New tables with the same tasks (another container came, say).
+    let same = (*a.tables).clone();
+    a.set_tables(Arc::new(same));
+    assert_eq!(
+        task_of(&mut a, 7001),
+        TASK2,
+        "the next task, not the first one again"
+    );
+}
