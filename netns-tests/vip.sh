@@ -145,4 +145,25 @@ check "the idle pause did not end the drain: detached after the session closed" 
     sh -c "[ \$(cat $TMP/detached.at) -ge $((session_end - 300)) ]"
 check "... and $T's eth0 is gone" sh -c "! ip -n mt-$T link show eth0 >/dev/null 2>&1"
 
+# A detach whose meshctl goes away mid-drain (interrupted, or timed out)
+# still finishes: the agent drains the task, then removes it.
+for R in w1 w2 w4; do [ "$R" != "$T" ] && break; done
+RIP=$(containers "${HOST_OF[$R]}" "$R" | jq -r .ip)
+ip netns exec mt-client timeout 20 python3 - "$RIP" >"$TMP/held.txt" 2>&1 <<'PY' &
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=5)
+s.sendall(b"hello\n"); print(s.makefile().readline().strip(), flush=True)
+time.sleep(4)
+PY
+hpid=$!; track $hpid
+wait_until 5 grep -q . "$TMP/held.txt" || die "drain: the held connection to $R did not start"
+timeout 1 "$BIN/meshctl" --api "$TMP/h${HOST_OF[$R]}.sock" container detach --netns "mt-$R" --network demo \
+    >/dev/null 2>&1
+check "meshctl detach of $R was cut off by its 1 s timeout (exit 124)" test $? = 124
+check "... $R still drains while its client's connection is open" ip -n "mt-$R" link show eth0
+wait_until 10 gone $hpid
+r_gone() { ! ip -n "mt-$R" link show eth0 >/dev/null 2>&1 && [ "$(containers "${HOST_OF[$R]}" "$R")" = "" ]; }
+check "... and once that connection closed, the agent finished the detach: $R's eth0 and endpoint are gone" \
+    wait_until 5 r_gone
+
 finish

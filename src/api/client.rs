@@ -14,14 +14,30 @@ use std::time::Duration;
 /// How long meshctl waits for the agent (attach may wait for the leader).
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long meshctl waits for a detach: the agent drains a task first,
+/// for as long as its `--drain-timeout` allows, and answers when done.
+pub const DETACH_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// A connection target: the agent's socket.
 pub struct Client {
     socket: PathBuf,
+    timeout: Duration,
 }
 
 impl Client {
     pub fn new(socket: PathBuf) -> Client {
-        Client { socket }
+        Client {
+            socket,
+            timeout: TIMEOUT,
+        }
+    }
+
+    /// The same target, waited for up to `timeout` per call.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            socket: self.socket.clone(),
+            timeout,
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
@@ -44,13 +60,13 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, String> {
-        tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body))
+        tokio::time::timeout(self.timeout, self.call_inner(method, path, body))
             .await
             .map_err(|_| {
                 format!(
                     "the agent at {} did not answer within {}s",
                     self.socket.display(),
-                    TIMEOUT.as_secs()
+                    self.timeout.as_secs()
                 )
             })?
     }

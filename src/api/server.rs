@@ -41,7 +41,21 @@ pub async fn serve(path: &Path, agent: Arc<Agent>) -> std::io::Result<()> {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&agent, req).await) }
+                // Each request runs to its end in a task of its own: if the
+                // client goes away (meshctl interrupted or timed out), hyper
+                // drops this future, but a detach half-way through its drain
+                // (or any other change) still finishes instead of being cut
+                // off where it stood.
+                let work = tokio::spawn(async move { route(&agent, req).await });
+                async move {
+                    Ok::<_, std::convert::Infallible>(work.await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "an API request failed inside the agent");
+                        json(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &serde_json::json!({ "error": format!("the agent failed on this request: {e}") }),
+                        )
+                    }))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

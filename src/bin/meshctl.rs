@@ -470,7 +470,9 @@ async fn container(c: &Client, cmd: ContainerCmd) -> Result<(), String> {
             println!("{}", out.ip);
         }
         ContainerCmd::Detach { netns, network } => {
+            // A task's detach waits for its drain (the agent bounds it).
             let _: serde_json::Value = c
+                .with_timeout(mesh::api::client::DETACH_TIMEOUT)
                 .post(
                     "/v1/containers/detach",
                     &DetachRequest {
