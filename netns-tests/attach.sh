@@ -64,4 +64,19 @@ if wait_until 10 ping_ok mt-c1 "$C2"; then pass "ping c1 -> c2 after re-attach (
 else fail "ping c1 -> c2 after re-attach within 10 s"; fi
 check "tcp c2 -> c1 after re-attach" tcp_ok mt-c2 mt-c1 "$C1"
 
+# --- a container deletes its own interface -----------------------------------------
+# Its TAP can no longer be read; the agent must stop reading it (a deleted
+# TAP stays "ready" in epoll forever) instead of spinning on it.
+P117=$(agent_pid 117) || die "setup: no mesh-agent process for .117"
+ip -n mt-c2 link del eth0 || die "setup: ip link del eth0 in mt-c2"
+sleep 0.5
+t0=$(cpu_ticks "$P117"); sleep 2; t1=$(cpu_ticks "$P117")
+HZ=$(getconf CLK_TCK)
+check "after c2 deleted its eth0, .117's agent is not spinning ($((t1 - t0)) ticks of CPU in 2 s, at most $((HZ / 2)))" \
+    test $((t1 - t0)) -le $((HZ / 2))
+check "  ... detaches c2" mctl 117 container detach --netns mt-c2 --network demo
+check "  ... and attaches it again, reachable: ping c1 -> c2" \
+    bash -c "C=\$(timeout 10 $BIN/meshctl --api $TMP/h117.sock container attach --netns mt-c2 --network demo --name c2) &&
+             ip netns exec mt-c1 ping -n -q -c 3 -i 0.3 -W 2 \$C >/dev/null"
+
 finish

@@ -9,7 +9,7 @@
 //! the [`TablesCell`], checked once per wake-up.
 
 use super::{tap, udp};
-use crate::pipeline::coalesce::{Coalescer, Part, MAX_PARTS};
+use crate::pipeline::coalesce::{Coalescer, Part};
 use crate::pipeline::counters::bump;
 use crate::pipeline::{offload, Counters, DropReason, Input, Packet, Pipeline, Verdict, HEADROOM};
 use crate::tables::{PortId, TablesCell};
@@ -315,3 +315,4 @@ impl DriverThread {
 }
 
 mod rx;
+mod tx;

@@ -70,11 +70,23 @@ impl Underlay {
                 "the kernel refused UDP_GRO on the VXLAN socket; receiving one datagram per slot"
             );
         }
-        Ok(Underlay {
-            sock,
-            gso: true,
-            gro,
-        })
+        // Whether the kernel knows UDP GSO at all (segment size 0: off by
+        // default, each send asks for it with a control message).
+        let zero: libc::c_int = 0;
+        // SAFETY: setsockopt with a valid int option value.
+        let gso = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&zero as *const libc::c_int).cast(),
+                4,
+            )
+        } == 0;
+        if !gso {
+            tracing::warn!("the kernel has no UDP GSO; sending one datagram per segment");
+        }
+        Ok(Underlay { sock, gso, gro })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -135,17 +147,20 @@ impl Underlay {
     }
 
     /// Sends every datagram in `out` with as few `sendmmsg` calls as the
-    /// kernel allows. Returns how many were sent, and the error that stopped it.
+    /// kernel allows. A datagram the kernel refuses (no route to its VTEP,
+    /// say) is skipped and the rest still go; when the socket has no room
+    /// left, the rest of the batch is given up. Returns how many were sent,
+    /// how many were not, and the first error.
     pub fn send_batch(
         &self,
         scratch: &mut Batch,
         out: &[(&[u8], SocketAddrV4)],
-    ) -> (usize, Option<std::io::Error>) {
-        let mut sent = 0;
-        while sent < out.len() {
-            let n = (out.len() - sent).min(scratch.capacity);
+    ) -> (usize, usize, Option<std::io::Error>) {
+        let (mut at, mut sent, mut failed, mut first) = (0, 0, 0, None);
+        while at < out.len() {
+            let n = (out.len() - at).min(scratch.capacity);
             scratch.reset();
-            for (i, (bytes, dst)) in out[sent..sent + n].iter().enumerate() {
+            for (i, (bytes, dst)) in out[at..at + n].iter().enumerate() {
                 scratch.iovs.push(libc::iovec {
                     iov_base: bytes.as_ptr() as *mut _,
                     iov_len: bytes.len(),
@@ -156,11 +171,23 @@ impl Underlay {
                 scratch.push_hdr(i, i, 1, false);
             }
             match self.sendmmsg(scratch, n) {
-                Ok(r) => sent += r,
-                Err(e) => return (sent, Some(e)),
+                Ok(r) => {
+                    at += r;
+                    sent += r;
+                }
+                Err(e) => {
+                    let full = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    let skip = if full { out.len() - at } else { 1 };
+                    at += skip;
+                    failed += skip;
+                    first.get_or_insert(e);
+                }
             }
         }
-        (sent, None)
+        (sent, failed, first)
     }
 
     /// Sends `count` datagrams to `dst`, datagram `i` being the bytes of
@@ -181,10 +208,16 @@ impl Underlay {
         if self.gso {
             match self.send_gso(scratch, count, segment, dst, &piece) {
                 Ok(()) => return Ok(()),
+                // This send only (segments too big for the route's MTU, a
+                // blackhole route): one datagram per slot this time.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(error = %e, "the kernel refused this GSO send; sending it datagram by datagram");
+                }
+                // The kernel cannot do UDP GSO at all.
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+                        Some(libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
                     ) =>
                 {
                     tracing::warn!(error = %e, "the kernel refused UDP GSO; sending one datagram per slot from now on");
@@ -446,9 +479,26 @@ mod tests {
         let mut scratch = Batch::new(8);
         let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
         let out: Vec<(&[u8], SocketAddrV4)> = msgs.iter().map(|m| (&m[..], b_addr)).collect();
-        let (sent, err) = a.send_batch(&mut scratch, &out);
-        assert_eq!((sent, err.is_none()), (5, true));
+        let (sent, failed, err) = a.send_batch(&mut scratch, &out);
+        assert_eq!((sent, failed, err.is_none()), (5, 0, true));
         assert_eq!(receive(&b, 510), msgs);
+    }
+
+    #[test]
+    fn a_refused_datagram_does_not_take_the_rest_of_its_batch_with_it() {
+        let (a, b, b_addr) = pair();
+        let mut scratch = Batch::new(8);
+        let msgs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 50]).collect();
+        // Port 0 is refused by the kernel (EINVAL) before anything is sent.
+        let refused = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+        let dsts = [b_addr, refused, b_addr, b_addr];
+        let out: Vec<(&[u8], SocketAddrV4)> =
+            msgs.iter().zip(dsts).map(|(m, d)| (&m[..], d)).collect();
+        let (sent, failed, err) = a.send_batch(&mut scratch, &out);
+        assert_eq!((sent, failed), (3, 1));
+        assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
+        let want = vec![msgs[0].clone(), msgs[2].clone(), msgs[3].clone()];
+        assert_eq!(receive(&b, 150), want);
     }
 
     #[test]

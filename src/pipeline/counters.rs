@@ -38,10 +38,13 @@ pub enum DropReason {
     ConntrackFull,
     /// A TCP segment to a VIP of a flow that is not tracked (answered with RST).
     UntrackedFlow,
+    /// The kernel refused to send the datagram (no route to the VTEP, a
+    /// firewall, a full socket) or to take the frame (TAP or TUN write).
+    SendFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::NotMember,
         DropReason::UnknownVni,
@@ -57,6 +60,7 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::ConntrackFull,
         DropReason::UntrackedFlow,
+        DropReason::SendFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl DropReason {
             DropReason::NoBackend => "vip_no_backend",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::UntrackedFlow => "vip_untracked_flow",
+            DropReason::SendFailed => "send_failed",
         }
     }
 }

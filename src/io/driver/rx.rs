@@ -1,17 +1,28 @@
 //! The packet paths of the dataplane thread: frames read from a TAP, from
 //! the host's ingress TUN and from the underlay socket, through the
-//! pipeline, and written where the verdict says: a TAP (coalesced when it
-//! can be), the TUN, or the underlay (in `sendmmsg` batches, super-frames
-//! cut into GSO segments).
+//! pipeline, and sent where the verdict says: to a TAP (coalesced when it
+//! can be) or the TUN (`tx`), or to the underlay (in `sendmmsg` batches,
+//! super-frames cut into GSO segments).
 
+use super::tx::{partial_vnet, Sinks};
 use super::*;
+
+/// The writers for this thread's TAPs and TUN, borrowed field by field (so
+/// that the pipeline or the coalescer can be borrowed beside them).
+macro_rules! sinks {
+    ($d:expr) => {
+        Sinks {
+            ports: &$d.ports,
+            host: &$d.host,
+            activity: &$d.activity[..],
+            failed: &$d.pipeline.counters().drops[DropReason::SendFailed as usize],
+        }
+    };
+}
 
 impl DriverThread {
     pub(super) fn rx_tap(&mut self, port: PortId) {
         let now = Instant::now();
-        if let Some(a) = self.activity.get(port as usize) {
-            bump(a);
-        }
         self.drain(Input::Tap(port), |d, next, vnet, len| {
             d.tap_frame(now, port, next, vnet, len)
         });
@@ -37,7 +48,10 @@ impl DriverThread {
             } else {
                 "TAP"
             };
-            let (got, n) = read_batch(fd, &mut self.bufs[base..], what);
+            let (got, n, failed) = read_batch(fd, &mut self.bufs[base..]);
+            if let Some(e) = failed {
+                self.unwatch(input, what, &e);
+            }
             self.prefetch(input, base, &got[..n]);
             for (k, &(vnet, len)) in got[..n].iter().enumerate() {
                 handle(self, base + k, vnet, len);
@@ -50,8 +64,46 @@ impl DriverThread {
         self.flush();
     }
 
+    /// Stops watching the TAP or TUN `input` names after a read failed for
+    /// good (`e`): the interface was deleted under it (`ip link del` in
+    /// the container), say. Left in epoll, such an fd is ready forever and
+    /// the thread would spin. Its fd stays open until the control side
+    /// removes the port (`container detach`).
+    fn unwatch(&mut self, input: Input, what: &str, e: &std::io::Error) {
+        let fd = match input {
+            Input::Tap(port) => self.ports.get(port as usize).and_then(Option::as_ref),
+            Input::Host => self.host.as_ref(),
+            Input::Underlay(_) => None,
+        };
+        let Some(fd) = fd else {
+            return;
+        };
+        // SAFETY: removing a registered fd from our epoll set.
+        unsafe {
+            libc::epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd.as_raw_fd(),
+                std::ptr::null_mut(),
+            )
+        };
+        match input {
+            Input::Tap(port) => tracing::warn!(
+                port, error = %e,
+                "a container's TAP cannot be read any more (its interface is gone?); no longer reading it: detach the container"
+            ),
+            _ => tracing::error!(
+                device = what, error = %e,
+                "the ingress TUN cannot be read any more; published ports stop working: restart mesh-agent"
+            ),
+        }
+    }
+
     /// One frame a container sent, read into `bufs[next]`.
     fn tap_frame(&mut self, now: Instant, port: PortId, next: usize, vnet: VnetHeader, len: usize) {
+        if let Some(a) = self.activity.get(port as usize) {
+            bump(a);
+        }
         let buf = &mut self.bufs[next];
         let mut pkt = Packet::new(buf, HEADROOM, len);
         pkt.csum_partial = vnet.flags & virtio::F_NEEDS_CSUM != 0;
@@ -64,7 +116,7 @@ impl DriverThread {
         };
         match verdict {
             // Another container here takes the frame as it came, offloads and all.
-            Verdict::ToTap(p) => write_tap(&self.ports, p, &out, pkt.bytes()),
+            Verdict::ToTap(p) => sinks!(self).tap(p, &out, pkt.bytes()),
             Verdict::ToUnderlay(dst)
                 if vnet.gso_kind() == virtio::GSO_TCPV4 && vnet.gso_size > 0 =>
             {
@@ -72,7 +124,7 @@ impl DriverThread {
                 self.flush();
                 self.send_super_frame(next, start, end, usize::from(vnet.gso_size), dst);
             }
-            Verdict::ToHost => write_host(&self.host, &out, pkt.bytes()),
+            Verdict::ToHost => sinks!(self).host(&out, pkt.bytes()),
             Verdict::ToUnderlay(_) if vnet.gso_kind() != virtio::GSO_NONE => {
                 bump(&self.pipeline.counters().drops[DropReason::UnsupportedProtocol as usize]);
             }
@@ -137,6 +189,7 @@ impl DriverThread {
                     dst,
                     piece,
                 ) {
+                    bump(&self.pipeline.counters().drops[DropReason::SendFailed as usize]);
                     tracing::debug!(error = %e, "underlay GSO send failed");
                 }
             }
@@ -173,18 +226,13 @@ impl DriverThread {
         let verdict = self.pipeline.process(now, Input::Host, &mut pkt);
         let (start, end) = (pkt.start, pkt.end);
         match verdict {
-            Verdict::ToTap(p) => write_tap(
-                &self.ports,
-                p,
-                &VnetHeader::default(),
-                &self.bufs[next][start..end],
-            ),
+            Verdict::ToTap(p) => {
+                sinks!(self).tap(p, &VnetHeader::default(), &self.bufs[next][start..end])
+            }
             Verdict::ToUnderlay(dst) => self.pending.push((next, start, end, dst)),
-            Verdict::ToHost => write_host(
-                &self.host,
-                &VnetHeader::default(),
-                &self.bufs[next][start..end],
-            ),
+            Verdict::ToHost => {
+                sinks!(self).host(&VnetHeader::default(), &self.bufs[next][start..end])
+            }
             Verdict::Drop(_) => {}
         }
     }
@@ -229,8 +277,9 @@ impl DriverThread {
                     Verdict::ToTap(p) => {
                         let bufs = &self.bufs;
                         let frame = &bufs[i][start..end];
+                        let out = sinks!(self);
                         let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
-                            write_parts(&self.ports, bufs, p, v, head, parts)
+                            out.parts(bufs, p, v, head, parts)
                         };
                         let here = Part {
                             buf: i as u32,
@@ -238,21 +287,22 @@ impl DriverThread {
                             len: (end - start) as u32,
                         };
                         if !self.coalescer.offer(p, frame, here, partial, &mut sink) {
-                            write_tap(&self.ports, p, &partial_vnet(frame, partial), frame);
+                            out.tap(p, &partial_vnet(frame, partial), frame);
                         }
                     }
                     Verdict::ToUnderlay(dst) => self.pending.push((i, start, end, dst)),
                     Verdict::ToHost => {
                         let frame = &self.bufs[i][start..end];
-                        write_host(&self.host, &partial_vnet(frame, partial), frame);
+                        sinks!(self).host(&partial_vnet(frame, partial), frame);
                     }
                     Verdict::Drop(_) => {}
                 }
             }
         }
         let bufs = &self.bufs;
+        let out = sinks!(self);
         let mut sink = |p: PortId, v: &VnetHeader, head: &[u8], parts: &[Part]| {
-            write_parts(&self.ports, bufs, p, v, head, parts)
+            out.parts(bufs, p, v, head, parts)
         };
         self.coalescer.flush(&mut sink);
         self.flush();
@@ -270,11 +320,13 @@ impl DriverThread {
             for (o, &(i, s, e, dst)) in out.iter_mut().zip(chunk) {
                 *o = (&self.bufs[i][s..e], dst);
             }
-            let (_, err) = self
+            let (_, failed, err) = self
                 .underlay
                 .send_batch(&mut self.scratch, &out[..chunk.len()]);
             if let Some(e) = err {
-                tracing::debug!(error = %e, "underlay sendmmsg failed");
+                let drops = &self.pipeline.counters().drops[DropReason::SendFailed as usize];
+                drops.fetch_add(failed as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(error = %e, failed, "underlay sendmmsg refused datagrams");
             }
         }
         self.pending.clear();
@@ -287,104 +339,43 @@ impl DriverThread {
 const READ_AHEAD: usize = 16;
 
 /// Reads what is queued on a TAP or TUN, up to [`READ_AHEAD`] frames, one
-/// per buffer of `bufs` (see [`read_one`]): their headers and lengths, and
-/// how many. Reading a few before processing any lets the pipeline ask for
-/// their tracking slots at once.
+/// per buffer of `bufs` (see [`read_one`]): their headers and lengths, how
+/// many, and the error if a read failed for good. Reading a few before
+/// processing any lets the pipeline ask for their tracking slots at once.
 fn read_batch(
     fd: &OwnedFd,
     bufs: &mut [Vec<u8>],
-    what: &str,
-) -> ([(VnetHeader, usize); READ_AHEAD], usize) {
+) -> (
+    [(VnetHeader, usize); READ_AHEAD],
+    usize,
+    Option<std::io::Error>,
+) {
     let mut got = [(VnetHeader::default(), 0); READ_AHEAD];
     let mut n = 0;
     for (slot, buf) in got.iter_mut().zip(bufs.iter_mut()) {
-        let Some(r) = read_one(fd, buf, what) else {
-            break;
-        };
-        *slot = r;
+        match read_one(fd, buf) {
+            Ok(Some(r)) => *slot = r,
+            Ok(None) => break,
+            Err(e) => return (got, n, Some(e)),
+        }
         n += 1;
     }
-    (got, n)
+    (got, n, None)
 }
 
 /// Reads one frame (TAP) or packet (TUN) with its virtio-net header into
 /// `buf`: the header lands in the headroom, the frame at [`HEADROOM`].
 /// Returns the header and the frame's length; `None` when nothing is queued
-/// or the read failed (logged, naming the device `what`).
-fn read_one(fd: &OwnedFd, buf: &mut [u8], what: &str) -> Option<(VnetHeader, usize)> {
+/// (or a signal came first); an error when the device cannot be read.
+fn read_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<(VnetHeader, usize)>> {
     let at = HEADROOM - virtio::HEADER_LEN;
     let n = match tap::read(fd, &mut buf[at..]) {
         Ok(Some(n)) => n,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::debug!(device = what, error = %e, "read failed");
-            return None;
-        }
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(None),
+        Err(e) => return Err(e),
     };
     // A read shorter than the header leaves an empty frame, dropped later.
     let vnet = VnetHeader::parse(&buf[at..HEADROOM]).unwrap_or_default();
-    Some((vnet, n.saturating_sub(virtio::HEADER_LEN)))
-}
-
-/// The virtio-net header for a decapsulated frame: asking the kernel to
-/// finish the checksum the sending agent left partial, else nothing.
-fn partial_vnet(frame: &[u8], partial: bool) -> VnetHeader {
-    if partial {
-        offload::partial_checksum_vnet(frame).unwrap_or_default()
-    } else {
-        VnetHeader::default()
-    }
-}
-
-/// Writes the IPv4 packet inside `frame` to the host's TUN; `vnet` describes
-/// the frame and is moved to the packet (no Ethernet header on a TUN).
-fn write_host(host: &Option<OwnedFd>, vnet: &VnetHeader, frame: &[u8]) {
-    let (Some(fd), Some(packet)) = (host, frame.get(crate::wire::ethernet::HEADER_LEN..)) else {
-        return;
-    };
-    let eth = crate::wire::ethernet::HEADER_LEN as u16;
-    let mut v = *vnet;
-    if v.flags & virtio::F_NEEDS_CSUM != 0 {
-        v.csum_start = v.csum_start.saturating_sub(eth);
-    }
-    if v.gso_kind() != virtio::GSO_NONE {
-        v.hdr_len = v.hdr_len.saturating_sub(eth);
-    }
-    if let Err(e) = tap::write(fd, &v, packet) {
-        tracing::debug!(error = %e, "ingress TUN write failed");
-    }
-}
-
-/// Writes a coalesced frame: its headers, then its payload pieces from `bufs`.
-fn write_parts(
-    ports: &[Option<OwnedFd>],
-    bufs: &[Vec<u8>],
-    port: PortId,
-    vnet: &VnetHeader,
-    head: &[u8],
-    parts: &[Part],
-) {
-    let mut pieces: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
-    let mut n = 0;
-    for (slot, p) in pieces.iter_mut().zip(parts) {
-        let (start, end) = (p.start as usize, p.start as usize + p.len as usize);
-        let Some(bytes) = bufs.get(p.buf as usize).and_then(|b| b.get(start..end)) else {
-            return;
-        };
-        *slot = bytes;
-        n += 1;
-    }
-    if let Some(Some(fd)) = ports.get(port as usize) {
-        if let Err(e) = tap::write_gather(fd, vnet, head, &pieces[..n]) {
-            tracing::debug!(port, error = %e, "TAP write failed");
-        }
-    }
-}
-
-fn write_tap(ports: &[Option<OwnedFd>], port: PortId, vnet: &VnetHeader, frame: &[u8]) {
-    if let Some(Some(fd)) = ports.get(port as usize) {
-        if let Err(e) = tap::write(fd, vnet, frame) {
-            tracing::debug!(port, error = %e, "TAP write failed");
-        }
-    }
+    Ok(Some((vnet, n.saturating_sub(virtio::HEADER_LEN))))
 }
