@@ -117,6 +117,15 @@ impl Coalescer {
         sink: &mut impl Sink,
     ) -> bool {
         self.clock += 1;
+        // A run leaves with a fresh partial checksum that the container's
+        // kernel takes on trust, so a segment that came with its checksum
+        // complete (from a plain VTEP, whose outer UDP checksum is often
+        // zero) is checked first, as the kernel's own GRO does; a damaged
+        // one goes alone, as it came, for the container to drop.
+        if !partial && !tcp_checksum_ok(frame) {
+            self.flush_port(port, sink);
+            return false;
+        }
         // Most often, the next segment of the run the last one joined.
         if self.extend(self.last, port, frame, at) {
             return true;
@@ -283,6 +292,23 @@ impl Coalescer {
 /// The layout of a frame that may join a run: TCP/IPv4 without IP options,
 /// not a fragment, only ACK (and PSH) set, some payload.
 #[inline]
+/// False for a TCP/IPv4 frame whose TCP checksum does not verify; true for
+/// any other frame (those are judged by [`coalescable`]).
+fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    let Some(Ok(ip)) = frame
+        .get(ethernet::HEADER_LEN..)
+        .map(ipv4::Packet::new_checked)
+    else {
+        return true;
+    };
+    if ip.protocol() != ipv4::protocol::TCP {
+        return true;
+    }
+    let header = &frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + ip.header_len()];
+    let pseudo = pseudo_header_sum(header, ipv4::protocol::TCP, ip.payload().len());
+    checksum_fold(pseudo, ip.payload()) as u16 == 0xffff
+}
+
 fn coalescable(frame: &[u8]) -> Option<TcpLayout> {
     let l = tcp_layout(frame, 0)?;
     let flags = frame[l.tcp + 13];

@@ -68,6 +68,25 @@ fn data(seq: u32, len: usize, flags: u8) -> Vec<u8> {
 }
 
 #[test]
+fn a_damaged_segment_with_a_complete_checksum_is_never_joined() {
+    let mut bad = data(2386, 1386, ACK);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40; // a bit flipped on the way: the checksum no longer holds
+    let segs = [data(1000, 1386, ACK), bad.clone(), data(3772, 1386, ACK)];
+    let frames: Vec<_> = segs.iter().map(|f| (1, f.clone())).collect();
+    let (out, taken) = run(&frames);
+    assert_eq!(taken, vec![true, false, true]);
+    // The damaged one goes alone and unchanged, between the two runs, for
+    // the container's stack to drop; the good ones are not joined across it.
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[1].2, bad);
+    assert_eq!(out[1].1.flags, 0xff, "written as it came");
+    // With partial checksums (from an agent) there is nothing to check yet.
+    let (_, taken) = run_partial(&frames, true);
+    assert_eq!(taken, vec![true, true, true]);
+}
+
+#[test]
 fn in_order_segments_become_one_gso_frame_that_segments_back() {
     let segs = [
         data(1000, 1386, ACK),
@@ -171,12 +190,17 @@ fn a_push_or_a_short_segment_closes_the_run() {
 fn flows_and_ports_are_kept_apart() {
     let mut other = data(100, 100, ACK);
     other[35] ^= 1; // another source port
-    let (out, _) = run(&[
-        (1, data(0, 100, ACK)),
-        (2, data(100, 100, ACK)),
-        (1, other),
-        (1, data(100, 100, ACK)),
-    ]);
+                    // Partial checksums (as from an agent): the changed header bytes are
+                    // judged, not a checksum they no longer match.
+    let (out, _) = run_partial(
+        &[
+            (1, data(0, 100, ACK)),
+            (2, data(100, 100, ACK)),
+            (1, other),
+            (1, data(100, 100, ACK)),
+        ],
+        true,
+    );
     assert_eq!(out.len(), 3);
     let big = out
         .iter()
@@ -189,7 +213,8 @@ fn flows_and_ports_are_kept_apart() {
 fn a_changed_window_ends_the_run_before_the_next_one_starts() {
     let mut moved = data(100, 100, ACK);
     moved[34 + 15] ^= 1; // another window, same connection
-    let (out, _) = run(&[(1, data(0, 100, ACK)), (1, moved), (1, data(200, 100, ACK))]);
+    let frames = [(1, data(0, 100, ACK)), (1, moved), (1, data(200, 100, ACK))];
+    let (out, _) = run_partial(&frames, true);
     let seqs: Vec<u32> = out.iter().map(|(_, _, f)| be32(f, 38)).collect();
     assert_eq!(
         seqs,
@@ -216,7 +241,8 @@ fn each_header_byte_that_names_the_flow_is_compared() {
         for bit in [0x01u8, 0x08, 0x10, 0x80] {
             let mut second = data(100, 100, ACK);
             second[at] ^= bit;
-            let (out, _) = run(&[(1, first.clone()), (1, second)]);
+            // Partial checksums: the header is judged, not its checksum.
+            let (out, _) = run_partial(&[(1, first.clone()), (1, second)], true);
             let joined = out.len() == 1;
             let psh = at == 47 && bit == PSH;
             let expect = ignored.contains(&at) || psh;
