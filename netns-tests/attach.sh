@@ -45,6 +45,15 @@ else pass "  ... and no netns mt-nosuch was created"; fi
 sleep 1                                     # anything half-applied would have spread by now
 check "after the refusals, container ls is unchanged on all hosts" unchanged
 
+# A refused attach holds no address: the next attach may take it at once.
+FREE=${C1%.*}.200
+mk_container own
+ip -n mt-own link add eth0 type veth peer name eth0p || die "setup: an eth0 (veth) of its own in mt-own"
+expect_error "attach --ip $FREE to a netns with an eth0 of its own refused" attach 118 own demo --ip "$FREE"
+mk_container next
+check "  ... and $FREE is free for the next attach right away" test "$(attach 118 next demo --ip "$FREE")" = "$FREE"
+check "  ... (detached again)" mctl 118 container detach --netns mt-next --network demo
+
 # --- detach ------------------------------------------------------------------------
 check "detach c2 on .117" mctl 117 container detach --netns mt-c2 --network demo
 check_not "  ... mt-c2 has no eth0" has_eth0 mt-c2

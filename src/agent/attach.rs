@@ -74,6 +74,29 @@ impl Agent {
                 req.netns
             ));
         }
+        // What can fail in the namespace is tried before an address is
+        // reserved, so that a refused attach holds none.
+        let mut listeners = self.listeners.lock().await;
+        let need_dns = !listeners.contains_key(&req.netns);
+        let dev = ifname.clone();
+        let dns_sockets = netns::run_in(&path, move || {
+            if netns::link_exists(&dev) {
+                return Err(netns::NetnsError::Config(format!(
+                    "the namespace already has an interface {dev}: pass --ifname"
+                )));
+            }
+            if !need_dns {
+                return Ok(None);
+            }
+            let s = dns::listener::bind_here().map_err(|e| {
+                netns::NetnsError::Config(format!(
+                    "cannot serve DNS on {}: {e}",
+                    dns::listener::DNS_ADDR
+                ))
+            })?;
+            Ok(Some(s))
+        })
+        .map_err(|e| e.to_string())?;
         let ip = match self
             .cluster
             .mutate(Mutation::ReserveIp {
@@ -85,6 +108,18 @@ impl Agent {
             Outcome::Ip { ip, .. } => ip,
             other => return Err(format!("the leader answered {other:?} to an IP request")),
         };
+        // From here on, a failure gives the address back.
+        let net_id = net.id.clone();
+        let release = |e: String| async move {
+            let m = Mutation::ReleaseIp {
+                network_id: net_id,
+                ip,
+            };
+            if let Err(r) = self.cluster.mutate(m).await {
+                tracing::warn!(%ip, error = %r, "could not give back the address of a failed attach (it frees itself within 30 s)");
+            }
+            Err(e)
+        };
         let mac = Mac::for_ip(ip);
         let (mtu, prefix, gateway, dev) = (
             self.container_mtu,
@@ -92,14 +127,7 @@ impl Agent {
             net.gateway,
             ifname.clone(),
         );
-        let mut listeners = self.listeners.lock().await;
-        let need_dns = !listeners.contains_key(&req.netns);
-        let (fd, dns_sockets) = netns::run_in(&path, move || {
-            if netns::link_exists(&dev) {
-                return Err(netns::NetnsError::Config(format!(
-                    "the namespace already has an interface {dev}: pass --ifname"
-                )));
-            }
+        let made = netns::run_in(&path, move || {
             let fd = tap::create(&dev)?;
             netns::link_set_mac(&dev, mac)?;
             netns::link_set_mtu(&dev, mtu)?;
@@ -112,27 +140,18 @@ impl Agent {
                     return Err(e);
                 }
             }
-            let dns_sockets = if need_dns {
-                let s = dns::listener::bind_here().map_err(|e| {
-                    netns::NetnsError::Config(format!(
-                        "cannot serve DNS on {}: {e}",
-                        dns::listener::DNS_ADDR
-                    ))
-                })?;
-                Some(s)
-            } else {
-                None
-            };
-            Ok((fd, dns_sockets))
-        })
-        .map_err(|e| e.to_string())?;
+            Ok(fd)
+        });
+        let fd = match made {
+            Ok(fd) => fd,
+            Err(e) => return release(e.to_string()).await,
+        };
         let port = (1..)
             .find(|p| !local.contains_key(p))
             .unwrap_or(PortId::MAX);
-        self.dataplane
-            .add_port(port, fd)
-            .await
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.dataplane.add_port(port, fd).await {
+            return release(e.to_string()).await;
+        }
         if let Some(sockets) = dns_sockets {
             match dns::listener::Listener::start(&req.netns, sockets, self.dns.clone()) {
                 Ok(l) => {
@@ -140,7 +159,7 @@ impl Agent {
                 }
                 Err(e) => {
                     let _ = self.dataplane.remove_port(port).await;
-                    return Err(format!("cannot serve DNS in {}: {e}", req.netns));
+                    return release(format!("cannot serve DNS in {}: {e}", req.netns)).await;
                 }
             }
         }

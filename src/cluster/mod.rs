@@ -281,7 +281,7 @@ impl Cluster {
                     v.objects.get(key).is_some_and(|o| o.object.is_none())
                 }
                 (_, Outcome::StaticEndpoint(s)) => v.statics.contains(s),
-                (_, Outcome::Ip { .. }) => true,
+                (_, Outcome::Ip { .. } | Outcome::Released { .. }) => true,
             };
             if visible {
                 break;
@@ -346,8 +346,14 @@ impl Cluster {
             .unwrap_or(0);
         let version = wall.max(view.max_version() + 1);
         let plan = registry::plan(&view, &reserved, &m, version, &token::new_id())?;
-        if let Outcome::Ip { network_id, ip } = &plan.outcome {
-            reservations.insert((network_id.clone(), *ip), now);
+        match &plan.outcome {
+            Outcome::Ip { network_id, ip } => {
+                reservations.insert((network_id.clone(), *ip), now);
+            }
+            Outcome::Released { network_id, ip } => {
+                reservations.remove(&(network_id.clone(), *ip));
+            }
+            _ => {}
         }
         let chitchat = self.chitchat.chitchat();
         let mut guard = chitchat.lock().await;

@@ -34,6 +34,11 @@ pub enum Mutation {
         network: String,
         ip: Option<Ipv4Addr>,
     },
+    /// Gives back an address reserved for an attach that then failed.
+    ReleaseIp {
+        network_id: String,
+        ip: Ipv4Addr,
+    },
     AddStaticEndpoint {
         network: String,
         ip: Ipv4Addr,
@@ -64,8 +69,18 @@ pub const SCHEDULERS: [&str; 5] = ["rr", "wrr", "lc", "sh", "mh"];
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
     Network(Network),
-    Removed { key: String },
-    Ip { network_id: String, ip: Ipv4Addr },
+    Removed {
+        key: String,
+    },
+    Ip {
+        network_id: String,
+        ip: Ipv4Addr,
+    },
+    /// A reservation given back ([`Mutation::ReleaseIp`]).
+    Released {
+        network_id: String,
+        ip: Ipv4Addr,
+    },
     StaticEndpoint(StaticEndpoint),
     Service(Service),
 }
@@ -197,6 +212,13 @@ pub fn plan(
                 writes: vec![],
             })
         }
+        Mutation::ReleaseIp { network_id, ip } => Ok(Plan {
+            outcome: Outcome::Released {
+                network_id: network_id.clone(),
+                ip: *ip,
+            },
+            writes: vec![],
+        }),
         Mutation::AddStaticEndpoint {
             network,
             ip,
