@@ -141,4 +141,18 @@ view() { mctl "$1" network ls --format json | jq -cS 'sort_by(.name)'; }
 same_views() { [ "$(view 116)" = "$(view 117)" ] && [ "$(view 116)" = "$(view 118)" ]; }
 check "all three hosts list the same networks, VNIs and subnets" wait_until 2 same_views
 
+# --- special ranges, and a subnet that is a host's own LAN ---------------------------
+expect_error "a loopback subnet is refused" mctl 116 network create lo1 --subnet 127.5.0.0/16
+expect_error "a link-local subnet is refused" mctl 116 network create ll1 --subnet 169.254.9.0/24
+# .116 has an address in 10.77.0.0/24 on another NIC (here: a second one on
+# eth0): an overlay there must not take that LAN from .116, while hosts
+# without such an address route it to their TUN as usual.
+ip -n mt-h116 addr add 10.77.0.5/24 dev eth0 || die "setup: 10.77.0.5 on .116"
+mctl 116 network create lan --subnet 10.77.0.0/24 >/dev/null || die "setup: network create lan"
+routed() { ip -n "mt-h$1" rule list | grep -q 'to 10.77.0.0/24 lookup 4789000'; }
+check ".117 routes the lan subnet to its TUN" wait_until 3 routed 117
+check_not "  ... .116, whose own address is in it, does not" routed 116
+check "  ... and .116 still has its route to 10.77.0.0/24 on eth0" \
+    bash -c "ip -n mt-h116 route get 10.77.0.9 | grep -q 'dev eth0'"
+
 finish

@@ -87,14 +87,16 @@ impl Agent {
             }
         }
         for n in view.networks.values() {
-            // Routing a subnet that holds a node's address to the TUN would
-            // cut that node off: leave it to the host (no egress for it).
+            // Routing a subnet that holds a node's address, or one of this
+            // host's own (a LAN on another NIC), to the TUN would cut that
+            // node or that LAN off: leave it to the host (no egress for it).
             let node_inside = std::iter::once(advertise)
                 .chain(view.nodes.iter().map(|m| m.record.address))
+                .chain(plan.addresses.iter().copied())
                 .find(|a| n.subnet.contains(*a));
             if let Some(a) = node_inside {
-                tracing::warn!(network = %n.name, subnet = %n.subnet, node = %a,
-                    "the overlay subnet holds a node's address: no egress or host routes for it");
+                tracing::warn!(network = %n.name, subnet = %n.subnet, address = %a,
+                    "the overlay subnet holds a node's or this host's address: no egress or host routes for it here");
                 continue;
             }
             plan.subnets

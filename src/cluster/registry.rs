@@ -412,6 +412,19 @@ fn create_service(
     })
 }
 
+/// Ranges an overlay subnet may not take: the host stack gives them
+/// meanings of their own.
+const SPECIAL_RANGES: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "this network"),
+    ("127.0.0.0/8", "loopback"),
+    (
+        "169.254.0.0/16",
+        "link-local, where cloud metadata and mesh's ingress TUN live",
+    ),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved, with the broadcast address"),
+];
+
 fn create_network(
     view: &View,
     name: &str,
@@ -434,6 +447,14 @@ fn create_network(
     let subnet = match subnet {
         Some(s) => {
             let s: Subnet = s.parse()?;
+            if let Some((range, what)) = SPECIAL_RANGES
+                .iter()
+                .find(|(r, _)| r.parse::<Subnet>().is_ok_and(|r| r.overlaps(&s)))
+            {
+                return Err(format!(
+                    "subnet {s} overlaps {range} ({what}): pick a private range such as 10.1.0.0/16"
+                ));
+            }
             if let Some(other) = view.networks.values().find(|n| n.subnet.overlaps(&s)) {
                 return Err(format!(
                     "subnet {s} overlaps {} of network {}",

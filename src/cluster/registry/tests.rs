@@ -74,6 +74,11 @@ fn refusals_change_nothing() {
         (create("other", Some("10.20.5.0/24")), "overlaps"),
         (create("bad name", None), "invalid name"),
         (create("x", Some("10.1.0.0/33")), "invalid subnet"),
+        (create("lo", Some("127.1.0.0/16")), "loopback"),
+        (create("ll", Some("169.254.0.0/24")), "link-local"),
+        (create("mc", Some("224.1.0.0/16")), "multicast"),
+        (create("big", Some("0.0.0.0/1")), "this network"),
+        (create("top", Some("255.255.255.0/24")), "broadcast"),
         (
             Mutation::RemoveNetwork {
                 name: "nope".into(),
