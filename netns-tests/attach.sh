@@ -88,4 +88,13 @@ check "  ... and attaches it again, reachable: ping c1 -> c2" \
     bash -c "C=\$(timeout 10 $BIN/meshctl --api $TMP/h117.sock container attach --netns mt-c2 --network demo --name c2) &&
              ip netns exec mt-c1 ping -n -q -c 3 -i 0.3 -W 2 \$C >/dev/null"
 
+# --- a container on two networks leaves the first ------------------------------------
+mctl 116 network create second >/dev/null || die "setup: network create second"
+wait_until 2 network_seen 116 second || die "setup: second not seen on .116"
+attach 116 c1 second --ifname eth1 >/dev/null || die "setup: attach c1 to second as eth1"
+check "detach c1 from demo (its first network, which held the default route)" \
+    mctl 116 container detach --netns mt-c1 --network demo
+default_via_eth1() { ip -n mt-c1 route show default | grep -q 'dev eth1'; }
+check "  ... c1 keeps a default route, now through eth1 on second" default_via_eth1
+
 finish
