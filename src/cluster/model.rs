@@ -232,6 +232,11 @@ pub struct View {
     pub services: BTreeMap<String, Service>,
     /// Containers on Ready nodes.
     pub containers: Vec<ContainerEndpoint>,
+    /// Containers of nodes that are Down (paused, partitioned, crashed):
+    /// out of every table, but their addresses are not handed out again
+    /// while gossip remembers them, or two containers would share one
+    /// when the node comes back.
+    pub down_containers: Vec<ContainerEndpoint>,
     /// The newest version of every object key, tombstones included.
     pub objects: BTreeMap<String, Versioned>,
 }
@@ -281,16 +286,17 @@ impl View {
         }
         for n in nodes {
             let ready = v.nodes.iter().any(|nv| nv.id == n.id && nv.ready);
-            if !ready {
-                continue;
-            }
             for (k, val) in &n.key_values {
                 if !k.starts_with(PREFIX_ENDPOINT) {
                     continue;
                 }
                 if let Ok(mut ep) = serde_json::from_str::<ContainerEndpoint>(val) {
                     ep.node_id = n.id.to_string();
-                    v.containers.push(ep);
+                    if ready {
+                        v.containers.push(ep);
+                    } else {
+                        v.down_containers.push(ep);
+                    }
                 }
             }
         }

@@ -539,6 +539,7 @@ fn taken_ips(
 ) -> HashSet<Ipv4Addr> {
     view.containers
         .iter()
+        .chain(&view.down_containers)
         .filter(|c| c.network_id == network_id)
         .map(|c| c.ip)
         .chain(

@@ -107,6 +107,35 @@ fn refusals_change_nothing() {
 }
 
 #[test]
+fn a_down_nodes_addresses_are_not_handed_out_again() {
+    let mut v = View::default();
+    let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+    apply(&mut v, &p);
+    let net = v.networks.values().next().unwrap().id.clone();
+    let ip2 = Ipv4Addr::new(10, 0, 0, 2);
+    v.down_containers
+        .push(crate::cluster::model::ContainerEndpoint {
+            network_id: net,
+            ip: ip2,
+            mac: crate::wire::Mac::for_ip(ip2),
+            name: "away".into(),
+            netns: "away".into(),
+            node_id: "paused".into(),
+            service: None,
+            weight: 1,
+            draining: false,
+        });
+    let reserve = |ip| Mutation::ReserveIp {
+        network: "demo".into(),
+        ip,
+    };
+    let p = plan(&v, &HashSet::new(), &reserve(None), 2, "").unwrap();
+    assert!(matches!(p.outcome, Outcome::Ip { ip, .. } if ip == Ipv4Addr::new(10, 0, 0, 3)));
+    let e = plan(&v, &HashSet::new(), &reserve(Some(ip2)), 2, "").unwrap_err();
+    assert!(e.contains("already in use"), "{e}");
+}
+
+#[test]
 fn reserved_and_attached_ips_are_not_handed_out_twice() {
     let mut v = View::default();
     let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
