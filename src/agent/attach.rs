@@ -88,6 +88,8 @@ impl Agent {
             if !need_dns {
                 return Ok(None);
             }
+            // The DNS address is on loopback, which must be up to bind it.
+            netns::link_set_up("lo")?;
             let s = dns::listener::bind_here().map_err(|e| {
                 netns::NetnsError::Config(format!(
                     "cannot serve DNS on {}: {e}",
