@@ -308,14 +308,25 @@ mctl 116 service rm whoami >/dev/null || fail "service rm whoami"
 rules_gone() { ! ip -n mt-h117 rule | grep -q 'dport 8000'; }
 check "after service rm, .117 steers port 8000 no more" wait_until 3 rules_gone
 check_not "and .116:8000 no longer answers" get mt-out "http://$UNDERLAY.116:8000/"
+# A crash first (the other services still publish ports here: reserved
+# ports and forwarding are changed), then a restart: the next agent must put
+# back the host's own values when it stops, not the crashed one's.
+forward() { ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_forward; }
+check "before the crash, .117 reserves the published ports and forwards" \
+    bash -c "[ -n \"\$(ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_local_reserved_ports)\" ] && [ \"\$(ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_forward)\" = 1 ]"
+kill_agent 117 KILL
+start_agent 117 --join "$UNDERLAY.116" --join-token "$TOKEN"
+steers_again() { ip -n mt-h117 rule | grep -q 'dport 8080'; }
+check "the restarted .117 steers the published ports again" wait_until 10 steers_again
 kill_agent 117 TERM
 clean() {
     ! ip -n mt-h117 rule | grep -q 4789000 &&
         ip -n mt-h117 rule | grep -q '^0:.*lookup local' &&
         ! ip -n mt-h117 link show mesh-ingress >/dev/null 2>&1 &&
         ! ip netns exec mt-h117 nft list table ip mesh >/dev/null 2>&1 &&
-        [ -z "$(reserved 117)" ]
+        [ -z "$(reserved 117)" ] && [ "$(forward)" = 0 ]
 }
-check "a stopped agent leaves no rule, no TUN, no nftables table, no reserved port; local rule back at 0" wait_until 5 clean
+check "a stopped agent (after a crash and a restart) leaves no rule, no TUN, no nftables table, no reserved port, forwarding off; local rule back at 0" \
+    wait_until 5 clean
 
 finish

@@ -15,8 +15,10 @@ impl Agent {
         let tun = crate::io::tun::NAME;
         let fd = crate::io::tun::create(tun).map_err(|e| e.to_string())?;
         let advertise = self.cluster.config.advertise;
-        let routing = HostRouting::setup(tun, ingress_address(advertise), self.container_mtu)
-            .map_err(|e| format!("cannot set up ingress: {e}"))?;
+        let saved = self.state_dir.join("host-sysctls.json");
+        let routing =
+            HostRouting::setup(tun, ingress_address(advertise), self.container_mtu, &saved)
+                .map_err(|e| format!("cannot set up ingress: {e}"))?;
         self.dataplane
             .set_host(fd)
             .await

@@ -48,6 +48,7 @@ use super::NetnsError;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The routing table whose default route is the ingress TUN.
@@ -143,6 +144,8 @@ pub struct HostRouting {
     /// Sysctls as they were before setup, put back by teardown.
     forward_before: Option<String>,
     reserved_before: Option<String>,
+    /// Where those two are kept until teardown.
+    saved: PathBuf,
     nft: bool,
     active: bool,
 }
@@ -211,24 +214,63 @@ fn error_rule(verb: &str) -> String {
     rule(verb, PREF_PUBLISHED, &format!("fwmark {ERROR_MARK:#x}"))
 }
 
+/// The host's values of the sysctls the agent changes, as it found them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SysctlsBefore {
+    ip_forward: Option<String>,
+    ip_local_reserved_ports: Option<String>,
+}
+
 impl HostRouting {
     /// Gives the TUN (already created in this namespace) its address and
     /// MTU, routes table [`TABLE`] to it, moves the `local` rule after ours
     /// and turns forwarding on. Removes rules a killed agent left. If a step
     /// fails, what was done is undone.
-    pub fn setup(tun: &str, address: Ipv4Addr, mtu: u32) -> Result<HostRouting, NetnsError> {
+    ///
+    /// The host's own values of the sysctls it changes are kept in `saved`
+    /// (in the agent's state directory) until teardown puts them back: an
+    /// agent that was killed left its changed values behind, and the next
+    /// one must restore the host's, not those.
+    pub fn setup(
+        tun: &str,
+        address: Ipv4Addr,
+        mtu: u32,
+        saved: &Path,
+    ) -> Result<HostRouting, NetnsError> {
         Self::remove_stale();
         let read = |path: &str| {
             std::fs::read_to_string(path)
                 .ok()
                 .map(|s| s.trim().to_string())
         };
+        let before = match std::fs::read(saved)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SysctlsBefore>(&b).ok())
+        {
+            Some(b) => {
+                tracing::info!(file = %saved.display(), "restoring the host's sysctls as a previous agent found them");
+                b
+            }
+            None => {
+                let b = SysctlsBefore {
+                    ip_forward: read(FORWARD),
+                    ip_local_reserved_ports: read(RESERVED_PORTS),
+                };
+                let json = serde_json::to_vec(&b).unwrap_or_default();
+                if let Err(e) = std::fs::write(saved, json) {
+                    tracing::warn!(file = %saved.display(), error = %e,
+                        "cannot keep the host's sysctls: after a crash they would not be restored");
+                }
+                b
+            }
+        };
         // The guard first: dropping it on an error below undoes the rest.
         let mut r = HostRouting {
             tun: tun.to_string(),
             applied: HostPlan::default(),
-            forward_before: read(FORWARD),
-            reserved_before: read(RESERVED_PORTS),
+            forward_before: before.ip_forward,
+            reserved_before: before.ip_local_reserved_ports,
+            saved: saved.to_path_buf(),
             nft: false,
             active: true,
         };
@@ -404,6 +446,7 @@ impl HostRouting {
         if let Some(v) = &self.reserved_before {
             let _ = sysctl(RESERVED_PORTS, if v.is_empty() { "\n" } else { v });
         }
+        let _ = std::fs::remove_file(&self.saved);
         tracing::info!("ingress rules removed");
     }
 }
