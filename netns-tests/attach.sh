@@ -97,4 +97,10 @@ check "detach c1 from demo (its first network, which held the default route)" \
 default_via_eth1() { ip -n mt-c1 route show default | grep -q 'dev eth1'; }
 check "  ... c1 keeps a default route, now through eth1 on second" default_via_eth1
 
+# --- a stopped agent takes its containers' DNS settings with it ------------------------
+check "c1 (attached on .116) has its resolv.conf" test -e /etc/netns/mt-c1/resolv.conf
+kill_agent 116 TERM
+no_c1_dns() { [ ! -e /etc/netns/mt-c1/resolv.conf ]; }
+check "  ... gone once .116's agent stopped" wait_until 5 no_c1_dns
+
 finish

@@ -318,6 +318,8 @@ kill_agent 117 KILL
 start_agent 117 --join "$UNDERLAY.116" --join-token "$TOKEN"
 steers_again() { ip -n mt-h117 rule | grep -q 'dport 8080'; }
 check "the restarted .117 steers the published ports again" wait_until 10 steers_again
+check "  ... and removed the DNS settings the crashed agent left in wp's namespace" \
+    test ! -e /etc/netns/mt-wp/resolv.conf
 kill_agent 117 TERM
 clean() {
     ! ip -n mt-h117 rule | grep -q 4789000 &&

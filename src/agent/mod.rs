@@ -211,6 +211,35 @@ impl Agent {
             .collect()
     }
 
+    /// Stops every container's DNS listener and removes the resolv.conf it
+    /// wrote (the agent is stopping: nothing would answer them).
+    pub async fn stop_dns(&self) {
+        for (_, l) in self.listeners.lock().await.drain() {
+            l.stop();
+        }
+    }
+
+    /// Removes what a killed agent left in its containers' namespaces: the
+    /// DNS settings that point at a listener gone with it (its attachments
+    /// went with its TAPs). Then the saved list is emptied.
+    pub fn remove_stale_attachments(&self) {
+        let path = self.state_dir.join("attachments.json");
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let names: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.get("netns")?.as_str().map(String::from))
+            .collect();
+        for n in &names {
+            if let Some(name) = crate::netns::name_of(n) {
+                dns::listener::remove_stale_resolv_conf(name);
+            }
+        }
+        let _ = std::fs::write(&path, b"[]");
+    }
+
     /// Writes the local attachments to the state directory (for a later
     /// restart to adopt; see `io::tap`).
     fn save(&self, local: &BTreeMap<PortId, Attachment>) {

@@ -142,6 +142,7 @@ async fn run(args: Args) -> Result<(), String> {
         upstreams,
         drain,
     );
+    agent.remove_stale_attachments();
     agent.start_ingress().await?;
     tokio::spawn(agent.clone().run());
     let api = args.api.clone();
@@ -159,6 +160,7 @@ async fn run(args: Args) -> Result<(), String> {
         _ = term.recv() => Ok(()),
     };
     agent.stop_ingress();
+    agent.stop_dns().await;
     let _ = std::fs::remove_file(&args.api);
     tracing::info!("mesh-agent stopping");
     result

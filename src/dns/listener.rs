@@ -85,6 +85,21 @@ impl Listener {
 /// name as given first (`ndots:0`), so service names resolve without search domains.
 pub const RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
 
+/// Removes `/etc/netns/NAME/resolv.conf` if it is the one we write (left
+/// by an agent that was killed: nothing answers at 127.0.0.11 any more).
+pub fn remove_stale_resolv_conf(name: &str) {
+    let dir = PathBuf::from("/etc/netns").join(name);
+    let path = dir.join("resolv.conf");
+    if std::fs::read_to_string(&path).is_ok_and(|c| c == RESOLV_CONF) {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
+        tracing::info!(
+            netns = name,
+            "removed the DNS settings a stopped agent left"
+        );
+    }
+}
+
 /// Writes `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` mounts
 /// over /etc/resolv.conf, so glibc in the container asks us.
 fn write_resolv_conf(name: &str) -> std::io::Result<PathBuf> {
