@@ -17,6 +17,7 @@
 . "$(dirname "$0")/lib.sh"
 
 testbed_up
+FORWARD_BEFORE=$(ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_forward)   # the host's own, before any agent
 start_cluster
 mctl 116 network create web >/dev/null || die "setup: network create"
 mctl 116 service create --name whoami --network web --publish 8000:80 --publish 9001:9000/udp \
@@ -314,6 +315,7 @@ check_not "and .116:8000 no longer answers" get mt-out "http://$UNDERLAY.116:800
 forward() { ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_forward; }
 check "before the crash, .117 reserves the published ports and forwards" \
     bash -c "[ -n \"\$(ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_local_reserved_ports)\" ] && [ \"\$(ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_forward)\" = 1 ]"
+check "wp's namespace has the DNS settings .117's agent wrote" test -e /etc/netns/mt-wp/resolv.conf
 kill_agent 117 KILL
 start_agent 117 --join "$UNDERLAY.116" --join-token "$TOKEN"
 steers_again() { ip -n mt-h117 rule | grep -q 'dport 8080'; }
@@ -326,9 +328,9 @@ clean() {
         ip -n mt-h117 rule | grep -q '^0:.*lookup local' &&
         ! ip -n mt-h117 link show mesh-ingress >/dev/null 2>&1 &&
         ! ip netns exec mt-h117 nft list table ip mesh >/dev/null 2>&1 &&
-        [ -z "$(reserved 117)" ] && [ "$(forward)" = 0 ]
+        [ -z "$(reserved 117)" ] && [ "$(forward)" = "$FORWARD_BEFORE" ]
 }
-check "a stopped agent (after a crash and a restart) leaves no rule, no TUN, no nftables table, no reserved port, forwarding off; local rule back at 0" \
+check "a stopped agent (after a crash and a restart) leaves no rule, no TUN, no nftables table, no reserved port, forwarding as it was; local rule back at 0" \
     wait_until 5 clean
 
 finish

@@ -122,6 +122,14 @@ async fn run(args: Args) -> Result<(), String> {
         conntrack_max: args.conntrack_max,
         timeouts,
     };
+    // Another agent answering on this API socket owns this host's state:
+    // refuse before cleaning up anything it may still be using.
+    if tokio::net::UnixStream::connect(&args.api).await.is_ok() {
+        return Err(format!(
+            "another mesh-agent is serving {}: stop it first, or pass --api and --state-dir of their own",
+            args.api.display()
+        ));
+    }
     let cluster = Cluster::start(config, hostname)
         .await
         .map_err(|e| e.to_string())?;

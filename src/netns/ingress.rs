@@ -217,6 +217,8 @@ fn error_rule(verb: &str) -> String {
 /// The host's values of the sysctls the agent changes, as it found them.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SysctlsBefore {
+    /// The boot they were read in.
+    boot_id: Option<String>,
     ip_forward: Option<String>,
     ip_local_reserved_ports: Option<String>,
 }
@@ -243,9 +245,12 @@ impl HostRouting {
                 .ok()
                 .map(|s| s.trim().to_string())
         };
+        // Kept values are good until the host reboots (which resets them).
+        let boot_id = read("/proc/sys/kernel/random/boot_id");
         let before = match std::fs::read(saved)
             .ok()
             .and_then(|b| serde_json::from_slice::<SysctlsBefore>(&b).ok())
+            .filter(|b| b.boot_id == boot_id)
         {
             Some(b) => {
                 tracing::info!(file = %saved.display(), "restoring the host's sysctls as a previous agent found them");
@@ -253,6 +258,7 @@ impl HostRouting {
             }
             None => {
                 let b = SysctlsBefore {
+                    boot_id,
                     ip_forward: read(FORWARD),
                     ip_local_reserved_ports: read(RESERVED_PORTS),
                 };

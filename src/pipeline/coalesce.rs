@@ -289,9 +289,6 @@ impl Coalescer {
     }
 }
 
-/// The layout of a frame that may join a run: TCP/IPv4 without IP options,
-/// not a fragment, only ACK (and PSH) set, some payload.
-#[inline]
 /// False for a TCP/IPv4 frame whose TCP checksum does not verify; true for
 /// any other frame (those are judged by [`coalescable`]).
 fn tcp_checksum_ok(frame: &[u8]) -> bool {
@@ -309,6 +306,9 @@ fn tcp_checksum_ok(frame: &[u8]) -> bool {
     checksum_fold(pseudo, ip.payload()) as u16 == 0xffff
 }
 
+/// The layout of a frame that may join a run: TCP/IPv4 without IP options,
+/// not a fragment, only ACK (and PSH) set, some payload.
+#[inline]
 fn coalescable(frame: &[u8]) -> Option<TcpLayout> {
     let l = tcp_layout(frame, 0)?;
     let flags = frame[l.tcp + 13];

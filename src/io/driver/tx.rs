@@ -49,12 +49,16 @@ impl Sinks<'_> {
         let Some(Some(fd)) = self.ports.get(port as usize) else {
             return;
         };
-        if let Some(a) = self.activity.get(port as usize) {
-            bump(a);
-        }
-        if let Err(e) = tap::write_gather(fd, vnet, head, pieces) {
-            bump(self.failed);
-            tracing::debug!(port, error = %e, "TAP write failed");
+        match tap::write_gather(fd, vnet, head, pieces) {
+            Ok(()) => {
+                if let Some(a) = self.activity.get(port as usize) {
+                    bump(a);
+                }
+            }
+            Err(e) => {
+                bump(self.failed);
+                tracing::debug!(port, error = %e, "TAP write failed");
+            }
         }
     }
 
