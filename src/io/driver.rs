@@ -189,6 +189,19 @@ fn epoll_add(ep: &OwnedFd, fd: i32, token: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Takes `fd` out of the epoll set `ep` (a no-op if it is not in it).
+fn epoll_del(ep: &OwnedFd, fd: &OwnedFd) {
+    // SAFETY: valid epoll fd and fd; DEL takes no event.
+    unsafe {
+        libc::epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+        )
+    };
+}
+
 struct DriverThread {
     ep: OwnedFd,
     wake: Arc<OwnedFd>,
@@ -287,15 +300,8 @@ impl DriverThread {
                 }
                 Ok(Command::RemovePort { id, done }) => {
                     if let Some(fd) = self.ports.get_mut(id as usize).and_then(Option::take) {
-                        // SAFETY: removing a registered fd; closing it follows.
-                        unsafe {
-                            libc::epoll_ctl(
-                                self.ep.as_raw_fd(),
-                                libc::EPOLL_CTL_DEL,
-                                fd.as_raw_fd(),
-                                std::ptr::null_mut(),
-                            )
-                        };
+                        // Closing it follows (it may be out of epoll already).
+                        epoll_del(&self.ep, &fd);
                         drop(fd);
                     }
                     let _ = done.send(());

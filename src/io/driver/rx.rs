@@ -78,15 +78,7 @@ impl DriverThread {
         let Some(fd) = fd else {
             return;
         };
-        // SAFETY: removing a registered fd from our epoll set.
-        unsafe {
-            libc::epoll_ctl(
-                self.ep.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd.as_raw_fd(),
-                std::ptr::null_mut(),
-            )
-        };
+        epoll_del(&self.ep, fd);
         match input {
             Input::Tap(port) => tracing::warn!(
                 port, error = %e,
