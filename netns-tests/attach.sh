@@ -97,6 +97,13 @@ check "detach c1 from demo (its first network, which held the default route)" \
 default_via_eth1() { ip -n mt-c1 route show default | grep -q 'dev eth1'; }
 check "  ... c1 keeps a default route, now through eth1 on second" default_via_eth1
 
+# --- a namespace given by path is the same as by name ------------------------------
+expect_error "attach of c2 again, by path, refused (already attached)" \
+    mctl 117 container attach --netns /run/netns/mt-c2 --network demo
+check "detach of c2 by another path to it (/var/run/netns/mt-c2)" \
+    mctl 117 container detach --netns /var/run/netns/mt-c2 --network demo
+check_not "  ... c2 is gone from container ls on .117" containers 117 c2
+
 # --- a stopped agent takes its containers' DNS settings with it ------------------------
 check "c1 (attached on .116) has its resolv.conf" test -e /etc/netns/mt-c1/resolv.conf
 kill_agent 116 TERM

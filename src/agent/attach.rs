@@ -14,7 +14,8 @@ use crate::wire::Mac;
 
 impl Agent {
     /// `meshctl container attach`: gives the netns its interface on the network.
-    pub async fn attach(&self, req: AttachRequest) -> Result<AttachOut, String> {
+    pub async fn attach(&self, mut req: AttachRequest) -> Result<AttachOut, String> {
+        req.netns = netns::canonical(&req.netns);
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
         let name = req.name.clone().unwrap_or_else(|| default_name(&req.netns));
         registry::check_name(&name)?;
@@ -200,7 +201,8 @@ impl Agent {
     }
 
     /// `meshctl container detach`: removes the interface and the endpoint.
-    pub async fn detach(&self, req: DetachRequest) -> Result<(), String> {
+    pub async fn detach(&self, mut req: DetachRequest) -> Result<(), String> {
+        req.netns = netns::canonical(&req.netns);
         let view = self.view().await;
         let mut local = self.local.lock().await;
         let found = local

@@ -54,6 +54,24 @@ pub fn resolve(name_or_path: &str) -> PathBuf {
     }
 }
 
+/// One spelling per namespace: a path to a named namespace
+/// (`/run/netns/NAME`, `/var/run/netns/NAME`) becomes NAME, any other path
+/// its canonical form, so that `c1` and `/run/netns/c1` are one container.
+pub fn canonical(name_or_path: &str) -> String {
+    if !name_or_path.contains('/') {
+        return name_or_path.to_string();
+    }
+    let path = std::fs::canonicalize(name_or_path).unwrap_or_else(|_| PathBuf::from(name_or_path));
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name))
+            if std::fs::canonicalize("/var/run/netns").is_ok_and(|d| d == dir) =>
+        {
+            name.to_string()
+        }
+        _ => path.to_string_lossy().into_owned(),
+    }
+}
+
 /// The name of a named namespace (for /etc/netns/NAME), or None for a path.
 pub fn name_of(name_or_path: &str) -> Option<&str> {
     (!name_or_path.contains('/')).then_some(name_or_path)
