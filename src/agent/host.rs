@@ -61,6 +61,17 @@ impl Agent {
 
     /// Steers the view's published ports and overlay subnets to the TUN.
     pub(super) fn apply_host_plan(&self, view: &View) {
+        let addresses = crate::netns::ingress::host_addresses(crate::io::tun::NAME);
+        self.apply_host_plan_with(view, addresses);
+    }
+
+    /// [`Agent::apply_host_plan`] with the host's addresses already read
+    /// (`None`: they could not be, keep the ones steered now).
+    pub(super) fn apply_host_plan_with(
+        &self,
+        view: &View,
+        addresses: Option<std::collections::BTreeSet<Ipv4Addr>>,
+    ) {
         let mut guard = self.host_routing.lock().unwrap_or_else(|p| p.into_inner());
         let Some(routing) = guard.as_mut() else {
             return;
@@ -68,8 +79,7 @@ impl Agent {
         let advertise = self.cluster.config.advertise;
         // Published ports answer on every address of the host (its own
         // list, plus the two that must never be missing).
-        let mut addresses = crate::netns::ingress::host_addresses(crate::io::tun::NAME)
-            .unwrap_or_else(|| routing.addresses().clone());
+        let mut addresses = addresses.unwrap_or_else(|| routing.addresses().clone());
         addresses.extend([advertise, Ipv4Addr::LOCALHOST]);
         let mut plan = HostPlan {
             vxlan_port: self.cluster.config.vxlan_port,

@@ -177,7 +177,7 @@ impl Agent {
                     // As above: the newest view, under the lock.
                     let local = self.local.lock().await;
                     let view = self.cluster.view().await;
-                    self.apply_host_plan(&view);
+                    self.apply_host_plan_with(&view, now.clone());
                     drop(local);
                     addresses = now;
                 }
@@ -227,13 +227,9 @@ impl Agent {
         let Ok(bytes) = std::fs::read(&path) else {
             return;
         };
-        let names: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|a| a.get("netns")?.as_str().map(String::from))
-            .collect();
-        for n in &names {
-            if let Some(name) = crate::netns::name_of(n) {
+        let left: Vec<Attachment> = serde_json::from_slice(&bytes).unwrap_or_default();
+        for a in &left {
+            if let Some(name) = crate::netns::name_of(&a.netns) {
                 dns::listener::remove_stale_resolv_conf(name);
             }
         }

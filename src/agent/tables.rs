@@ -196,8 +196,7 @@ fn ingress_pool(
     first: &VipTable,
 ) -> VipTable {
     let mut seen = std::collections::HashSet::new();
-    let mut backends = Vec::new();
-    let mut backend_stats = Vec::new();
+    let mut pairs = Vec::new();
     for net_id in &s.networks {
         let Some(vip) = s.vips.get(net_id) else {
             continue;
@@ -209,16 +208,15 @@ fn ingress_pool(
             .tasks(&s.id)
             .filter(|c| &c.network_id == net_id && !c.draining)
         {
-            if seen.insert((c.node_id.as_str(), c.netns.as_str())) {
-                backends.push(Backend {
+            if seen.insert(c.container()) {
+                let backend = Backend {
                     ip: c.ip,
                     weight: c.weight.max(1),
-                });
-                backend_stats.push(stats.backend(*vip, c.ip));
+                };
+                pairs.push((backend, stats.backend(*vip, c.ip)));
             }
         }
     }
-    let mut pairs: Vec<_> = backends.into_iter().zip(backend_stats).collect();
     pairs.sort_by_key(|(b, _)| b.ip);
     let (backends, backend_stats) = pairs.into_iter().unzip();
     VipTable {

@@ -2,7 +2,7 @@
 
 use super::types::*;
 use crate::agent::Agent;
-use crate::cluster::model::{EndpointMode, Network, PortSpec, Service, View};
+use crate::cluster::model::{ContainerEndpoint, EndpointMode, Network, PortSpec, Service, View};
 use crate::cluster::registry::{Mutation, Outcome};
 use crate::pipeline::lb::stats::StatsRegistry;
 use bytes::Bytes;
@@ -438,7 +438,7 @@ fn service_out(view: &View, s: &Service, detail: bool, stats: &StatsRegistry) ->
         // one task, listed once per network.
         replicas: view
             .tasks(&s.id)
-            .map(|c| (c.node_id.as_str(), c.netns.as_str()))
+            .map(ContainerEndpoint::container)
             .collect::<std::collections::HashSet<_>>()
             .len(),
         tasks: if detail { tasks } else { vec![] },

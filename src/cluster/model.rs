@@ -201,6 +201,14 @@ pub struct ContainerEndpoint {
     pub draining: bool,
 }
 
+impl ContainerEndpoint {
+    /// The container behind the endpoint: one per node and namespace,
+    /// whatever networks it is attached to.
+    pub fn container(&self) -> (&str, &str) {
+        (&self.node_id, &self.netns)
+    }
+}
+
 fn one() -> u32 {
     1
 }

@@ -54,17 +54,7 @@ impl Underlay {
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);
         sock.bind(&SocketAddr::V4(addr).into())?;
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with an int option value.
-        let gro = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                (&one as *const libc::c_int).cast(),
-                4,
-            )
-        } == 0;
+        let gro = set_udp_option(&sock, libc::UDP_GRO, 1);
         if !gro {
             tracing::warn!(
                 "the kernel refused UDP_GRO on the VXLAN socket; receiving one datagram per slot"
@@ -72,17 +62,7 @@ impl Underlay {
         }
         // Whether the kernel knows UDP GSO at all (segment size 0: off by
         // default, each send asks for it with a control message).
-        let zero: libc::c_int = 0;
-        // SAFETY: setsockopt with a valid int option value.
-        let gso = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&zero as *const libc::c_int).cast(),
-                4,
-            )
-        } == 0;
+        let gso = set_udp_option(&sock, libc::UDP_SEGMENT, 0);
         if !gso {
             tracing::warn!("the kernel has no UDP GSO; sending one datagram per segment");
         }
@@ -156,7 +136,7 @@ impl Underlay {
         scratch: &mut Batch,
         out: &[(&[u8], SocketAddrV4)],
     ) -> (usize, usize, Option<std::io::Error>) {
-        let (mut at, mut sent, mut failed, mut first) = (0, 0, 0, None);
+        let (mut at, mut failed, mut first) = (0, 0, None);
         while at < out.len() {
             let n = (out.len() - at).min(scratch.capacity);
             scratch.reset();
@@ -171,10 +151,7 @@ impl Underlay {
                 scratch.push_hdr(i, i, 1, false);
             }
             match self.sendmmsg(scratch, n) {
-                Ok(r) => {
-                    at += r;
-                    sent += r;
-                }
+                Ok(r) => at += r,
                 Err(e) => {
                     let full = matches!(
                         e.raw_os_error(),
@@ -187,7 +164,7 @@ impl Underlay {
                 }
             }
         }
-        (sent, failed, first)
+        (at - failed, failed, first)
     }
 
     /// Sends `count` datagrams to `dst`, datagram `i` being the bytes of
@@ -312,6 +289,21 @@ impl Underlay {
             return Ok((r as usize).max(1));
         }
     }
+}
+
+/// Sets the SOL_UDP int option `name` to `value`; false if the kernel refused.
+fn set_udp_option(sock: &Socket, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: setsockopt with a valid int option value of 4 bytes.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            name,
+            (&value as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    r == 0
 }
 
 /// Scratch arrays for one batch of `mmsghdr`s, allocated once per thread.

@@ -35,22 +35,12 @@ impl DriverThread {
     fn drain(&mut self, input: Input, mut handle: impl FnMut(&mut Self, usize, VnetHeader, usize)) {
         let mut base = 0;
         while base < BATCH {
-            let fd = match input {
-                Input::Tap(port) => self.ports.get(port as usize).and_then(Option::as_ref),
-                Input::Host => self.host.as_ref(),
-                Input::Underlay(_) => None,
-            };
-            let Some(fd) = fd else {
+            let Some(fd) = input_fd(&self.ports, &self.host, input) else {
                 break;
-            };
-            let what = if input == Input::Host {
-                "ingress TUN"
-            } else {
-                "TAP"
             };
             let (got, n, failed) = read_batch(fd, &mut self.bufs[base..]);
             if let Some(e) = failed {
-                self.unwatch(input, what, &e);
+                self.unwatch(input, &e);
             }
             self.prefetch(input, base, &got[..n]);
             for (k, &(vnet, len)) in got[..n].iter().enumerate() {
@@ -69,13 +59,8 @@ impl DriverThread {
     /// the container), say. Left in epoll, such an fd is ready forever and
     /// the thread would spin. Its fd stays open until the control side
     /// removes the port (`container detach`).
-    fn unwatch(&mut self, input: Input, what: &str, e: &std::io::Error) {
-        let fd = match input {
-            Input::Tap(port) => self.ports.get(port as usize).and_then(Option::as_ref),
-            Input::Host => self.host.as_ref(),
-            Input::Underlay(_) => None,
-        };
-        let Some(fd) = fd else {
+    fn unwatch(&mut self, input: Input, e: &std::io::Error) {
+        let Some(fd) = input_fd(&self.ports, &self.host, input) else {
             return;
         };
         epoll_del(&self.ep, fd);
@@ -85,7 +70,7 @@ impl DriverThread {
                 "a container's TAP cannot be read any more (its interface is gone?); no longer reading it: detach the container"
             ),
             _ => tracing::error!(
-                device = what, error = %e,
+                error = %e,
                 "the ingress TUN cannot be read any more; published ports stop working: restart mesh-agent"
             ),
         }
@@ -322,6 +307,20 @@ impl DriverThread {
             }
         }
         self.pending.clear();
+    }
+}
+
+/// The TAP (among `ports`) or TUN (`host`) that `input` names, if it is
+/// (still) open. Takes the fields, so that the buffers can be borrowed beside.
+fn input_fd<'a>(
+    ports: &'a [Option<OwnedFd>],
+    host: &'a Option<OwnedFd>,
+    input: Input,
+) -> Option<&'a OwnedFd> {
+    match input {
+        Input::Tap(port) => ports.get(port as usize).and_then(Option::as_ref),
+        Input::Host => host.as_ref(),
+        Input::Underlay(_) => None,
     }
 }
 
