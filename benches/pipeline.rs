@@ -174,7 +174,7 @@ fn bench(c: &mut Criterion) {
                 let mut pkt = Packet::new(&mut buf, HEADROOM, super_frame.len());
                 let v = p.process(now, Input::Tap(2), &mut pkt);
                 debug_assert!(matches!(v, Verdict::ToUnderlay(_)));
-                black_box(segment_tcp4(pkt.bytes(), MSS, full, &mut headers).expect("fits"))
+                black_box(segment_tcp4(pkt.bytes(), MSS, full, 0, &mut headers).expect("fits"))
             })
         });
     }

@@ -27,7 +27,8 @@ pub const BATCH: usize = 64;
 /// Bytes per buffer: headroom plus the largest datagram or frame we accept.
 const BUF_LEN: usize = HEADROOM + 65536;
 /// Room for the headers of one super-frame's segments: 128 segments (an MSS
-/// of 512 bytes) of at most 8 + 14 + 60 + 60 header bytes each.
+/// of 512 bytes) of at most 8 + 14 + 60 + 60 header bytes each. A super-frame
+/// with more segments is cut and sent in several pieces.
 const SEGMENT_HEADERS_LEN: usize = 128 * 142;
 /// How long the thread keeps polling after its last work before it sleeps.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(200);

@@ -77,12 +77,15 @@ pub fn tcp_layout(bytes: &[u8], at: usize) -> Option<TcpLayout> {
     })
 }
 
-/// How a super-frame was cut: `count` segments, each `header_len` bytes of
-/// headers (in the caller's header buffer, back to back) followed by its
-/// payload, `datagram[payload_at + i * mss..]`, at most `mss` bytes.
+/// How (part of) a super-frame was cut: segments `first..first + count` of
+/// `total`, each `header_len` bytes of headers (in the caller's header
+/// buffer, back to back from its start) followed by its payload, at most
+/// `mss` bytes of the super-frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
+    pub first: usize,
     pub count: usize,
+    pub total: usize,
     pub header_len: usize,
     pub mss: usize,
     pub payload_at: usize,
@@ -90,14 +93,19 @@ pub struct Segments {
 }
 
 impl Segments {
-    /// The payload of segment `i`, inside the super-frame.
-    pub fn payload(&self, i: usize) -> std::ops::Range<usize> {
-        let start = self.payload_at + i * self.mss;
+    /// The payload of the `k`th segment cut this time, inside the super-frame.
+    pub fn payload(&self, k: usize) -> std::ops::Range<usize> {
+        let start = self.payload_at + (self.first + k) * self.mss;
         start..(start + self.mss).min(self.payload_end)
     }
     /// Bytes of one full datagram (headers and `mss` of payload).
     pub fn datagram_len(&self) -> usize {
         self.header_len + self.mss
+    }
+    /// The segment to cut from next, if any are left.
+    pub fn next(&self) -> Option<usize> {
+        let next = self.first + self.count;
+        (next < self.total).then_some(next)
     }
 }
 
@@ -105,6 +113,10 @@ impl Segments {
 /// into segments of at most `mss` payload bytes, without copying the payload:
 /// only each segment's headers are written, into `headers`; the caller sends
 /// headers and payload slices together (scatter-gather, with UDP GSO).
+///
+/// Cuts from segment `from` on, as many as `headers` has room for; the
+/// caller sends those and calls again from [`Segments::next`] (a small MSS
+/// makes more segments than one buffer holds: 64 KB at an MSS of 200 is 328).
 ///
 /// Each segment gets its IPv4 length, ID and checksum, sequence number and
 /// flags (FIN and PSH only on the last, CWR only on the first). The TCP
@@ -115,22 +127,30 @@ pub fn segment_tcp4(
     datagram: &[u8],
     mss: usize,
     full_checksum: bool,
+    from: usize,
     headers: &mut [u8],
 ) -> Result<Segments, DropReason> {
     let l = tcp_layout(datagram, vxlan::HEADER_LEN).ok_or(DropReason::Malformed)?;
     if mss == 0 || l.end <= l.payload {
         return Err(DropReason::Malformed);
     }
+    let total = (l.end - l.payload).div_ceil(mss);
+    let room = headers.len() / l.payload;
+    if from >= total {
+        return Err(DropReason::Malformed);
+    }
+    if room == 0 {
+        return Err(DropReason::NoHeadroom);
+    }
     let seg = Segments {
-        count: (l.end - l.payload).div_ceil(mss),
+        first: from,
+        count: (total - from).min(room),
+        total,
         header_len: l.payload,
         mss,
         payload_at: l.payload,
         payload_end: l.end,
     };
-    if seg.count * seg.header_len > headers.len() {
-        return Err(DropReason::NoHeadroom);
-    }
     let template = &datagram[..l.payload];
     let ip_id = u16::from_be_bytes([template[l.ip + 4], template[l.ip + 5]]);
     let seq = u32::from_be_bytes([
@@ -140,11 +160,13 @@ pub fn segment_tcp4(
         template[l.tcp + 7],
     ]);
     let flags = template[l.tcp + 13];
-    for i in 0..seg.count {
-        let payload = &datagram[seg.payload(i)];
-        let h = &mut headers[i * seg.header_len..(i + 1) * seg.header_len];
+    for k in 0..seg.count {
+        let payload = &datagram[seg.payload(k)];
+        let h = &mut headers[k * seg.header_len..(k + 1) * seg.header_len];
         h.copy_from_slice(template);
-        let last = i + 1 == seg.count;
+        // The segment's place in the whole super-frame.
+        let i = seg.first + k;
+        let last = i + 1 == seg.total;
         // IPv4: length, a fresh ID per segment, checksum.
         let ip = &mut h[l.ip..l.ip + l.ip_len];
         let ip_total = (l.ip_len + l.tcp_len + payload.len()) as u16;
@@ -299,7 +321,7 @@ pub(crate) mod tests {
         let flags = l4::tcp_flags::ACK | l4::tcp_flags::PSH | l4::tcp_flags::FIN;
         let datagram = super_datagram(flags, &payload);
         let mut headers = vec![0u8; 1000];
-        let seg = segment_tcp4(&datagram, 1398, true, &mut headers).unwrap();
+        let seg = segment_tcp4(&datagram, 1398, true, 0, &mut headers).unwrap();
         assert_eq!(
             (seg.count, seg.header_len, seg.datagram_len()),
             (3, 8 + 66, 8 + 66 + 1398)
@@ -341,7 +363,7 @@ pub(crate) mod tests {
         let payload: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
         let datagram = super_datagram(l4::tcp_flags::ACK, &payload);
         let mut headers = vec![0u8; 1000];
-        let seg = segment_tcp4(&datagram, 1000, false, &mut headers).unwrap();
+        let seg = segment_tcp4(&datagram, 1000, false, 0, &mut headers).unwrap();
         for mut d in materialize(&datagram, &seg, &headers) {
             assert!(vxlan::is_csum_partial(&d));
             let frame = &mut d[8..];
@@ -353,18 +375,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_super_frame_with_more_segments_than_header_room_is_cut_in_pieces() {
+        // 64 KB at an MSS of 200: 328 segments, headers for 7 at a time.
+        let payload: Vec<u8> = (0..65_000u32).map(|i| (i * 13 / 7) as u8).collect();
+        let flags = l4::tcp_flags::ACK | l4::tcp_flags::PSH | l4::tcp_flags::FIN | 0x80;
+        let datagram = super_datagram(flags, &payload);
+        let mut whole = vec![0u8; 328 * 74];
+        let seg = segment_tcp4(&datagram, 200, false, 0, &mut whole).unwrap();
+        assert_eq!((seg.count, seg.total, seg.next()), (325, 325, None));
+        let want = materialize(&datagram, &seg, &whole);
+        let mut headers = vec![0u8; 7 * 74 + 73];
+        let (mut got, mut from, mut sends) = (vec![], Some(0), 0);
+        while let Some(first) = from {
+            let seg = segment_tcp4(&datagram, 200, false, first, &mut headers).unwrap();
+            assert_eq!((seg.first, seg.total), (first, 325));
+            assert_eq!(seg.count, (325 - first).min(7));
+            got.extend(materialize(&datagram, &seg, &headers));
+            from = seg.next();
+            sends += 1;
+        }
+        assert_eq!(sends, 325usize.div_ceil(7));
+        // The same datagrams as cut at once: sequence numbers, IP IDs, CWR
+        // on the first only, FIN and PSH on the last only.
+        assert!(got == want);
+        let flags_of = |d: &Vec<u8>| d[8 + 47];
+        assert_eq!(flags_of(&got[0]), l4::tcp_flags::ACK | 0x80);
+        assert_eq!(flags_of(&got[7]), l4::tcp_flags::ACK);
+        assert_eq!(flags_of(&got[324]), flags & !0x80);
+        let seq = |d: &Vec<u8>| u32::from_be_bytes([d[46], d[47], d[48], d[49]]);
+        assert_eq!(seq(&got[7]), 1000 + 7 * 200);
+        assert_eq!(seq(&got[324]), 1000 + 324 * 200);
+        assert_eq!(got[324].len(), 8 + 66 + 65_000 - 324 * 200);
+        // Past the end there is nothing to cut.
+        assert_eq!(
+            segment_tcp4(&datagram, 200, false, 325, &mut headers),
+            Err(DropReason::Malformed)
+        );
+    }
+
+    #[test]
     fn segmentation_refuses_what_is_not_tcp_or_does_not_fit() {
         let datagram = super_datagram(l4::tcp_flags::ACK, &[0u8; 3000]);
         assert_eq!(
-            segment_tcp4(&datagram, 1000, true, &mut [0u8; 100]),
+            segment_tcp4(&datagram, 1000, true, 0, &mut [0u8; 70]),
             Err(DropReason::NoHeadroom)
         );
         assert_eq!(
-            segment_tcp4(&datagram, 0, true, &mut [0u8; 9000]),
+            segment_tcp4(&datagram, 0, true, 0, &mut [0u8; 9000]),
             Err(DropReason::Malformed)
         );
         assert_eq!(
-            segment_tcp4(&datagram[..40], 1000, true, &mut [0u8; 9000]),
+            segment_tcp4(&datagram[..40], 1000, true, 0, &mut [0u8; 9000]),
             Err(DropReason::Malformed)
         );
     }

@@ -149,28 +149,37 @@ impl DriverThread {
     ) {
         let full_checksum = !self.pipeline.peer_is_agent(*dst.ip());
         let datagram = &self.bufs[i][start..end];
-        let headers = &mut self.segment_headers;
-        match offload::segment_tcp4(datagram, mss, full_checksum, headers) {
-            Ok(seg) => {
-                let headers = &self.segment_headers;
-                let piece = |k: usize| {
-                    (
-                        &headers[k * seg.header_len..(k + 1) * seg.header_len],
-                        &datagram[seg.payload(k)],
-                    )
-                };
-                if let Err(e) = self.underlay.send_gather(
-                    &mut self.scratch,
-                    seg.count,
-                    seg.datagram_len(),
-                    dst,
-                    piece,
-                ) {
-                    bump(&self.pipeline.counters().drops[DropReason::SendFailed as usize]);
-                    tracing::debug!(error = %e, "underlay GSO send failed");
+        // Most super-frames fit the header buffer at once; one with a small
+        // MSS is sent in several GSO sends.
+        let mut from = Some(0);
+        while let Some(first) = from {
+            let headers = &mut self.segment_headers;
+            let seg = match offload::segment_tcp4(datagram, mss, full_checksum, first, headers) {
+                Ok(seg) => seg,
+                Err(r) => {
+                    bump(&self.pipeline.counters().drops[r as usize]);
+                    return;
                 }
+            };
+            let headers = &self.segment_headers;
+            let piece = |k: usize| {
+                (
+                    &headers[k * seg.header_len..(k + 1) * seg.header_len],
+                    &datagram[seg.payload(k)],
+                )
+            };
+            if let Err(e) = self.underlay.send_gather(
+                &mut self.scratch,
+                seg.count,
+                seg.datagram_len(),
+                dst,
+                piece,
+            ) {
+                bump(&self.pipeline.counters().drops[DropReason::SendFailed as usize]);
+                tracing::debug!(error = %e, "underlay GSO send failed");
+                return;
             }
-            Err(r) => bump(&self.pipeline.counters().drops[r as usize]),
+            from = seg.next();
         }
     }
 

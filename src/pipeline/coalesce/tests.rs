@@ -114,7 +114,7 @@ fn in_order_segments_become_one_gso_frame_that_segments_back() {
     let mut datagram = vec![0u8; 8];
     datagram.extend_from_slice(frame);
     let mut headers = vec![0u8; 1000];
-    let seg = segment_tcp4(&datagram, 1386, true, &mut headers).unwrap();
+    let seg = segment_tcp4(&datagram, 1386, true, 0, &mut headers).unwrap();
     let back = materialize(&datagram, &seg, &headers);
     assert_eq!(back.len(), 3);
     for (i, (b, s)) in back.iter().zip(segs.iter()).enumerate() {
