@@ -93,4 +93,40 @@ join_refused "join with no token refused" --join "$UNDERLAY.116"
 only_two() { [ "$(mctl 116 node ls --format json | jq '[.[] | select(.address == "192.168.100.119")] | length')" -eq 0 ]; }
 check "refused .119 never appears in node ls" only_two
 
+# --- a joiner does not decide before it has caught up -------------------------
+# .119 joins with the lowest node ID (so it leads once it has caught up) and
+# its own gossip port, while UDP gossip to and from it is dropped: the join
+# (TCP) succeeds, but it hears from no one. A network created on it meanwhile
+# must wait for the cluster, not be decided against an empty view (the first
+# VNI and subnet again). Then changes asked on .116 reach it on its port.
+check "create network demo on .116" mctl 116 network create demo
+rm -rf "$TMP/h119"; mkdir -p "$TMP/h119"
+echo 0000000000000000000000000 >"$TMP/h119/node-id"
+nsx mt-h119 nft -f - <<'NFT' || die "setup: nft in mt-h119"
+table inet mt_block {
+    chain in { type filter hook input priority 0; udp dport 7950 drop; }
+    chain out { type filter hook output priority 0; udp dport 7946 drop; }
+}
+NFT
+start_agent 119 --join "$UNDERLAY.116:7946" --join-token "$TOKEN" --gossip-port 7950
+timeout 25 "$BIN/meshctl" --api "$TMP/h119.sock" network create other >"$TMP/other.out" 2>&1 &
+OTHER=$!; track "$OTHER"
+sleep 2
+check ".119 cut off from gossip: network create there still waits after 2 s" \
+    test -z "$(gone "$OTHER" && echo done)"
+nsx mt-h119 nft delete table inet mt_block
+if wait_until 20 gone "$OTHER" && wait "$OTHER"; then pass "network create on .119 done once it caught up: $(cat "$TMP/other.out")"
+else fail "network create on .119 after gossip came back: $(cat "$TMP/other.out")"; fi
+vnis_distinct() {
+    local ls; ls=$(mctl 116 network ls --format json) || return 1
+    jq -e '[.[] | select(.name == "demo" or .name == "other")] | length == 2' <<<"$ls" >/dev/null &&
+        [ "$(network_field 116 demo vni)" != "$(network_field 116 other vni)" ] &&
+        [ "$(network_field 116 demo subnet)" != "$(network_field 116 other subnet)" ]
+}
+check "demo and other have distinct VNIs and subnets (as .116 sees them)" wait_until 5 vnis_distinct
+check ".116 sees .119 Ready" wait_until 10 status_of 116 "$UNDERLAY.119" Ready
+check "network create on .116 goes to leader .119 on its own gossip port" \
+    mctl 116 network create third
+check "... and .119 decided it" grep -q 'cluster change decided.*third' "$TMP/h119.log"
+
 finish

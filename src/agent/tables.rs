@@ -252,6 +252,8 @@ mod tests {
                     hostname: "h".into(),
                     address: Ipv4Addr::new(192, 168, 100, last),
                     vxlan_port: 4789,
+                    gossip_port: 7946,
+                    synced: true,
                 },
                 ready,
             });
@@ -377,6 +379,8 @@ mod tests {
                     hostname: id.into(),
                     address: Ipv4Addr::new(192, 168, 100, last),
                     vxlan_port: 4789,
+                    gossip_port: 7946,
+                    synced: true,
                 },
                 ready: true,
             });

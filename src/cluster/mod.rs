@@ -10,6 +10,7 @@
 //! - Changes that must be unique (VNIs, subnets, IPs, names) are decided by the
 //!   leader, the Ready node with the lowest ID, one at a time.
 
+mod catchup;
 pub mod ipam;
 pub mod model;
 pub mod registry;
@@ -27,6 +28,7 @@ use rpc::{Request, Response};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use token::Token;
@@ -77,6 +79,10 @@ pub struct Cluster {
     pub config: ClusterConfig,
     token: Token,
     chitchat: ChitchatHandle,
+    /// What this node says about itself (`synced` as it started).
+    record: NodeRecord,
+    /// Whether it has caught up with the cluster since it started ([`catchup`]).
+    synced: AtomicBool,
     /// IPs promised to attaches (leader only), until they show in the view.
     reservations: tokio::sync::Mutex<HashMap<(String, Ipv4Addr), Instant>>,
 }
@@ -89,7 +95,10 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ClusterError::State(config.state_dir.clone(), e))?;
-        let self_id = load_or_create(&config.state_dir.join("node-id"), token::new_id)?;
+        let id_path = config.state_dir.join("node-id");
+        // A node that founds a new cluster knows all there is from the start.
+        let founding = config.joins.is_empty() && !id_path.exists();
+        let self_id = load_or_create(&id_path, token::new_id)?;
         let gossip_addr = SocketAddr::new(IpAddr::V4(config.advertise), config.gossip_port);
         let mut seeds = Vec::new();
         let token = if config.joins.is_empty() {
@@ -114,6 +123,8 @@ impl Cluster {
             hostname,
             address: config.advertise,
             vxlan_port: config.vxlan_port,
+            gossip_port: config.gossip_port,
+            synced: founding,
         };
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -137,11 +148,11 @@ impl Cluster {
             extra_liveness_predicate: Some(Box::new(|n| n.get(model::KEY_NODE).is_some())),
             protocol_version: ProtocolVersion::V0,
         };
-        let record =
+        let record_json =
             serde_json::to_string(&record).map_err(|e| ClusterError::Gossip(e.to_string()))?;
         let chitchat = spawn_chitchat(
             chitchat_config,
-            vec![(model::KEY_NODE.to_string(), record)],
+            vec![(model::KEY_NODE.to_string(), record_json)],
             &UdpTransport,
         )
         .await
@@ -151,8 +162,15 @@ impl Cluster {
             config,
             token,
             chitchat,
+            record,
+            synced: AtomicBool::new(founding),
             reservations: tokio::sync::Mutex::new(HashMap::new()),
         });
+        if !founding {
+            let c = cluster.clone();
+            let joined = !c.config.joins.is_empty();
+            tokio::spawn(async move { c.catch_up(joined).await });
+        }
         let c = cluster.clone();
         tokio::spawn(async move {
             loop {
@@ -248,14 +266,24 @@ impl Cluster {
     /// Asks the leader to make a cluster-wide change, then waits (bounded)
     /// until this node's view shows it, so the next command here sees it too.
     pub async fn mutate(&self, m: Mutation) -> Result<Outcome, String> {
-        let view = self.view().await;
+        let mut view = self.view().await;
+        if view.leader().is_none() && !self.synced() {
+            // Just started: the others are not in the view yet.
+            self.wait_caught_up().await?;
+            view = self.view().await;
+        }
         let leader = view
             .leader()
             .ok_or("no Ready node to decide the change; is the cluster up?")?;
         let outcome = if leader.id == self.self_id {
             self.decide(m.clone()).await?
         } else {
-            let addr = SocketAddr::new(IpAddr::V4(leader.record.address), self.config.gossip_port);
+            // The leader's own port (0: a record that does not say; ours).
+            let port = match leader.record.gossip_port {
+                0 => self.config.gossip_port,
+                p => p,
+            };
+            let addr = SocketAddr::new(IpAddr::V4(leader.record.address), port);
             let req = Request::Mutate {
                 token: self.token.to_string(),
                 mutation: m.clone(),
@@ -370,6 +398,11 @@ impl Cluster {
         let check = |t: &str| Token::parse(t).ok().is_some_and(|t| t.matches(&self.token));
         match req {
             Request::Join { token } if check(&token) => Response::Joined,
+            Request::Mutate { token, .. } if check(&token) && !self.synced() => Response::Refused {
+                error: "the node asked to decide has not caught up with the cluster yet; \
+                            try again in a moment"
+                    .into(),
+            },
             Request::Mutate { token, mutation } if check(&token) => {
                 match self.decide(mutation).await {
                     Ok(outcome) => Response::Done { outcome },

@@ -27,6 +27,19 @@ pub struct NodeRecord {
     pub hostname: String,
     pub address: Ipv4Addr,
     pub vxlan_port: u16,
+    /// The port of its cluster listener (gossip and requests to the
+    /// leader); 0 in a record that does not say, where the reader's own is
+    /// assumed.
+    #[serde(default)]
+    pub gossip_port: u16,
+    /// Whether it has caught up with the cluster since it started. One that
+    /// has not knows too little to decide anything, so it does not lead yet.
+    #[serde(default = "yes")]
+    pub synced: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An overlay network.
@@ -365,11 +378,12 @@ impl View {
             .filter(move |c| c.service.as_deref() == Some(service_id))
     }
 
-    /// The node every allocation goes through: the Ready node with the lowest ID.
+    /// The node every allocation goes through: the Ready node with the
+    /// lowest ID among those that have caught up with the cluster.
     pub fn leader(&self) -> Option<&NodeView> {
         self.nodes
             .iter()
-            .filter(|n| n.ready)
+            .filter(|n| n.ready && n.record.synced)
             .min_by(|a, b| a.id.cmp(&b.id))
     }
 
@@ -392,6 +406,8 @@ mod tests {
             hostname: "h".into(),
             address: Ipv4Addr::new(192, 168, 100, last),
             vxlan_port: 4789,
+            gossip_port: 7946,
+            synced: true,
         })
         .unwrap()
     }
@@ -487,6 +503,57 @@ mod tests {
         assert!(v.containers.is_empty());
         assert!(!v.node("b").unwrap().ready);
         assert_eq!(v.leader().unwrap().id, "a");
+    }
+
+    #[test]
+    fn a_node_that_has_not_caught_up_does_not_lead() {
+        let rec_of = |last: u8, synced: bool| {
+            serde_json::to_string(&NodeRecord {
+                hostname: "h".into(),
+                address: Ipv4Addr::new(192, 168, 100, last),
+                vxlan_port: 4789,
+                gossip_port: 7950,
+                synced,
+            })
+            .unwrap()
+        };
+        let (a, b_new, b_synced) = (rec_of(116, true), rec_of(117, false), rec_of(117, true));
+        let nodes = |b: &str| {
+            let v = [
+                NodeInput {
+                    id: "b",
+                    live: true,
+                    key_values: vec![("node", &a)],
+                },
+                NodeInput {
+                    id: "a",
+                    live: true,
+                    key_values: vec![("node", b)],
+                },
+            ];
+            // Its own view says the same: it does not lead itself either.
+            (View::build("b", &v), View::build("a", &v))
+        };
+        let (theirs, own) = nodes(&b_new);
+        assert_eq!(theirs.leader().unwrap().id, "b");
+        assert_eq!(own.leader().unwrap().id, "b");
+        let (theirs, own) = nodes(&b_synced);
+        assert_eq!(theirs.leader().unwrap().id, "a");
+        assert_eq!(own.leader().unwrap().id, "a");
+        assert_eq!(theirs.node("a").unwrap().record.gossip_port, 7950);
+        // Alone and not caught up: no leader at all.
+        let alone = [NodeInput {
+            id: "a",
+            live: true,
+            key_values: vec![("node", &b_new)],
+        }];
+        assert!(View::build("a", &alone).leader().is_none());
+        // A record from an agent that says neither: synced, port unknown (0).
+        let old: NodeRecord =
+            serde_json::from_str(r#"{"hostname":"h","address":"192.168.100.5","vxlan_port":4789}"#)
+                .unwrap();
+        assert!(old.synced);
+        assert_eq!(old.gossip_port, 0);
     }
 
     #[test]
