@@ -50,6 +50,8 @@ FREE=${C1%.*}.200
 mk_container own
 ip -n mt-own link add eth0 type veth peer name eth0p || die "setup: an eth0 (veth) of its own in mt-own"
 expect_error "attach --ip $FREE to a netns with an eth0 of its own refused" attach 118 own demo --ip "$FREE"
+expect_error "attach with a 16-character --ifname refused" \
+    attach 118 own demo --ip "$FREE" --ifname aaaaaaaaaaaaaaaa
 mk_container next
 check "  ... and $FREE is free for the next attach right away" test "$(attach 118 next demo --ip "$FREE")" = "$FREE"
 check "  ... (detached again)" mctl 118 container detach --netns mt-next --network demo
@@ -103,6 +105,20 @@ expect_error "attach of c2 again, by path, refused (already attached)" \
 check "detach of c2 by another path to it (/var/run/netns/mt-c2)" \
     mctl 117 container detach --netns /var/run/netns/mt-c2 --network demo
 check_not "  ... c2 is gone from container ls on .117" containers 117 c2
+
+# --- meshctl against an agent that takes the connection but never answers ----------
+# (stopped, wedged): a detach gives up within seconds, not after the longest drain.
+kill -STOP "${AGENT_PID[117]}"
+T0=$(date +%s)
+timeout 40 "$BIN/meshctl" --api "$TMP/h117.sock" container detach --netns mt-c2 --network demo \
+    >"$TMP/stopped.out" 2>&1
+RC=$?
+T1=$(date +%s)
+kill -CONT "${AGENT_PID[117]}"
+check "detach against a stopped agent fails in $((T1 - T0)) s (exit $RC, under 40 s): $(head -c 150 "$TMP/stopped.out")" \
+    test "$RC" -ne 0 -a "$RC" -ne 124
+check "  ... saying the agent did not answer" grep -q 'did not answer' "$TMP/stopped.out"
+check "  ... and the agent answers again once continued" wait_until 5 api_up 117
 
 # --- a stopped agent takes its containers' DNS settings with it ------------------------
 check "c1 (attached on .116) has its resolv.conf" test -e /etc/netns/mt-c1/resolv.conf

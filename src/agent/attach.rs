@@ -17,6 +17,7 @@ impl Agent {
     pub async fn attach(&self, mut req: AttachRequest) -> Result<AttachOut, String> {
         req.netns = netns::canonical(&req.netns);
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
+        netns::check_ifname(&ifname).map_err(|e| e.to_string())?;
         let name = req.name.clone().unwrap_or_else(|| default_name(&req.netns));
         registry::check_name(&name)?;
         let path = netns::resolve(&req.netns);
@@ -100,11 +101,14 @@ impl Agent {
             Ok(Some(s))
         })
         .map_err(|e| e.to_string())?;
+        // This attach's name for its promise of an address (see `ReleaseIp`).
+        let owner = crate::cluster::token::new_id();
         let ip = match self
             .cluster
             .mutate(Mutation::ReserveIp {
                 network: net.id.clone(),
                 ip: req.ip,
+                owner: owner.clone(),
             })
             .await?
         {
@@ -117,6 +121,7 @@ impl Agent {
             let m = Mutation::ReleaseIp {
                 network_id: net_id,
                 ip,
+                owner,
             };
             if let Err(r) = self.cluster.mutate(m).await {
                 tracing::warn!(%ip, error = %r, "could not give back the address of a failed attach (it frees itself within 30 s)");

@@ -1,7 +1,7 @@
 //! The API client `meshctl` uses: one HTTP/1.1 request per call over the
 //! agent's unix socket.
 
-use super::types::ErrorOut;
+use super::types::{AgentInfo, ErrorOut};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
@@ -14,9 +14,15 @@ use std::time::Duration;
 /// How long meshctl waits for the agent (attach may wait for the leader).
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long meshctl waits for a detach: the agent drains a task first,
-/// for as long as its `--drain-timeout` allows, and answers when done.
+/// How long meshctl waits for a detach from an agent that does not say how
+/// long its drains may take ([`Client::detach_timeout`]).
 pub const DETACH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a live agent takes at most to say how it is configured.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a detach may take beyond the drain (the leader, the interface).
+const DETACH_SLACK: Duration = Duration::from_secs(60);
 
 /// A connection target: the agent's socket.
 pub struct Client {
@@ -38,6 +44,30 @@ impl Client {
             socket: self.socket.clone(),
             timeout,
         }
+    }
+
+    /// How long a detach may take on this agent: its drain timeout and some
+    /// slack. Asks first, so that an agent that accepts connections but
+    /// does not answer (stopped, wedged) fails the detach in seconds, not
+    /// after the longest drain. An agent that answers but does not know the
+    /// question gets [`DETACH_TIMEOUT`].
+    pub async fn detach_timeout(&self) -> Result<Duration, String> {
+        let info = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            self.call_inner::<(), AgentInfo>(Method::GET, "/v1/agent", None),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the agent at {} did not answer within {}s",
+                self.socket.display(),
+                PROBE_TIMEOUT.as_secs()
+            )
+        })?;
+        Ok(match info {
+            Ok(i) => Duration::from_secs(i.drain_timeout_s).saturating_add(DETACH_SLACK),
+            Err(_) => DETACH_TIMEOUT,
+        })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {

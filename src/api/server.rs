@@ -125,6 +125,12 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["v1", "agent"]) => json(
+            StatusCode::OK,
+            &AgentInfo {
+                drain_timeout_s: agent.drain_timeout.as_secs(),
+            },
+        ),
         (Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &nodes(&agent.view().await)),
         (Method::GET, ["v1", "cluster", "join-token"]) => json(
             StatusCode::OK,

@@ -65,6 +65,13 @@ pub struct AttachOut {
     pub ifname: String,
 }
 
+/// How this agent is set up, as far as meshctl needs to know.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Its `--drain-timeout`: how long a task's detach may wait.
+    pub drain_timeout_s: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DetachRequest {
     pub netns: String,

@@ -471,8 +471,9 @@ async fn container(c: &Client, cmd: ContainerCmd) -> Result<(), String> {
         }
         ContainerCmd::Detach { netns, network } => {
             // A task's detach waits for its drain (the agent bounds it).
+            let timeout = c.detach_timeout().await?;
             let _: serde_json::Value = c
-                .with_timeout(mesh::api::client::DETACH_TIMEOUT)
+                .with_timeout(timeout)
                 .post(
                     "/v1/containers/detach",
                     &DetachRequest {

@@ -14,6 +14,7 @@ mod catchup;
 pub mod ipam;
 pub mod model;
 pub mod registry;
+mod reservations;
 pub mod rpc;
 pub mod token;
 
@@ -36,8 +37,6 @@ use token::Token;
 /// How often gossip rounds run: fast enough that a change is everywhere
 /// within a second on a small cluster.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
-/// How long an IP handed to an attach stays promised if the container never shows up.
-const RESERVATION_TTL: Duration = Duration::from_secs(30);
 
 /// How this node takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -84,7 +83,7 @@ pub struct Cluster {
     /// Whether it has caught up with the cluster since it started ([`catchup`]).
     synced: AtomicBool,
     /// IPs promised to attaches (leader only), until they show in the view.
-    reservations: tokio::sync::Mutex<HashMap<(String, Ipv4Addr), Instant>>,
+    reservations: tokio::sync::Mutex<reservations::Reservations>,
 }
 
 impl Cluster {
@@ -164,7 +163,7 @@ impl Cluster {
             chitchat,
             record,
             synced: AtomicBool::new(founding),
-            reservations: tokio::sync::Mutex::new(HashMap::new()),
+            reservations: tokio::sync::Mutex::new(Default::default()),
         });
         if !founding {
             let c = cluster.clone();
@@ -344,6 +343,7 @@ impl Cluster {
                     Mutation::ReserveIp {
                         network,
                         ip: Some(ip),
+                        ..
                     } => view.find_network(network).is_some_and(|n| {
                         view.containers
                             .iter()
@@ -360,26 +360,22 @@ impl Cluster {
         let mut reservations = self.reservations.lock().await;
         let view = self.view().await;
         let now = Instant::now();
-        reservations.retain(|(net, ip), at| {
-            now.duration_since(*at) < RESERVATION_TTL
-                && !view
-                    .containers
-                    .iter()
-                    .any(|c| &c.network_id == net && c.ip == *ip)
-        });
-        let reserved: HashSet<(String, Ipv4Addr)> = reservations.keys().cloned().collect();
+        reservations.prune(&view, now);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let version = wall.max(view.max_version() + 1);
-        let plan = registry::plan(&view, &reserved, &m, version, &token::new_id())?;
-        match &plan.outcome {
-            Outcome::Ip { network_id, ip } => {
-                reservations.insert((network_id.clone(), *ip), now);
+        let taken = reservations.taken();
+        let plan = registry::plan(&view, &taken, &m, version, &token::new_id())?;
+        match (&plan.outcome, &m) {
+            (Outcome::Ip { network_id, ip }, Mutation::ReserveIp { owner, .. }) => {
+                reservations.hold(network_id, *ip, owner, now);
             }
-            Outcome::Released { network_id, ip } => {
-                reservations.remove(&(network_id.clone(), *ip));
+            (Outcome::Released { network_id, ip }, Mutation::ReleaseIp { owner, .. }) => {
+                if !reservations.release(network_id, *ip, owner) {
+                    tracing::debug!(%ip, "a release of an address no longer promised to its asker: kept");
+                }
             }
             _ => {}
         }

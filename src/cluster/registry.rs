@@ -33,11 +33,16 @@ pub enum Mutation {
     ReserveIp {
         network: String,
         ip: Option<Ipv4Addr>,
+        /// Who asks (a random word per attach): only it can give the address back.
+        #[serde(default)]
+        owner: String,
     },
     /// Gives back an address reserved for an attach that then failed.
     ReleaseIp {
         network_id: String,
         ip: Ipv4Addr,
+        #[serde(default)]
+        owner: String,
     },
     AddStaticEndpoint {
         network: String,
@@ -181,7 +186,7 @@ pub fn plan(
                 writes,
             })
         }
-        Mutation::ReserveIp { network, ip } => {
+        Mutation::ReserveIp { network, ip, .. } => {
             let net = view
                 .find_network(network)
                 .ok_or_else(|| format!("network {network} not found"))?;
@@ -212,7 +217,7 @@ pub fn plan(
                 writes: vec![],
             })
         }
-        Mutation::ReleaseIp { network_id, ip } => Ok(Plan {
+        Mutation::ReleaseIp { network_id, ip, .. } => Ok(Plan {
             outcome: Outcome::Released {
                 network_id: network_id.clone(),
                 ip: *ip,

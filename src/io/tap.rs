@@ -56,11 +56,7 @@ pub(super) fn open(name: &str, kind: libc::c_int) -> Result<OwnedFd, NetnsError>
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain old data.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(NetnsError::Config(format!(
-            "invalid interface name '{name}'"
-        )));
-    }
+    crate::netns::check_ifname(name)?;
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }

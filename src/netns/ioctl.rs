@@ -24,12 +24,18 @@ fn os_err(what: &str) -> NetnsError {
     ))
 }
 
-fn ifreq_for(name: &str) -> Result<libc::ifreq, NetnsError> {
+/// Refuses what the kernel would not take as an interface name.
+pub fn check_ifname(name: &str) -> Result<(), NetnsError> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
         return Err(NetnsError::Config(format!(
             "invalid interface name '{name}': 1 to 15 characters, no '/' or spaces"
         )));
     }
+    Ok(())
+}
+
+fn ifreq_for(name: &str) -> Result<libc::ifreq, NetnsError> {
+    check_ifname(name)?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {

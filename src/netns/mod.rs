@@ -14,7 +14,7 @@ mod ioctl;
 pub mod sockets;
 
 pub use ioctl::{
-    addr_add, link_exists, link_set_mac, link_set_mtu, link_set_up, mtu_of_address,
+    addr_add, check_ifname, link_exists, link_set_mac, link_set_mtu, link_set_up, mtu_of_address,
     route_add_default,
 };
 

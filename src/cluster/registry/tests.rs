@@ -89,6 +89,7 @@ fn refusals_change_nothing() {
             Mutation::ReserveIp {
                 network: "demo".into(),
                 ip: Some(Ipv4Addr::new(10, 21, 0, 1)),
+                owner: String::new(),
             },
             "not a host address",
         ),
@@ -96,6 +97,7 @@ fn refusals_change_nothing() {
             Mutation::ReserveIp {
                 network: "demo".into(),
                 ip: Some(Ipv4Addr::new(10, 20, 0, 1)),
+                owner: String::new(),
             },
             "gateway",
         ),
@@ -128,6 +130,7 @@ fn a_down_nodes_addresses_are_not_handed_out_again() {
     let reserve = |ip| Mutation::ReserveIp {
         network: "demo".into(),
         ip,
+        owner: String::new(),
     };
     let p = plan(&v, &HashSet::new(), &reserve(None), 2, "").unwrap();
     assert!(matches!(p.outcome, Outcome::Ip { ip, .. } if ip == Ipv4Addr::new(10, 0, 0, 3)));
@@ -148,6 +151,7 @@ fn reserved_and_attached_ips_are_not_handed_out_twice() {
             &Mutation::ReserveIp {
                 network: "demo".into(),
                 ip: None,
+                owner: String::new(),
             },
             2,
             "",
@@ -165,6 +169,7 @@ fn reserved_and_attached_ips_are_not_handed_out_twice() {
         &Mutation::ReserveIp {
             network: "demo".into(),
             ip: Some(Ipv4Addr::new(10, 0, 0, 3)),
+            owner: String::new(),
         },
         2,
         "",
@@ -223,6 +228,7 @@ fn services_get_a_vip_per_network_never_given_to_a_container() {
         &Mutation::ReserveIp {
             network: "front".into(),
             ip: None,
+            owner: String::new(),
         },
         3,
         "",
@@ -241,6 +247,7 @@ fn services_get_a_vip_per_network_never_given_to_a_container() {
         &Mutation::ReserveIp {
             network: "front".into(),
             ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            owner: String::new(),
         },
         3,
         "",
