@@ -372,10 +372,10 @@ impl Cluster {
             (Outcome::Ip { network_id, ip }, Mutation::ReserveIp { owner, .. }) => {
                 reservations.hold(network_id, *ip, owner, now);
             }
-            (Outcome::Released { network_id, ip }, Mutation::ReleaseIp { owner, .. }) => {
-                if !reservations.release(network_id, *ip, owner) {
-                    tracing::debug!(%ip, "a release of an address no longer promised to its asker: kept");
-                }
+            (Outcome::Released { network_id, ip }, Mutation::ReleaseIp { owner, .. })
+                if !reservations.release(network_id, *ip, owner) =>
+            {
+                tracing::debug!(%ip, "a release of an address no longer promised to its asker: kept");
             }
             _ => {}
         }
