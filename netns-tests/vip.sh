@@ -166,4 +166,36 @@ r_gone() { ! ip -n "mt-$R" link show eth0 >/dev/null 2>&1 && [ "$(containers "${
 check "... and once that connection closed, the agent finished the detach: $R's eth0 and endpoint are gone" \
     wait_until 5 r_gone
 
+# An agent told to stop (TERM) takes no new request, but finishes the detach
+# it is draining before it goes: the task's open connection ends its
+# exchange, and meshctl gets its answer.
+for S in w1 w2 w4; do [ "$S" != "$T" ] && [ "$S" != "$R" ] && break; done
+SH=${HOST_OF[$S]}
+SIP=$(containers "$SH" "$S" | jq -r .ip)
+ip netns exec mt-client timeout 20 python3 - "$SIP" >"$TMP/held2.txt" 2>&1 <<'PY' &
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=5)
+f = s.makefile("rwb")
+f.write(b"hello\n"); f.flush(); print(f.readline().decode().strip(), flush=True)
+time.sleep(4)
+f.write(b"again\n"); f.flush(); print(f.readline().decode().strip(), flush=True)
+PY
+hpid=$!; track $hpid
+wait_until 5 grep -q . "$TMP/held2.txt" || die "stop: the held connection to $S did not start"
+timeout 30 "$BIN/meshctl" --api "$TMP/h$SH.sock" container detach --netns "mt-$S" --network demo \
+    >"$TMP/stop-detach.out" 2>&1 &
+mpid=$!; track $mpid
+sleep 1
+APID=${AGENT_PID[$SH]}
+kill -TERM "$APID"
+sleep 0.5
+expect_error "a request to .$SH's agent while it stops is refused" mctl "$SH" node ls
+wait_until 20 gone "$mpid"; wait "$mpid"; RC=$?
+check "the detach of $S in flight when .$SH's agent was told to stop finished (exit $RC): $(head -c 120 "$TMP/stop-detach.out")" \
+    test "$RC" = 0
+wait_until 10 gone "$hpid"
+check "... and $S's open connection ended its exchange first: $(tr '\n' ' ' <"$TMP/held2.txt")" \
+    test "$(grep -cx "$S" "$TMP/held2.txt")" = 2
+check "... then the agent exited" wait_until 10 gone "$APID"
+
 finish

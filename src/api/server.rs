@@ -1,6 +1,7 @@
 //! The API server: routes HTTP requests on the unix socket to the agent.
 
 use super::types::*;
+use super::Gate;
 use crate::agent::Agent;
 use crate::cluster::model::{ContainerEndpoint, EndpointMode, Network, PortSpec, Service, View};
 use crate::cluster::registry::{Mutation, Outcome};
@@ -18,8 +19,9 @@ const MAX_BODY: usize = 1 << 20;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Binds the socket (replacing a stale one) and serves until the process ends.
-pub async fn serve(path: &Path, agent: Arc<Agent>) -> std::io::Result<()> {
+/// Binds the socket (replacing a stale one) and serves until `gate` is
+/// stopped (see [`Gate`]).
+pub async fn serve(path: &Path, agent: Arc<Agent>, gate: Arc<Gate>) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -36,17 +38,29 @@ pub async fn serve(path: &Path, agent: Arc<Agent>) -> std::io::Result<()> {
     let listener = tokio::net::UnixListener::bind(path)?;
     tracing::info!(socket = %path.display(), "API listening");
     loop {
-        let (stream, _) = listener.accept().await?;
-        let agent = agent.clone();
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = gate.stopped() => return Ok(()),
+        };
+        let (agent, gate) = (agent.clone(), gate.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
+                let pass = gate.enter();
                 // Each request runs to its end in a task of its own: if the
                 // client goes away (meshctl interrupted or timed out), hyper
                 // drops this future, but a detach half-way through its drain
                 // (or any other change) still finishes instead of being cut
                 // off where it stood.
-                let work = tokio::spawn(async move { route(&agent, req).await });
+                let work = tokio::spawn(async move {
+                    let Some(_pass) = pass else {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "mesh-agent is stopping; try again once it is back",
+                        );
+                    };
+                    route(&agent, req).await
+                });
                 async move {
                     Ok::<_, std::convert::Infallible>(work.await.unwrap_or_else(|e| {
                         tracing::error!(error = %e, "an API request failed inside the agent");

@@ -155,7 +155,9 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(agent.clone().run());
     let api = args.api.clone();
     let served = agent.clone();
-    let server = tokio::spawn(async move { mesh::api::server::serve(&api, served).await });
+    let gate = Arc::new(mesh::api::Gate::default());
+    let door = gate.clone();
+    let server = tokio::spawn(async move { mesh::api::server::serve(&api, served, door).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     let result = tokio::select! {
@@ -167,9 +169,19 @@ async fn run(args: Args) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     };
+    // No new requests; those running finish first (an attach saves what it
+    // did, a detach ends its drain), bounded by the longest drain.
+    gate.stop();
+    let _ = std::fs::remove_file(&args.api);
+    let bound = drain + std::time::Duration::from_secs(15);
+    if tokio::time::timeout(bound, gate.idle()).await.is_err() {
+        tracing::warn!(
+            "API requests still running after {}s; stopping anyway",
+            bound.as_secs()
+        );
+    }
     agent.stop_ingress();
     agent.stop_dns().await;
-    let _ = std::fs::remove_file(&args.api);
     tracing::info!("mesh-agent stopping");
     result
 }
