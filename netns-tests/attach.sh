@@ -13,6 +13,8 @@
 . "$(dirname "$0")/lib.sh"
 need_bins
 testbed_up
+# .118 will lead (the lowest node ID), for the slow-leader scene below.
+mkdir -p "$TMP/h118" && echo 0000000000000000000000000 >"$TMP/h118/node-id"
 start_cluster
 
 mctl 116 network create demo >/dev/null || die "setup: network create demo"
@@ -55,6 +57,34 @@ expect_error "attach with a 16-character --ifname refused" \
 mk_container next
 check "  ... and $FREE is free for the next attach right away" test "$(attach 118 next demo --ip "$FREE")" = "$FREE"
 check "  ... (detached again)" mctl 118 container detach --netns mt-next --network demo
+
+# --- a leader that does not answer holds up only the attach that waits for it ------
+# TCP to .118's cluster port is dropped: it stays Ready (gossip is UDP), but an
+# attach on .117 waits for it (3 s) and fails. Other changes on .117 go on.
+mk_container s1
+attach 117 s1 demo >/dev/null || die "setup: attach s1 on .117"
+nsx mt-h118 nft -f - <<'NFT' || die "setup: nft in mt-h118"
+table inet mt_slow {
+    chain in { type filter hook input priority 0; tcp dport 7946 drop; }
+}
+NFT
+mk_container s2
+timeout 20 "$BIN/meshctl" --api "$TMP/h117.sock" container attach --netns mt-s2 --network demo \
+    >"$TMP/s2.out" 2>&1 &
+SPID=$!; track $SPID
+sleep 0.5
+T0=$(date +%s%N)
+mctl 117 container detach --netns mt-s1 --network demo >/dev/null; RC=$?
+T1=$(date +%s%N)
+WAITING=$(gone "$SPID" && echo no || echo yes)
+MS=$(((T1 - T0) / 1000000))
+check "detach on .117 while an attach there waits for the leader: exit $RC in $MS ms (under 1000)" \
+    test "$RC" = 0 -a "$MS" -lt 1000
+check "  ... the attach was still waiting meanwhile" test "$WAITING" = yes
+wait_until 10 gone "$SPID"; wait "$SPID"; RC=$?
+nsx mt-h118 nft delete table inet mt_slow
+check "  ... then failed, saying so: $(head -c 120 "$TMP/s2.out")" test "$RC" -ne 0
+check_not "  ... and left no eth0 in mt-s2" has_eth0 mt-s2
 
 # --- detach ------------------------------------------------------------------------
 check "detach c2 on .117" mctl 117 container detach --netns mt-c2 --network demo

@@ -11,6 +11,7 @@ use crate::io::tap;
 use crate::netns;
 use crate::tables::PortId;
 use crate::wire::Mac;
+use std::sync::PoisonError;
 
 impl Agent {
     /// `meshctl container attach`: gives the netns its interface on the network.
@@ -57,7 +58,10 @@ impl Agent {
         if req.weight == Some(0) {
             return Err("--weight must be at least 1".into());
         }
-        let mut local = self.local.lock().await;
+        // One attach or detach of a namespace at a time; the agent's locks
+        // are not held while the leader is asked or the namespace is set up.
+        let _claim = self.claim(&req.netns).await;
+        let local = self.local.lock().await;
         if local
             .values()
             .any(|a| a.netns == req.netns && a.network_id == net.id)
@@ -76,10 +80,10 @@ impl Agent {
                 req.netns
             ));
         }
+        drop(local);
         // What can fail in the namespace is tried before an address is
         // reserved, so that a refused attach holds none.
-        let mut listeners = self.listeners.lock().await;
-        let need_dns = !listeners.contains_key(&req.netns);
+        let need_dns = !self.listeners.lock().await.contains_key(&req.netns);
         let dev = ifname.clone();
         let dns_sockets = netns::run_in(&path, move || {
             if netns::link_exists(&dev) {
@@ -154,24 +158,26 @@ impl Agent {
             Ok(fd) => fd,
             Err(e) => return release(e.to_string()).await,
         };
+        let mut local = self.local.lock().await;
         let port = (1..)
             .find(|p| !local.contains_key(p))
             .unwrap_or(PortId::MAX);
         if let Err(e) = self.dataplane.add_port(port, fd).await {
+            drop(local);
             return release(e.to_string()).await;
         }
         if let Some(sockets) = dns_sockets {
             match dns::listener::Listener::start(&req.netns, sockets, self.dns.clone()) {
                 Ok(l) => {
-                    listeners.insert(req.netns.clone(), l);
+                    self.listeners.lock().await.insert(req.netns.clone(), l);
                 }
                 Err(e) => {
                     let _ = self.dataplane.remove_port(port).await;
+                    drop(local);
                     return release(format!("cannot serve DNS in {}: {e}", req.netns)).await;
                 }
             }
         }
-        drop(listeners);
         let ep = ContainerEndpoint {
             network_id: net.id.clone(),
             ip,
@@ -209,6 +215,7 @@ impl Agent {
     pub async fn detach(&self, mut req: DetachRequest) -> Result<(), String> {
         req.netns = netns::canonical(&req.netns);
         let view = self.view().await;
+        let mut claim = self.claim(&req.netns).await;
         let mut local = self.local.lock().await;
         let found = local
             .values()
@@ -234,8 +241,11 @@ impl Agent {
             self.cluster.publish_endpoint(&ep).await;
             self.refresh(&local).await;
             let netns = att.netns.clone();
-            drop(local);
+            // The namespace is free for other changes meanwhile (an attach
+            // to another network, say): the draining interface stays listed.
+            drop((local, claim));
             self.drain(port, &netns).await;
+            claim = self.claim(&req.netns).await;
             local = self.local.lock().await;
         }
         let Some(att) = local.remove(&port) else {
@@ -256,7 +266,46 @@ impl Agent {
         }
         self.save(&local);
         tracing::info!(netns = %att.netns, ip = %att.ip, "container detached");
+        drop(claim);
         Ok(())
+    }
+
+    /// Waits until no other attach or detach works on `netns`, then holds
+    /// it until the returned claim is dropped.
+    async fn claim(&self, netns: &str) -> Claim<'_> {
+        loop {
+            // Made before the check: a release between the two is not missed.
+            let released = self.claims_released.notified();
+            let free = self
+                .claims
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(netns.to_string());
+            if free {
+                return Claim {
+                    agent: self,
+                    netns: netns.to_string(),
+                };
+            }
+            released.await;
+        }
+    }
+}
+
+/// An attach's or detach's hold on a namespace ([`Agent::claim`]).
+struct Claim<'a> {
+    agent: &'a Agent,
+    netns: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.agent
+            .claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.netns);
+        self.agent.claims_released.notify_waiters();
     }
 }
 

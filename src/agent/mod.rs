@@ -74,6 +74,9 @@ pub struct Agent {
     pub lb_stats: crate::pipeline::lb::stats::StatsRegistry,
     /// The DNS listener of each local container namespace.
     listeners: Mutex<HashMap<String, dns::listener::Listener>>,
+    /// Namespaces an attach or detach is working on ([`Agent::claim`]).
+    claims: std::sync::Mutex<std::collections::HashSet<String>>,
+    claims_released: tokio::sync::Notify,
     /// The host's ingress rules, once set up ([`Agent::start_ingress`]).
     host_routing: std::sync::Mutex<Option<HostRouting>>,
 }
@@ -104,6 +107,8 @@ impl Agent {
             lb_stats: Default::default(),
             drain_timeout,
             listeners: Mutex::new(HashMap::new()),
+            claims: Default::default(),
+            claims_released: Default::default(),
             host_routing: std::sync::Mutex::new(None),
         })
     }
