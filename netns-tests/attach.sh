@@ -84,7 +84,6 @@ check "  ... the attach was still waiting meanwhile" test "$WAITING" = yes
 wait_until 10 gone "$SPID"; wait "$SPID"; RC=$?
 nsx mt-h118 nft delete table inet mt_slow
 check "  ... then failed, saying so: $(head -c 120 "$TMP/s2.out")" test "$RC" -ne 0
-check_not "  ... and left no eth0 in mt-s2" has_eth0 mt-s2
 
 # --- detach ------------------------------------------------------------------------
 check "detach c2 on .117" mctl 117 container detach --netns mt-c2 --network demo

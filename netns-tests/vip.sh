@@ -185,7 +185,11 @@ wait_until 5 grep -q . "$TMP/held2.txt" || die "stop: the held connection to $S 
 timeout 30 "$BIN/meshctl" --api "$TMP/h$SH.sock" container detach --netns "mt-$S" --network demo \
     >"$TMP/stop-detach.out" 2>&1 &
 mpid=$!; track $mpid
-sleep 1
+s_draining() {
+    mctl "$SH" service inspect whoami |
+        jq -e --arg s "$S" 'any(.tasks[]; .name == $s and .state == "draining")' >/dev/null
+}
+check "service inspect shows $S draining" wait_until 5 s_draining
 APID=${AGENT_PID[$SH]}
 kill -TERM "$APID"
 sleep 0.5

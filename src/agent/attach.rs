@@ -225,8 +225,8 @@ impl Agent {
                         .find_network(&req.network)
                         .is_some_and(|n| n.id == a.network_id)
             })
-            .map(|a| a.port);
-        let Some(port) = found else {
+            .map(|a| (a.port, a.network_id.clone()));
+        let Some((port, network_id)) = found else {
             return Err(format!(
                 "netns {} is not attached to network {} on this host",
                 req.netns, req.network
@@ -247,6 +247,12 @@ impl Agent {
             self.drain(port, &netns).await;
             claim = self.claim(&req.netns).await;
             local = self.local.lock().await;
+        }
+        // Still the same attachment: a second detach of it may have ended
+        // during the drain, and its port gone to another container since.
+        let same = |a: &Attachment| a.netns == req.netns && a.network_id == network_id;
+        if !local.get(&port).is_some_and(same) {
+            return Err(format!("netns {} was detached meanwhile", req.netns));
         }
         let Some(att) = local.remove(&port) else {
             return Err(format!("netns {} was detached meanwhile", req.netns));

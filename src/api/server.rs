@@ -42,7 +42,12 @@ pub async fn serve(path: &Path, agent: Arc<Agent>, gate: Arc<Gate>) -> std::io::
             r = listener.accept() => r?,
             _ = gate.stopped() => return Ok(()),
         };
+        // The connection counts as in flight until its answer is written.
+        let Some(connection) = gate.enter() else {
+            return Ok(());
+        };
         let (agent, gate) = (agent.clone(), gate.clone());
+        let stopping = gate.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
@@ -71,12 +76,21 @@ pub async fn serve(path: &Path, agent: Arc<Agent>, gate: Arc<Gate>) -> std::io::
                     }))
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopping.stopped() => {
+                    // Answers the request under way, then closes.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = done {
                 tracing::debug!(error = %e, "API connection ended with an error");
             }
+            drop(connection);
         });
     }
 }
@@ -416,7 +430,7 @@ fn service_out(view: &View, s: &Service, detail: bool, stats: &StatsRegistry) ->
             node: c.node_id.clone(),
             address: view.node(&c.node_id).map(|n| n.record.address),
             weight: c.weight,
-            state: "running".into(),
+            state: if c.draining { "draining" } else { "running" }.into(),
             counters: match (detail, s.vips.get(&c.network_id)) {
                 (true, Some(vip)) => stats
                     .backend(*vip, c.ip)

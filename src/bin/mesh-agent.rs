@@ -170,10 +170,11 @@ async fn run(args: Args) -> Result<(), String> {
         _ = term.recv() => Ok(()),
     };
     // No new requests; those running finish first (an attach saves what it
-    // did, a detach ends its drain), bounded by the longest drain.
+    // did, a detach ends its drain), bounded: the longest drain, or an
+    // attach that waits for the cluster, then for the leader twice.
     gate.stop();
     let _ = std::fs::remove_file(&args.api);
-    let bound = drain + std::time::Duration::from_secs(15);
+    let bound = drain.max(std::time::Duration::from_secs(10)) + std::time::Duration::from_secs(30);
     if tokio::time::timeout(bound, gate.idle()).await.is_err() {
         tracing::warn!(
             "API requests still running after {}s; stopping anyway",

@@ -10,12 +10,18 @@
 //! one (itself included) takes an unsynced node as leader; a change asked
 //! of it meanwhile waits for it, bounded.
 //!
-//! Caught up means: some other member is live, and the set of live members
-//! has not changed for [`STABLE`] (every member's state has arrived by then:
-//! a member is live only after several gossip rounds). A node that founded
+//! Caught up means: some other member is live, and neither the set of live
+//! members nor the objects in the view (how many, the newest version) have
+//! changed for [`STABLE`]. A node that founded
 //! the cluster and restarted (no `--join`) also counts as caught up after
 //! [`ALONE`] without hearing from anyone: it may be the only member left. A
 //! joiner never decides alone: the cluster it joined exists.
+//!
+//! Then it says so in its record, and waits [`STABLE`] again before it
+//! decides anything: the leader until then learns from gossip that the lead
+//! moves (within a few rounds) and stops deciding, and the addresses it
+//! promised last show up in the view as their containers, so the two never
+//! decide at the same time.
 
 use super::{model, Cluster, GOSSIP_INTERVAL};
 use std::sync::atomic::Ordering;
@@ -38,26 +44,31 @@ impl Cluster {
     /// record. `joined`: it started with `--join`.
     pub(super) async fn catch_up(&self, joined: bool) {
         let start = Instant::now();
-        let (mut live, mut since) = (Vec::new(), Instant::now());
+        // Live members, objects, newest version: caught up once it holds.
+        let (mut seen, mut since) = ((Vec::new(), 0, 0), Instant::now());
         let mut warned = false;
         loop {
             tokio::time::sleep(GOSSIP_INTERVAL).await;
             let view = self.view().await;
-            let now: Vec<String> = view
+            let live: Vec<String> = view
                 .nodes
                 .iter()
                 .filter(|n| n.ready && n.id != self.self_id)
                 .map(|n| n.id.clone())
                 .collect();
-            if now != live {
-                (live, since) = (now, Instant::now());
+            let now = (live, view.objects.len(), view.max_version());
+            if now != seen {
+                (seen, since) = (now, Instant::now());
             }
-            if !live.is_empty() && since.elapsed() >= STABLE {
-                tracing::info!(members = live.len() + 1, "caught up with the cluster");
+            if !seen.0.is_empty() && since.elapsed() >= STABLE {
+                tracing::info!(members = seen.0.len() + 1, "caught up with the cluster");
                 break;
             }
             if !joined && start.elapsed() >= ALONE {
-                tracing::info!("no other member heard from; deciding alone");
+                tracing::warn!(
+                    "no other member heard from in {}s; deciding alone",
+                    ALONE.as_secs()
+                );
                 break;
             }
             if !warned && start.elapsed() >= ALONE {
@@ -69,7 +80,6 @@ impl Cluster {
                 );
             }
         }
-        self.synced.store(true, Ordering::Release);
         let mut record = self.record.clone();
         record.synced = true;
         if let Ok(v) = serde_json::to_string(&record) {
@@ -80,6 +90,10 @@ impl Cluster {
                 .self_node_state()
                 .set(model::KEY_NODE.to_string(), v);
         }
+        // Others may take it as leader from now on; it decides only once
+        // the leader before it has heard and stopped.
+        tokio::time::sleep(STABLE).await;
+        self.synced.store(true, Ordering::Release);
     }
 
     /// Waits (bounded) until this node has caught up with the cluster.

@@ -320,6 +320,8 @@ impl Cluster {
 
     /// The leader's side of [`Cluster::mutate`]: one change at a time.
     async fn decide(&self, m: Mutation) -> Result<Outcome, String> {
+        // Taken as leader (by itself or another) a moment before it acts as one.
+        self.wait_caught_up().await?;
         // A removal refused for attached containers may race their detach on
         // another host, still on its way here: give gossip a moment first.
         // So may an address asked for by name (`attach --ip`) that a
@@ -394,11 +396,6 @@ impl Cluster {
         let check = |t: &str| Token::parse(t).ok().is_some_and(|t| t.matches(&self.token));
         match req {
             Request::Join { token } if check(&token) => Response::Joined,
-            Request::Mutate { token, .. } if check(&token) && !self.synced() => Response::Refused {
-                error: "the node asked to decide has not caught up with the cluster yet; \
-                            try again in a moment"
-                    .into(),
-            },
             Request::Mutate { token, mutation } if check(&token) => {
                 match self.decide(mutation).await {
                     Ok(outcome) => Response::Done { outcome },
