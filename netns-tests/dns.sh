@@ -237,11 +237,29 @@ if wait_until 1 expect_a w1 tasks.web "$(ips w1 w2 w3)"; then
 else fail "w1 (.116): tasks.web -> $(ips w1 w2 w3) within 1 s (got '$(a_of w1 tasks.web)')"; fi
 check "w1 (.116): w3 -> ${IP[w3]}" wait_until 1 expect_a w1 w3 "${IP[w3]}"
 check "w3 (new task): web -> $VIP_WEB" expect_a w3 web "$VIP_WEB"
+inbound_to_w3() { ip netns exec mt-w3 ss -Htn state established "sport = :7777" | grep -q .; }
 orders() { local i; for i in $(seq 12); do dq "$1" +short "$2" | paste -sd' '; done | sort -u | grep -c .; }
 n_orders=$(orders cl tasks.web)
 check "tasks.web order is shuffled: $n_orders distinct orders in 12 answers" test "$n_orders" -gt 1
 if [ "${IP[w3]}" != none ]; then
-    check "detach w3 on .118" mctl 118 container detach --netns mt-w3 --network front
+    # A draining task leaves the service's names at once: a client holds a
+    # connection to w3 for 3 s, so its drain lasts that long.
+    ip netns exec mt-w3 timeout 20 nc -n -l 7777 >/dev/null 2>&1 &
+    track $!
+    wait_until 3 listening mt-w3 7777 || die "setup: a listener in w3"
+    ip netns exec mt-cl timeout 3 nc -n "${IP[w3]}" 7777 </dev/null >/dev/null 2>&1 &
+    track $!
+    wait_until 3 inbound_to_w3 || die "setup: cl's connection to w3"
+    (mctl 118 container detach --netns mt-w3 --network front >/dev/null 2>&1; echo $? >"$TMP/w3.detached") &
+    track $!
+    w3_left_names_while_draining() {
+        expect_a w1 tasks.web "$(ips w1 w2)" && [ ! -e "$TMP/w3.detached" ]
+    }
+    check "w1 (.116): tasks.web without w3 while w3 drains (its detach still running)" \
+        wait_until 2 w3_left_names_while_draining
+    check "w1 (.116): w3's own name still resolves while it drains" expect_a w1 w3 "${IP[w3]}"
+    wait_until 10 test -e "$TMP/w3.detached"
+    check "detach w3 on .118 (after its drain)" test "$(cat "$TMP/w3.detached" 2>/dev/null)" = 0
     if wait_until 1 expect_a w1 tasks.web "$(ips w1 w2)"; then
         pass "w1 (.116): tasks.web without w3 (${WAITED} s)"
     else fail "w1 (.116): tasks.web -> $(ips w1 w2) within 1 s after detach (got '$(a_of w1 tasks.web)')"; fi
@@ -322,6 +340,19 @@ timed_dig cl 6 +tcp ext.example
 if [ "$STATUS" = SERVFAIL ] && [ "$ELAPSED" -lt 5000 ]; then
     pass "good upstream stopped: ext.example over TCP -> SERVFAIL in $ELAPSED ms"
 else fail "good upstream stopped: ext.example over TCP -> SERVFAIL in < 5 s (status '$STATUS', $ELAPSED ms)"; fi
+# What applications see: glibc ignores an answer whose question is not its
+# own, so a SERVFAIL without one would leave getent waiting out its timeouts.
+getent_fails_fast() {
+    local start rc ms
+    start=$(date +%s%3N)
+    ip netns exec mt-cl timeout 20 getent ahostsv4 ext.example >/dev/null 2>&1; rc=$?
+    ms=$(($(date +%s%3N) - start))
+    echo "getent exit $rc in $ms ms"
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$ms" -lt 4000 ]
+}
+check "good upstream stopped: getent ahostsv4 ext.example in cl fails at once, not after its timeouts" \
+    getent_fails_fast
+note "$(cat "$TMP/check.out")"
 ff_grew() { [ "$(counter 118 dns_forward_failed)" -ge $((FF0 + 3)) ]; }
 check "  ... dns_forward_failed on .118 grew by at least 3 (was $FF0)" wait_until 1 ff_grew
 check "cl: our own names still answer: web -> $VIP_WEB" expect_a cl web "$VIP_WEB"

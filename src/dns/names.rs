@@ -75,9 +75,11 @@ impl NameTable {
             }
             for s in view.services.values().filter(|s| s.networks.contains(id)) {
                 let name = normalize(&s.name);
+                // A draining task takes no new clients: it leaves the
+                // service's names first (its own name stays).
                 let tasks: Vec<Ipv4Addr> = view
                     .tasks(&s.id)
-                    .filter(|c| &c.network_id == id)
+                    .filter(|c| &c.network_id == id && !c.draining)
                     .map(|c| c.ip)
                     .collect();
                 n.names.insert(

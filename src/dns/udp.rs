@@ -28,13 +28,42 @@ pub enum Answer {
     Drop,
 }
 
-/// A bare error response: the query's ID, opcode and RD, with `rcode`.
+/// An error response: the query's ID, opcode and RD, with `rcode`, and its
+/// question when it has one that reads (stub resolvers such as glibc's
+/// ignore an answer whose question differs from theirs, and would wait out
+/// their timeout instead of failing at once).
 fn error_header(query: &[u8], rcode: u8) -> Vec<u8> {
     let mut h = vec![0u8; 12];
     h[..2].copy_from_slice(&query[..2]);
     h[2] = 0x80 | (query[2] & 0x79);
     h[3] = rcode & 0x0f;
+    if let Some(end) = question_end(query) {
+        h[5] = 1;
+        h.extend_from_slice(&query[12..end]);
+    }
     h
+}
+
+/// Where the only question of `query` ends, if it has exactly one that reads
+/// (uncompressed, as a question's name always is).
+fn question_end(query: &[u8]) -> Option<usize> {
+    if query.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let l = usize::from(*query.get(at)?);
+        at += 1;
+        if l == 0 {
+            break;
+        }
+        if l > 63 || at + l > 12 + 255 {
+            return None;
+        }
+        at += l;
+    }
+    let end = at + 4;
+    (end <= query.len()).then_some(end)
 }
 
 /// The fast path: a plain `A` query (one question, class IN, at most an OPT
@@ -303,6 +332,31 @@ mod tests {
         };
         assert_eq!((formerr[0], formerr[1], formerr[3] & 0x0f), (0x42, 0x42, 1));
         assert_eq!(s.stats.malformed.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn an_error_answer_carries_the_question_a_stub_resolver_matches() {
+        let q = query("ext.Example.", RecordType::A);
+        let servfail = error_header(&q, 2);
+        let m = Message::from_vec(&servfail).unwrap();
+        assert_eq!(
+            (m.metadata.id, u16::from(m.metadata.response_code)),
+            (0x4242, 2)
+        );
+        assert_eq!(
+            m.queries.len(),
+            1,
+            "glibc drops an answer without its question"
+        );
+        assert_eq!(m.queries[0].name().to_ascii(), "ext.Example.");
+        assert_eq!(m.queries[0].query_type(), RecordType::A);
+        // A query whose question does not read gets a bare header.
+        let mut bad = q.clone();
+        bad.truncate(15);
+        assert_eq!(error_header(&bad, 1).len(), 12);
+        bad = q.clone();
+        bad[5] = 2;
+        assert_eq!(error_header(&bad, 1)[4..6], [0, 0]);
     }
 
     fn with_web() -> Shared {

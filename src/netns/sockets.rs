@@ -19,13 +19,25 @@ const TIME_WAIT: u8 = 0x06;
 const CLOSE: u8 = 0x07;
 
 /// The count [`inbound_open`] makes, from the text of a /proc/net/tcp table.
+/// The agent's own DNS listener (127.0.0.11:53) and its connections are not
+/// the task's: a client holding a DNS-over-TCP connection does not stretch
+/// the drain.
 pub fn count_inbound_open(table: &str) -> usize {
+    // As the kernel prints it: the address's bytes as a native-endian word.
+    let dns = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(crate::dns::listener::DNS_ADDR.ip().octets()),
+        crate::dns::listener::DNS_ADDR.port()
+    );
     let rows: Vec<(u16, u8)> = table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let local = fields.nth(1)?;
+            if local == dns {
+                return None;
+            }
             let state = fields.nth(1)?;
             let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
             let state = u8::from_str_radix(state, 16).ok()?;
@@ -66,5 +78,18 @@ mod tests {
 ";
         assert_eq!(count_inbound_open(v6), 1);
         assert_eq!(count_inbound_open("header\ngarbage line\n"), 0);
+        // The agent's DNS on 127.0.0.11:53 with a client's TCP connection:
+        // not the task's.
+        let dns = format!(
+            "  sl  local_address rem_address   st
+   0: {a}:0035 00000000:0000 0A 0
+   1: {a}:0035 {a}:B3C8 01 0
+",
+            a = format!("{:08X}", u32::from_ne_bytes([127, 0, 0, 11]))
+        );
+        assert_eq!(
+            count_inbound_open(&format!("{table}{}", &dns[dns.find('\n').unwrap() + 1..])),
+            1
+        );
     }
 }
