@@ -357,6 +357,31 @@ ff_grew() { [ "$(counter 118 dns_forward_failed)" -ge $((FF0 + 3)) ]; }
 check "  ... dns_forward_failed on .118 grew by at least 3 (was $FF0)" wait_until 1 ff_grew
 check "cl: our own names still answer: web -> $VIP_WEB" expect_a cl web "$VIP_WEB"
 
+# --- a container that opens many TCP connections to its DNS --------------------
+# At most 16 are served at once; the rest are closed at once (and counted),
+# so one container cannot use up the agent's file descriptors.
+REF0=$(counter 118 dns_tcp_refused)
+ip netns exec mt-cl timeout 20 python3 - >"$TMP/hog.out" 2>&1 <<'PY' &
+import socket, time
+held = []
+for _ in range(40):
+    s = socket.create_connection(("127.0.0.11", 53), timeout=5)
+    held.append(s)
+print("open", flush=True)
+time.sleep(4)
+PY
+hog=$!; track $hog
+wait_until 5 grep -q open "$TMP/hog.out" || die "dns: the connection hog did not start"
+served() { ip netns exec mt-cl ss -Htn state established 'sport = :53' | grep -c .; }
+refused_grew() { [ "$(counter 118 dns_tcp_refused)" -ge $((REF0 + 24)) ]; }
+N_SERVED=$(served)
+check "cl holds 40 TCP connections to 127.0.0.11:53: $N_SERVED served (at most 16)" test "$N_SERVED" -le 16
+check "  ... the other 24 closed at once and counted (dns_tcp_refused)" wait_until 2 refused_grew
+check "  ... cl still resolves over UDP meanwhile" expect_a cl web "$VIP_WEB"
+check "  ... and r2 (same host) over TCP" expect_a r2 web "$VIP_WEB" +tcp
+wait_until 10 gone "$hog"
+check "  ... once cl let go, it resolves over TCP again" wait_until 3 expect_a cl web "$VIP_WEB" +tcp
+
 # --- truncation: 40 tasks of big (dnsrr) on bulk ---------------------------------
 BIG=()
 for i in $(seq 40); do BIG+=("b$i"); mk_container "b$i"; done

@@ -35,7 +35,7 @@
 //! - [`tables`]: read-mostly snapshots the pipeline looks up.
 //! - [`io`]: the only code with file descriptors: TAPs, the ingress TUN, the UDP socket, the driver thread.
 //! - [`netns`]: entering a namespace on a dedicated thread; link/addr/route verbs; the host's ingress rules.
-//! - [`dns`]: the embedded DNS at 127.0.0.11 in every container (hickory-server).
+//! - [`dns`]: the embedded DNS at 127.0.0.11 in every container (hickory-proto messages, our own UDP and TCP loops).
 //! - [`cluster`]: gossip membership (chitchat), replicated state, allocation of VNIs, subnets, IPs.
 //! - [`api`]: HTTP/JSON over a unix socket, and the client `meshctl` uses.
 //! - [`agent`]: the control side that ties them together on one host.

@@ -1,20 +1,17 @@
 //! One DNS listener pair (UDP and TCP on 127.0.0.11:53) per container
 //! namespace. The sockets are bound by a thread that entered the namespace
-//! (see [`crate::netns::run_in`]) and served from the agent's runtime: UDP by
-//! our own loop ([`super::udp`]), TCP by a hickory `Server`; both know which
-//! container they serve.
+//! (see [`crate::netns::run_in`]) and served from the agent's runtime by our
+//! own loops ([`super::udp`], [`super::tcp`]); both know which container
+//! they serve.
 
-use super::handler::{Handler, Shared};
+use super::handler::Shared;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The address of the embedded DNS inside every container.
 pub const DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
-/// Idle timeout of a TCP DNS connection.
-const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// The std sockets bound inside a container namespace.
 pub struct Sockets {
@@ -43,24 +40,19 @@ impl Listener {
     pub fn start(netns: &str, sockets: Sockets, shared: Arc<Shared>) -> std::io::Result<Listener> {
         let udp = tokio::net::UdpSocket::from_std(sockets.udp)?;
         let tcp = tokio::net::TcpListener::from_std(sockets.tcp)?;
-        let mut server = hickory_server::Server::new(Handler {
-            netns: netns.to_string(),
-            shared: shared.clone(),
-        });
-        server.register_listener(tcp, TCP_IDLE, 32);
-        let stop = server.shutdown_token().clone();
+        let stop = CancellationToken::new();
         tokio::spawn(super::udp::serve(
             udp,
+            netns.to_string(),
+            shared.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(super::tcp::serve(
+            tcp,
             netns.to_string(),
             shared,
             stop.clone(),
         ));
-        let name = netns.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = server.block_until_done().await {
-                tracing::warn!(netns = %name, error = %e, "DNS listener stopped");
-            }
-        });
         let resolv_conf = crate::netns::name_of(netns).and_then(|n| {
             write_resolv_conf(n)
                 .map_err(|e| tracing::warn!(netns = n, error = %e, "cannot write resolv.conf"))

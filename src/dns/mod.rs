@@ -1,16 +1,20 @@
 //! The embedded DNS: 127.0.0.11 inside every container.
 //!
 //! - [`names`]: the names a container may resolve, built from the cluster view.
-//! - [`handler`]: answers from those names, or forwards ([`forward`]).
-//! - [`udp`]: our own UDP loop per container (answers inline, counts
-//!   everything); TCP is served by hickory-server.
+//! - [`handler`]: the records for a name from those names (hickory-proto's
+//!   types), and what every container's server shares.
+//! - [`answer`]: what to answer to one query, or to forward it ([`forward`]).
+//! - [`udp`] and [`tcp`]: our own loops per container, one per transport
+//!   (UDP answers inline; TCP bounds a container's connections).
 //! - [`listener`]: the UDP and TCP sockets bound inside each container's
-//!   namespace, served by hickory-server from the agent's runtime.
+//!   namespace, served from the agent's runtime.
 
+pub mod answer;
 pub mod forward;
 pub mod handler;
 pub mod listener;
 pub mod names;
+pub mod tcp;
 pub mod udp;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -28,6 +32,8 @@ pub struct DnsStats {
     pub forward_failed: AtomicU64,
     pub overloaded: AtomicU64,
     pub malformed: AtomicU64,
+    /// TCP connections closed at once: the container had too many open.
+    pub refused: AtomicU64,
 }
 
 impl DnsStats {
@@ -39,6 +45,7 @@ impl DnsStats {
             ("dns_forward_failed", self.forward_failed.load(Relaxed)),
             ("dns_overloaded", self.overloaded.load(Relaxed)),
             ("dns_malformed", self.malformed.load(Relaxed)),
+            ("dns_tcp_refused", self.refused.load(Relaxed)),
         ]
     }
 }
