@@ -275,6 +275,16 @@ if wait_until 1 expect_a cl solo "${IP[solo]}"; then pass "cl (.118): solo (just
 else fail "cl (.118): solo (just attached on .116) -> ${IP[solo]} within 1 s"; fi
 check "solo: 127.0.0.11:53 listening" dns_listening solo
 check "solo: tasks.web -> $(ips w1 w2)" expect_a solo tasks.web "$(ips w1 w2)"
+# A forward still in flight when solo is detached does not hold its DNS
+# socket: solo can be attached again at once.
+kill -STOP "${UPPID[53]}" "${UPPID[5353]}"
+ip netns exec mt-solo timeout 10 dig +time=5 +tries=1 @127.0.0.11 ext.example >/dev/null 2>&1 &
+track $!
+sleep 0.3
+check "detach solo on .116 while a forward of its waits on frozen upstreams" \
+    mctl 116 container detach --netns mt-solo --network front
+check "  ... and attach it again at once" attach 116 solo front
+kill -CONT "${UPPID[53]}" "${UPPID[5353]}"
 check "detach solo on .116" mctl 116 container detach --netns mt-solo --network front
 if wait_until 1 expect_a cl solo ""; then pass "cl (.118): solo no longer resolves (${WAITED} s)"
 else fail "cl (.118): solo no longer resolves within 1 s of its detach"; fi

@@ -266,8 +266,9 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?;
         if !local.values().any(|a| a.netns == att.netns) {
-            if let Some(l) = self.listeners.lock().await.remove(&att.netns) {
-                l.stop();
+            let listener = self.listeners.lock().await.remove(&att.netns);
+            if let Some(l) = listener {
+                l.stop().await;
             }
         }
         self.save(&local);

@@ -219,8 +219,9 @@ impl Agent {
     /// Stops every container's DNS listener and removes the resolv.conf it
     /// wrote (the agent is stopping: nothing would answer them).
     pub async fn stop_dns(&self) {
-        for (_, l) in self.listeners.lock().await.drain() {
-            l.stop();
+        let listeners: Vec<_> = self.listeners.lock().await.drain().collect();
+        for (_, l) in listeners {
+            l.stop().await;
         }
     }
 

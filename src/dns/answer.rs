@@ -5,10 +5,12 @@
 //! malformed, and a response (QR set) is never answered, so two servers
 //! cannot bounce packets at each other.
 
+use super::forward::ForwardError;
 use super::handler::{local_records, soa, Shared};
 use super::names::Lookup;
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode};
 use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The largest query read over UDP (anything longer is cut and fails to decode).
 pub const MAX_QUERY: usize = 4096;
@@ -222,6 +224,34 @@ pub fn answer(shared: &Shared, netns: &str, query: &[u8], transport: Transport) 
     encode_within(resp, limit).map_or_else(|| Answer::Now(error_header(query, 2)), Answer::Now)
 }
 
+/// The answer to a query that is not ours: the upstream's, as it came (it
+/// carries the query's ID), or SERVFAIL when no upstream answered or there
+/// was no forward `slot` left (the container's, see
+/// [`super::Container::forward_slot`]) or none of the agent's.
+pub async fn forwarded(
+    shared: &Shared,
+    slot: Option<OwnedSemaphorePermit>,
+    query: &[u8],
+    transport: Transport,
+) -> Vec<u8> {
+    shared.stats.forwarded.fetch_add(1, Relaxed);
+    let result = match slot {
+        // Held until the upstream has answered.
+        Some(_slot) => {
+            let tcp = transport == Transport::Tcp;
+            shared.forwarder.forward(query, tcp).await
+        }
+        None => Err(ForwardError::Overloaded),
+    };
+    result.unwrap_or_else(|e| {
+        if e == ForwardError::Overloaded {
+            shared.stats.overloaded.fetch_add(1, Relaxed);
+        }
+        shared.stats.forward_failed.fetch_add(1, Relaxed);
+        error_header(query, 2)
+    })
+}
+
 /// Encodes `resp`, dropping answers and setting TC until it fits in `limit`.
 fn encode_within(mut resp: Message, limit: usize) -> Option<Vec<u8>> {
     loop {
@@ -282,6 +312,27 @@ mod tests {
         };
         assert_eq!((formerr[0], formerr[1], formerr[3] & 0x0f), (0x42, 0x42, 1));
         assert_eq!(s.stats.malformed.load(Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_container_with_all_its_forwards_in_flight_gets_servfail_at_once() {
+        use crate::dns::{Container, MAX_FORWARDS_PER_CONTAINER};
+        let s = shared();
+        let c = Container::new("c");
+        let held: Vec<_> = (0..MAX_FORWARDS_PER_CONTAINER)
+            .map(|_| c.forward_slot().expect("a slot"))
+            .collect();
+        assert!(c.forward_slot().is_none());
+        let q = query("ext.example.", RecordType::A);
+        let reply = forwarded(&s, c.forward_slot(), &q, Transport::Udp).await;
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(u16::from(m.metadata.response_code), 2);
+        assert_eq!(m.queries.len(), 1);
+        assert_eq!(s.stats.overloaded.load(Relaxed), 1);
+        // Another container's forwards are its own.
+        assert!(Container::new("d").forward_slot().is_some());
+        drop(held);
+        assert!(c.forward_slot().is_some());
     }
 
     #[test]

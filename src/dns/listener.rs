@@ -32,6 +32,8 @@ pub fn bind_here() -> std::io::Result<Sockets> {
 /// A running listener; dropping it does not stop it, [`Listener::stop`] does.
 pub struct Listener {
     stop: CancellationToken,
+    /// The UDP and TCP loops; each owns its socket.
+    loops: [tokio::task::JoinHandle<()>; 2],
     resolv_conf: Option<PathBuf>,
 }
 
@@ -41,29 +43,41 @@ impl Listener {
         let udp = tokio::net::UdpSocket::from_std(sockets.udp)?;
         let tcp = tokio::net::TcpListener::from_std(sockets.tcp)?;
         let stop = CancellationToken::new();
-        tokio::spawn(super::udp::serve(
-            udp,
-            netns.to_string(),
-            shared.clone(),
-            stop.clone(),
-        ));
-        tokio::spawn(super::tcp::serve(
-            tcp,
-            netns.to_string(),
-            shared,
-            stop.clone(),
-        ));
+        let container = Arc::new(super::Container::new(netns));
+        let loops = [
+            tokio::spawn(super::udp::serve(
+                udp,
+                container.clone(),
+                shared.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(super::tcp::serve(tcp, container, shared, stop.clone())),
+        ];
         let resolv_conf = crate::netns::name_of(netns).and_then(|n| {
             write_resolv_conf(n)
                 .map_err(|e| tracing::warn!(netns = n, error = %e, "cannot write resolv.conf"))
                 .ok()
         });
-        Ok(Listener { stop, resolv_conf })
+        Ok(Listener {
+            stop,
+            loops,
+            resolv_conf,
+        })
     }
 
-    /// Stops serving (the sockets close) and removes the resolv.conf we wrote.
-    pub fn stop(self) {
+    /// Stops serving and removes the resolv.conf we wrote. Returns once the
+    /// sockets are closed (bounded), so the namespace can be attached again
+    /// at once: 127.0.0.11:53 is free to bind.
+    pub async fn stop(self) {
         self.stop.cancel();
+        for l in self.loops {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), l)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a DNS listener took over 2 s to stop");
+            }
+        }
         if let Some(path) = self.resolv_conf {
             let _ = std::fs::remove_file(&path);
             if let Some(dir) = path.parent() {

@@ -18,6 +18,35 @@ pub mod tcp;
 pub mod udp;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Forwards one container may have in flight at once, so that a container
+/// whose queries go unanswered upstream cannot take every forward slot of
+/// the agent (see [`forward::Forwarder`]) from the others.
+pub const MAX_FORWARDS_PER_CONTAINER: usize = 64;
+
+/// One container's DNS server: its name (which picks the networks in
+/// scope) and its share of the forwards.
+#[derive(Debug)]
+pub struct Container {
+    pub netns: String,
+    forwards: Arc<Semaphore>,
+}
+
+impl Container {
+    pub fn new(netns: &str) -> Container {
+        Container {
+            netns: netns.to_string(),
+            forwards: Arc::new(Semaphore::new(MAX_FORWARDS_PER_CONTAINER)),
+        }
+    }
+
+    /// A forward slot of this container, if it has one left.
+    pub fn forward_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.forwards.clone().try_acquire_owned().ok()
+    }
+}
 
 /// Default TTL of our answers: short, so a client that caches sees a scale
 /// change within seconds (Swarm's 600 s is the complaint this avoids).

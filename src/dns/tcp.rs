@@ -11,8 +11,9 @@
 //! use up the agent's file descriptors, and every container's DNS and
 //! attach with them.
 
-use super::answer::{answer, error_header, Answer, Transport};
+use super::answer::{answer, forwarded, Answer, Transport};
 use super::handler::Shared;
+use super::Container;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,14 +28,15 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// How long a connection may sit without a query, or a write may stall.
 pub const IDLE: Duration = Duration::from_secs(10);
 
-/// Serves `listener` for the container in `netns` until `stop`; the
-/// connections end with it.
+/// Serves `listener` for `container` until `stop`; the connections end
+/// with it.
 pub async fn serve(
     listener: TcpListener,
-    netns: String,
+    container: Arc<Container>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let netns = &container.netns;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
@@ -56,9 +58,9 @@ pub async fn serve(
             shared.stats.refused.fetch_add(1, Relaxed);
             continue;
         };
-        let (netns, shared) = (netns.clone(), shared.clone());
+        let (container, shared) = (container.clone(), shared.clone());
         connections.spawn(async move {
-            connection(stream, &netns, &shared).await;
+            connection(stream, &container, &shared).await;
             drop(slot);
         });
     }
@@ -67,7 +69,7 @@ pub async fn serve(
 
 /// One connection: queries in, answers out, in order, until the client
 /// closes, goes idle, or stalls.
-async fn connection(mut stream: TcpStream, netns: &str, shared: &Shared) {
+async fn connection(mut stream: TcpStream, container: &Container, shared: &Shared) {
     loop {
         let len = match tokio::time::timeout(IDLE, stream.read_u16()).await {
             Ok(Ok(len)) => usize::from(len),
@@ -79,10 +81,13 @@ async fn connection(mut stream: TcpStream, netns: &str, shared: &Shared) {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let reply = match answer(shared, netns, query, Transport::Tcp) {
+        let reply = match answer(shared, &container.netns, query, Transport::Tcp) {
             Answer::Now(bytes) => bytes,
             Answer::Drop => continue,
-            Answer::Forward => forward(shared, query).await,
+            Answer::Forward => {
+                let slot = container.forward_slot();
+                forwarded(shared, slot, query, Transport::Tcp).await
+            }
         };
         let Ok(n) = u16::try_from(reply.len()) else {
             return;
@@ -93,22 +98,6 @@ async fn connection(mut stream: TcpStream, netns: &str, shared: &Shared) {
         match tokio::time::timeout(IDLE, stream.write_all(&out)).await {
             Ok(Ok(())) => {}
             _ => return,
-        }
-    }
-}
-
-/// The upstream's answer to `query` over TCP, as it came (it carries the
-/// query's ID), or SERVFAIL.
-async fn forward(shared: &Shared, query: &[u8]) -> Vec<u8> {
-    shared.stats.forwarded.fetch_add(1, Relaxed);
-    match shared.forwarder.forward(query, true).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            if e == super::forward::ForwardError::Overloaded {
-                shared.stats.overloaded.fetch_add(1, Relaxed);
-            }
-            shared.stats.forward_failed.fetch_add(1, Relaxed);
-            error_header(query, 2)
         }
     }
 }

@@ -2,18 +2,25 @@
 //! container answers local names inline, without a task per query, and hands
 //! the rest to a forwarding task.
 
-use super::answer::{answer, error_header, Answer, Transport, MAX_QUERY};
+use super::answer::{answer, forwarded, Answer, Transport, MAX_QUERY};
 use super::handler::Shared;
+use super::Container;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `sock` for the container in `netns` until `stop`. After each wake-up
-/// it drains every queued datagram before waiting again (fewer trips through
-/// the runtime under load).
-pub async fn serve(sock: UdpSocket, netns: String, shared: Arc<Shared>, stop: CancellationToken) {
+/// Serves `sock` for `container` until `stop`. After each wake-up it drains
+/// every queued datagram before waiting again (fewer trips through the
+/// runtime under load). The socket closes when this returns: forwards still
+/// in flight then have nowhere to answer, and say nothing.
+pub async fn serve(
+    sock: UdpSocket,
+    container: Arc<Container>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let netns = &container.netns;
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; MAX_QUERY];
     loop {
@@ -36,10 +43,10 @@ pub async fn serve(sock: UdpSocket, netns: String, shared: Arc<Shared>, stop: Ca
                     break;
                 }
             };
-            match answer(&shared, &netns, &buf[..n], Transport::Udp) {
+            match answer(&shared, netns, &buf[..n], Transport::Udp) {
                 Answer::Now(bytes) => send(&sock, &bytes, from).await,
                 Answer::Drop => {}
-                Answer::Forward => forward(&sock, &shared, &buf[..n], from),
+                Answer::Forward => forward(&sock, &shared, &container, &buf[..n], from),
             }
         }
         tokio::task::yield_now().await;
@@ -47,19 +54,19 @@ pub async fn serve(sock: UdpSocket, netns: String, shared: Arc<Shared>, stop: Ca
 }
 
 /// Forwards a query on its own task; the answer (or SERVFAIL) goes back to `from`.
-fn forward(sock: &Arc<UdpSocket>, shared: &Arc<Shared>, query: &[u8], from: SocketAddr) {
-    shared.stats.forwarded.fetch_add(1, Relaxed);
-    let (sock, shared, query) = (sock.clone(), shared.clone(), query.to_vec());
+fn forward(
+    sock: &Arc<UdpSocket>,
+    shared: &Arc<Shared>,
+    container: &Container,
+    query: &[u8],
+    from: SocketAddr,
+) {
+    let slot = container.forward_slot();
+    let (sock, shared, query) = (Arc::downgrade(sock), shared.clone(), query.to_vec());
     tokio::spawn(async move {
-        match shared.forwarder.forward(&query, false).await {
-            Ok(bytes) => send(&sock, &bytes, from).await,
-            Err(e) => {
-                if e == super::forward::ForwardError::Overloaded {
-                    shared.stats.overloaded.fetch_add(1, Relaxed);
-                }
-                shared.stats.forward_failed.fetch_add(1, Relaxed);
-                send(&sock, &error_header(&query, 2), from).await;
-            }
+        let reply = forwarded(&shared, slot, &query, Transport::Udp).await;
+        if let Some(sock) = sock.upgrade() {
+            send(&sock, &reply, from).await;
         }
     });
 }
