@@ -265,13 +265,18 @@ impl Agent {
             .remove_port(port)
             .await
             .map_err(|e| e.to_string())?;
-        if !local.values().any(|a| a.netns == att.netns) {
-            let listener = self.listeners.lock().await.remove(&att.netns);
-            if let Some(l) = listener {
-                l.stop().await;
-            }
-        }
+        let listener = if local.values().any(|a| a.netns == att.netns) {
+            None
+        } else {
+            self.listeners.lock().await.remove(&att.netns)
+        };
         self.save(&local);
+        // Stopped without the agent's lock, but still under the claim: a
+        // re-attach of this namespace waits until 127.0.0.11:53 is free.
+        drop(local);
+        if let Some(l) = listener {
+            l.stop().await;
+        }
         tracing::info!(netns = %att.netns, ip = %att.ip, "container detached");
         drop(claim);
         Ok(())

@@ -94,6 +94,10 @@ async fn exchange(up: SocketAddr, query: &[u8], tcp: bool) -> std::io::Result<Ve
         let n = usize::from(s.read_u16().await?);
         s.read_exact(&mut buf[..n]).await?;
         buf.truncate(n);
+        // Relayed as it came: it must be the answer to this query.
+        if n < 12 || query.len() < 2 || buf[..2] != query[..2] {
+            return Err(std::io::Error::other("the upstream answered another query"));
+        }
         return Ok(buf);
     }
     let sock = UdpSocket::bind(if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await?;

@@ -70,12 +70,12 @@ impl Listener {
     /// at once: 127.0.0.11:53 is free to bind.
     pub async fn stop(self) {
         self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         for l in self.loops {
-            if tokio::time::timeout(std::time::Duration::from_secs(2), l)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a DNS listener took over 2 s to stop");
+            let abort = l.abort_handle();
+            if tokio::time::timeout_at(deadline, l).await.is_err() {
+                tracing::warn!("a DNS listener took over 2 s to stop; aborted");
+                abort.abort();
             }
         }
         if let Some(path) = self.resolv_conf {

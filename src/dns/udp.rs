@@ -44,7 +44,7 @@ pub async fn serve(
                 }
             };
             match answer(&shared, netns, &buf[..n], Transport::Udp) {
-                Answer::Now(bytes) => send(&sock, &bytes, from).await,
+                Answer::Now(bytes) => send(&sock, &bytes, from),
                 Answer::Drop => {}
                 Answer::Forward => forward(&sock, &shared, &container, &buf[..n], from),
             }
@@ -66,21 +66,16 @@ fn forward(
     tokio::spawn(async move {
         let reply = forwarded(&shared, slot, &query, Transport::Udp).await;
         if let Some(sock) = sock.upgrade() {
-            send(&sock, &reply, from).await;
+            send(&sock, &reply, from);
         }
     });
 }
 
-async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    match sock.try_send_to(bytes, to) {
-        Ok(_) => return,
-        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-            tracing::debug!(error = %e, "DNS send failed");
-            return;
-        }
-        Err(_) => {}
-    }
-    if let Err(e) = sock.send_to(bytes, to).await {
+/// Sends without waiting: a reply that does not fit the socket's buffer
+/// now is dropped (the client asks again), so neither the receive loop nor
+/// a forward ever waits on a client, nor holds the socket past a stop.
+fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if let Err(e) = sock.try_send_to(bytes, to) {
         tracing::debug!(error = %e, "DNS send failed");
     }
 }
