@@ -57,20 +57,35 @@ fn question_end(query: &[u8]) -> Option<usize> {
     if query.get(4..6)? != [0, 1] {
         return None;
     }
+    let (_, after_name) = read_qname(query, &mut [0u8; 255])?;
+    let end = after_name + 4;
+    (end <= query.len()).then_some(end)
+}
+
+/// Reads the question's name (from byte 12) into `name`, lowercased and
+/// dotted; returns its length and where the name ends in `query`.
+fn read_qname(query: &[u8], name: &mut [u8; 255]) -> Option<(usize, usize)> {
+    let mut len = 0;
     let mut at = 12;
     loop {
         let l = usize::from(*query.get(at)?);
         at += 1;
         if l == 0 {
-            break;
+            return Some((len, at));
         }
-        if l > 63 || at + l > 12 + 255 {
+        if l > 63 || len + l + 1 > name.len() {
             return None;
+        }
+        if len > 0 {
+            name[len] = b'.';
+            len += 1;
+        }
+        for &c in query.get(at..at + l)? {
+            name[len] = c.to_ascii_lowercase();
+            len += 1;
         }
         at += l;
     }
-    let end = at + 4;
-    (end <= query.len()).then_some(end)
 }
 
 /// The fast path: a plain `A` query (one question, class IN, at most an OPT
@@ -93,27 +108,7 @@ fn answer_a_fast(
         return None;
     }
     let mut name = [0u8; 255];
-    let mut len = 0;
-    let mut at = 12;
-    loop {
-        let l = usize::from(*query.get(at)?);
-        at += 1;
-        if l == 0 {
-            break;
-        }
-        if l > 63 || len + l + 1 > name.len() {
-            return None;
-        }
-        if len > 0 {
-            name[len] = b'.';
-            len += 1;
-        }
-        for &c in query.get(at..at + l)? {
-            name[len] = c.to_ascii_lowercase();
-            len += 1;
-        }
-        at += l;
-    }
+    let (len, at) = read_qname(query, &mut name)?;
     let (qtype, qclass) = (be16(at)?, be16(at + 2)?);
     let question_end = at + 4;
     if qtype != 1 || qclass != 1 {
