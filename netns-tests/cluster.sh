@@ -13,6 +13,10 @@
 
 . "$(dirname "$0")/lib.sh"
 need_bins
+# Agents start with a soft limit on open files below the hard one, as is
+# usual (1024), to see that they raise it.
+ulimit -Sn 1024 || die "setup: ulimit -Sn 1024"
+[ "$(ulimit -Hn)" != 1024 ] || die "setup: the hard limit on open files is 1024 already"
 testbed_up 116 117 118 119
 HOSTS=(116 117 118)
 
@@ -27,6 +31,13 @@ for id in "${HOSTS[@]}"; do
     if wait_until 5 ready_count "$id" 3; then pass "node ls on .$id: 3 nodes Ready (${WAITED} s)"
     else fail "node ls on .$id: 3 nodes Ready within 5 s: $(node_statuses "$id" | tr '\n' ' ')"; fi
 done
+
+# The agent raises its open files limit to the hard one (each container costs
+# descriptors: TAP, DNS sockets, connections).
+nofile_raised() {
+    awk '/^Max open files/ { print "soft", $4, "hard", $5; exit !($4 == $5) }' "/proc/${AGENT_PID[116]}/limits"
+}
+check "the agent's soft limit on open files is its hard limit" nofile_raised
 
 # self_is ID: node ls on .ID marks exactly one node self, the one with .ID's address.
 self_is() {

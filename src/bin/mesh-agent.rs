@@ -67,6 +67,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +78,34 @@ fn main() {
     };
     if let Err(e) = rt.block_on(run(args)) {
         fail(e);
+    }
+}
+
+/// Raises the soft limit on open files to the hard one. Every container
+/// costs the agent descriptors (its TAP, its DNS sockets, their
+/// connections and forwards), and the usual soft limit of 1024 would cap a
+/// host at a few dozen busy containers.
+fn raise_open_files_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 || l.rlim_cur >= l.rlim_max {
+            return;
+        }
+        let was = l.rlim_cur;
+        l.rlim_cur = l.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+            tracing::debug!(from = was, to = l.rlim_cur, "raised the open files limit");
+        } else {
+            tracing::warn!(
+                limit = was,
+                "cannot raise the open files limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
