@@ -80,6 +80,30 @@ others_ready() {
 }
 check ".116 and .117 stay Ready" others_ready
 
+# --- a second agent on a host, or on a state directory, is refused first ------
+# second_refused MSG NS STATE [ARGS...]: an agent in NS with state dir STATE
+# exits non-zero within 10 s with one line on stderr naming another agent.
+second_refused() {
+    local msg=$1 ns=$2 state=$3 rc; shift 3
+    RUST_LOG=off timeout 10 ip netns exec "$ns" "$BIN/mesh-agent" "$@" --state-dir "$state" \
+        >/dev/null 2>"$TMP/second.err" </dev/null
+    rc=$?
+    if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then fail "$msg: exit $rc"
+    elif [ "$(grep -c . "$TMP/second.err")" -ne 1 ] || ! grep -q 'another mesh-agent' "$TMP/second.err"; then
+        fail "$msg: $(head -c 300 "$TMP/second.err")"
+    else pass "$msg: $(cat "$TMP/second.err")"; fi
+}
+ATT116=$(cat "$TMP/h116/attachments.json" 2>/dev/null)
+IDS_BEFORE=$(mctl 116 node ls --format json | jq -c '[.[].id] | sort')
+second_refused "a second agent on .116 (own --api, --state-dir and ports) refused" mt-h116 "$TMP/h116b" \
+    --advertise-addr "$UNDERLAY.116" --api "$TMP/h116b.sock" --gossip-port 7950 --vxlan-port 4790 \
+    --join "$UNDERLAY.117" --join-token "$TOKEN"
+second_refused "an agent on .119 with .116's --state-dir refused" mt-h119 "$TMP/h116" \
+    --advertise-addr "$UNDERLAY.119" --api "$TMP/h119b.sock" --join "$UNDERLAY.117" --join-token "$TOKEN"
+check "  ... node ls unchanged, and .116's saved attachments untouched" \
+    test "$(mctl 116 node ls --format json | jq -c '[.[].id] | sort')" = "$IDS_BEFORE" -a \
+    "$(cat "$TMP/h116/attachments.json" 2>/dev/null)" = "$ATT116"
+
 # --- joins that must be refused ------------------------------------------------
 # join_refused MSG [ARGS...]: an agent on .119 with ARGS exits non-zero within
 # 10 s, printing exactly one line on stderr (RUST_LOG=off: only the fatal error).

@@ -81,6 +81,53 @@ fn main() {
     }
 }
 
+/// What makes this agent the only one on its host and on its state
+/// directory; released when the process ends, however it ends.
+struct HostClaim {
+    _socket: std::os::unix::net::UnixListener,
+    _state: std::fs::File,
+}
+
+/// Refuses a second agent before it changes anything: in the same network
+/// namespace (a host has one dataplane, one TUN, one set of ingress rules),
+/// by an abstract socket, which belongs to the namespace and goes with the
+/// process; and on the same state directory (it would take the first
+/// one's attachments for a crashed predecessor's and clear them), by a lock
+/// on a file there.
+fn claim_host(state_dir: &std::path::Path) -> Result<HostClaim, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::linux::net::SocketAddrExt;
+    let name = std::os::unix::net::SocketAddr::from_abstract_name(b"mesh-agent")
+        .map_err(|e| format!("cannot name the agent's host lock: {e}"))?;
+    let socket = std::os::unix::net::UnixListener::bind_addr(&name).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            "another mesh-agent is running on this host (network namespace): stop it first".into()
+        } else {
+            format!("cannot take the agent's host lock: {e}")
+        }
+    })?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
+    let path = state_dir.join("lock");
+    let state = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(state.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another mesh-agent uses the state directory {}: give each agent its own --state-dir",
+            state_dir.display()
+        ));
+    }
+    Ok(HostClaim {
+        _socket: socket,
+        _state: state,
+    })
+}
+
 /// Raises the soft limit on open files to the hard one. Every container
 /// costs the agent descriptors (its TAP, its DNS sockets, their
 /// connections and forwards), and the usual soft limit of 1024 would cap a
@@ -115,6 +162,8 @@ fn fail(msg: String) -> ! {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Held for the agent's whole life; checked before anything is touched.
+    let _alone = claim_host(&args.state_dir)?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
