@@ -291,6 +291,21 @@ check "service ls counts m3, attached on both networks, as one of 3 replicas" mu
 check "the task on the second network sees the real client" \
     bash -c "for i in 1 2 3; do ip netns exec mt-out curl -s -m 3 http://$UNDERLAY.116:8090/; done | grep -qx 'm2 $UNDERLAY.10'"
 
+# ---- something else removes the host's rules (a network manager restarting) -----
+# As systemd-networkd does with rules it did not make: .116's steering rules
+# and the moved local rule go. Without the local rule the host delivers
+# nothing to itself; the agent puts all of it back.
+ip -n mt-h116 rule del pref 1000 lookup local || die "setup: no local rule at 1000 on .116"
+for _ in $(seq 64); do ip -n mt-h116 rule del table 4789000 2>/dev/null || break; done
+rules_back() {
+    ip -n mt-h116 rule show | grep -q 'lookup local' &&
+        ip -n mt-h116 rule show | grep -q 'lookup 4789000' &&
+        get mt-out "http://$UNDERLAY.116:8000/" | grep -q "^w[123] $UNDERLAY.10:"
+}
+check "rules removed behind .116's back: local delivery and port 8000 back within 3 s" wait_until 3 rules_back
+check "  ... .116's own address answers it again (ping from outside)" \
+    ip netns exec mt-out ping -n -c 1 -W 2 "$UNDERLAY.116"
+
 # ---- a task host going Down -----------------------------------------------------
 kill_agent 118
 only_up() {

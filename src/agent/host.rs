@@ -115,17 +115,30 @@ impl Agent {
                 .insert((n.subnet.addr(), n.subnet.prefix_len()));
         }
         // `ip` and `nft` run as child processes (a few ms, only when the plan
-        // changed): tell the runtime this worker blocks meanwhile.
-        let mut apply = || routing.apply(&plan);
-        let result = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(apply)
-            }
-            _ => apply(),
-        };
-        if let Err(e) = result {
+        // changed).
+        if let Err(e) = blocking(|| routing.apply(&plan)) {
             tracing::warn!(error = %e, "ingress rules not fully applied");
         }
+    }
+
+    /// Puts back the ingress rules if something else removed them (see
+    /// `netns::ingress::repair`).
+    pub(super) fn repair_host_rules(&self) {
+        let mut guard = self.host_routing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(routing) = guard.as_mut() {
+            blocking(|| routing.repair());
+        }
+    }
+}
+
+/// Runs `f`, which waits on a child process (`ip`, `nft`: a few ms), telling
+/// the runtime that this worker blocks meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

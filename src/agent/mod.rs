@@ -187,6 +187,11 @@ impl Agent {
                     addresses = now;
                 }
             }
+            if turn % ADDRESS_TICKS == ADDRESS_TICKS / 2 {
+                // Others may have removed the host's rules (a network
+                // manager restarting): put them back.
+                self.repair_host_rules();
+            }
             tokio::time::sleep(TICK).await;
         }
     }

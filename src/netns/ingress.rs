@@ -299,8 +299,10 @@ impl HostRouting {
         // Add the new `local` rule before deleting the old one, so that there
         // is never a moment without it. Either may be done already (an agent
         // was killed before it could put them back): not an error.
+        // Marked as the kernel's, as the rule it replaces: network managers
+        // that clear rules they did not make leave it alone.
         let moved = ip_batch(&[
-            format!("rule add pref {PREF_LOCAL} lookup local"),
+            format!("rule add pref {PREF_LOCAL} lookup local protocol kernel"),
             "rule del pref 0 lookup local".to_string(),
         ]);
         if let Err(e) = moved {
@@ -325,15 +327,21 @@ impl HostRouting {
         &self.applied.addresses
     }
 
-    /// Deletes every rule that points at [`TABLE`] (left by an agent that
-    /// was killed), one at a time: `ip rule del` takes the first match.
+    /// Deletes what an agent that was killed left: every rule that points
+    /// at [`TABLE`], and the nftables table.
     fn remove_stale() {
+        Self::remove_stale_rules();
+        succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
+    }
+
+    /// Deletes every rule that points at [`TABLE`], one at a time: `ip rule
+    /// del` takes the first match.
+    fn remove_stale_rules() {
         for _ in 0..4096 {
             if !succeeds("ip", &["rule", "del", "table", &TABLE.to_string()]) {
                 break;
             }
         }
-        succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
     }
 
     fn published_rule(verb: &str, (to, p): &(Ipv4Addr, PublishedPort)) -> String {
@@ -539,5 +547,6 @@ impl Drop for HostRouting {
     }
 }
 
+mod repair;
 #[cfg(test)]
 mod tests;

@@ -100,3 +100,23 @@ fn icmp_errors_about_published_ports_are_marked_for_the_tun() {
         format!("rule add pref {PREF_PUBLISHED} fwmark 0x6d657368 lookup {TABLE}")
     );
 }
+
+#[test]
+fn the_rules_and_route_listed_are_counted() {
+    use super::repair::{found, Found};
+    let text = "0:\tfrom all lookup local\n\
+        10:\tfrom all to 192.168.100.116 ipproto tcp dport 8000 lookup 4789000\n\
+        10:\tfrom all fwmark 0x4d45 lookup 4789000\n\
+        1001:\tfrom all to 10.0.0.0/24 lookup 4789000 proto kernel\n\
+        32766:\tfrom all lookup main\n\
+        default dev mesh-ingress scope link\n";
+    assert_eq!(
+        found(text),
+        Found {
+            local: 1,
+            ours: 3,
+            route: true
+        }
+    );
+    assert_eq!(found("32766:\tfrom all lookup main\n"), Found::default());
+}
