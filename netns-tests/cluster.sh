@@ -164,4 +164,11 @@ check "network create on .116 goes to leader .119 on its own gossip port" \
     mctl 116 network create third
 check "... and .119 decided it" grep -q 'cluster change decided.*third' "$TMP/h119.log"
 
+# --- HUP (the terminal that started it went away) stops an agent cleanly -------
+HPID=${AGENT_PID[117]}
+kill -HUP "$HPID"
+check "HUP: .117's agent exits" wait_until 10 gone "$HPID"
+check "  ... after taking its host rules down" grep -q 'ingress rules removed' "$TMP/h117.log"
+check_not "  ... and leaves no rule pointing at its table" sh -c "ip -n mt-h117 rule show | grep -q 4789000"
+
 finish

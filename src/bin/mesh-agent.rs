@@ -164,6 +164,12 @@ fn fail(msg: String) -> ! {
 async fn run(args: Args) -> Result<(), String> {
     // Held for the agent's whole life; checked before anything is touched.
     let _alone = claim_host(&args.state_dir)?;
+    // Set up before anything needs undoing. TERM and INT stop the agent
+    // cleanly, and so does HUP (the terminal that started it went away).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch TERM: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot watch HUP: {e}"))?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -236,8 +242,6 @@ async fn run(args: Args) -> Result<(), String> {
     let gate = Arc::new(mesh::api::Gate::default());
     let door = gate.clone();
     let server = tokio::spawn(async move { mesh::api::server::serve(&api, served, door).await });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
     let result = tokio::select! {
         r = server => match r {
             Ok(Ok(())) => Ok(()),
@@ -246,6 +250,7 @@ async fn run(args: Args) -> Result<(), String> {
         },
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
+        _ = hup.recv() => Ok(()),
     };
     // No new requests; those running finish first (an attach saves what it
     // did, a detach ends its drain), bounded: the longest drain, or an
