@@ -337,15 +337,18 @@ steers_again() { ip -n mt-h117 rule | grep -q 'dport 8080'; }
 check "the restarted .117 steers the published ports again" wait_until 10 steers_again
 check "  ... and removed the DNS settings the crashed agent left in wp's namespace" \
     test ! -e /etc/netns/mt-wp/resolv.conf
+# Someone else reserves a port meanwhile: the agent must leave it there.
+ip netns exec mt-h117 sh -c 'f=/proc/sys/net/ipv4/ip_local_reserved_ports; echo "$(cat $f),5555" >$f' ||
+    die "setup: reserve 5555 on .117"
 kill_agent 117 TERM
 clean() {
     ! ip -n mt-h117 rule | grep -q 4789000 &&
         ip -n mt-h117 rule | grep -q '^0:.*lookup local' &&
         ! ip -n mt-h117 link show mesh-ingress >/dev/null 2>&1 &&
         ! ip netns exec mt-h117 nft list table ip mesh >/dev/null 2>&1 &&
-        [ -z "$(reserved 117)" ] && [ "$(forward)" = "$FORWARD_BEFORE" ]
+        [ "$(reserved 117)" = 5555 ] && [ "$(forward)" = "$FORWARD_BEFORE" ]
 }
-check "a stopped agent (after a crash and a restart) leaves no rule, no TUN, no nftables table, no reserved port, forwarding as it was; local rule back at 0" \
+check "a stopped agent (after a crash and a restart) leaves no rule, no TUN, no nftables table, no reserved port of its own (5555, reserved by someone else meanwhile, stays), forwarding as it was; local rule back at 0" \
     wait_until 5 clean
 
 finish

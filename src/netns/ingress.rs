@@ -143,7 +143,8 @@ pub struct HostRouting {
     applied: HostPlan,
     /// Sysctls as they were before setup, put back by teardown.
     forward_before: Option<String>,
-    reserved_before: Option<String>,
+    /// The host's sysctls as the agent found them (kept in `saved`).
+    before: SysctlsBefore,
     /// Where those two are kept until teardown.
     saved: PathBuf,
     nft: bool,
@@ -199,6 +200,66 @@ fn ip_batch(commands: &[String]) -> Result<(), NetnsError> {
     )
 }
 
+/// Keeps the host's sysctls as found (and the ports the agent reserved) in
+/// `saved`, for the next agent should this one be killed.
+fn keep(saved: &Path, before: &SysctlsBefore) {
+    let json = serde_json::to_vec(before).unwrap_or_default();
+    if let Err(e) = std::fs::write(saved, json) {
+        tracing::warn!(file = %saved.display(), error = %e,
+            "cannot keep the host's sysctls: after a crash they would not be restored");
+    }
+}
+
+/// The ports in a list as `ip_local_reserved_ports` shows it: `7001,9001-9002`.
+pub fn port_list(text: &str) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for item in text
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+            ports.extend(lo..=hi);
+        }
+    }
+    ports
+}
+
+/// `ports` written as `ip_local_reserved_ports` takes them (runs as ranges);
+/// a newline for none (the kernel refuses an empty write).
+pub fn port_list_text(ports: &BTreeSet<u16>) -> String {
+    let mut items: Vec<String> = vec![];
+    let mut run: Option<(u16, u16)> = None;
+    for &p in ports {
+        run = match run {
+            Some((lo, hi)) if hi.checked_add(1) == Some(p) => Some((lo, p)),
+            Some((lo, hi)) => {
+                items.push(if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                });
+                Some((p, p))
+            }
+            None => Some((p, p)),
+        };
+    }
+    if let Some((lo, hi)) = run {
+        items.push(if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        });
+    }
+    if items.is_empty() {
+        "\n".into()
+    } else {
+        items.join(",")
+    }
+}
+
 fn sysctl(path: &str, value: &str) -> Result<(), NetnsError> {
     std::fs::write(path, value)
         .map_err(|e| NetnsError::Config(format!("cannot set {path} to {value}: {e}")))
@@ -221,6 +282,10 @@ struct SysctlsBefore {
     boot_id: Option<String>,
     ip_forward: Option<String>,
     ip_local_reserved_ports: Option<String>,
+    /// The ports the agent added to `ip_local_reserved_ports` (the rest of
+    /// the list is others'), kept up to date as they change.
+    #[serde(default)]
+    reserved_ours: BTreeSet<u16>,
 }
 
 impl HostRouting {
@@ -261,12 +326,9 @@ impl HostRouting {
                     boot_id,
                     ip_forward: read(FORWARD),
                     ip_local_reserved_ports: read(RESERVED_PORTS),
+                    reserved_ours: BTreeSet::new(),
                 };
-                let json = serde_json::to_vec(&b).unwrap_or_default();
-                if let Err(e) = std::fs::write(saved, json) {
-                    tracing::warn!(file = %saved.display(), error = %e,
-                        "cannot keep the host's sysctls: after a crash they would not be restored");
-                }
+                keep(saved, &b);
                 b
             }
         };
@@ -274,8 +336,8 @@ impl HostRouting {
         let mut r = HostRouting {
             tun: tun.to_string(),
             applied: HostPlan::default(),
-            forward_before: before.ip_forward,
-            reserved_before: before.ip_local_reserved_ports,
+            forward_before: before.ip_forward.clone(),
+            before,
             saved: saved.to_path_buf(),
             nft: false,
             active: true,
@@ -388,20 +450,25 @@ impl HostRouting {
     }
 
     /// Keeps the host's own sockets off the published ports as ephemeral
-    /// ports: the value the host had, plus the published ports.
-    fn reserve_ports(&self, plan: &HostPlan) -> Result<(), NetnsError> {
-        let Some(before) = &self.reserved_before else {
+    /// ports: adds them to the host's list, and takes out those it added
+    /// before that are no longer published. Ports others put there (before
+    /// the agent started, or since) stay.
+    fn reserve_ports(&mut self, plan: &HostPlan) -> Result<(), NetnsError> {
+        if self.before.ip_local_reserved_ports.is_none() {
             return Ok(());
-        };
-        let mut list: Vec<String> = before
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
+        }
+        let current = std::fs::read_to_string(RESERVED_PORTS)
+            .map_err(|e| NetnsError::Config(format!("cannot read {RESERVED_PORTS}: {e}")))?;
+        let others: BTreeSet<u16> = port_list(&current)
+            .difference(&self.before.reserved_ours)
+            .copied()
             .collect();
-        let ports: BTreeSet<u16> = plan.published.iter().map(|p| p.port).collect();
-        list.extend(ports.iter().map(u16::to_string));
-        sysctl(RESERVED_PORTS, &list.join(","))
+        let want: BTreeSet<u16> = plan.published.iter().map(|p| p.port).collect();
+        let all: BTreeSet<u16> = others.union(&want).copied().collect();
+        let result = sysctl(RESERVED_PORTS, &port_list_text(&all));
+        self.before.reserved_ours = want.difference(&others).copied().collect();
+        keep(&self.saved, &self.before);
+        result
     }
 
     /// The `ip rule` commands that take the rules of plan `from` to those
@@ -457,8 +524,12 @@ impl HostRouting {
         if let Some(v) = &self.forward_before {
             let _ = sysctl(FORWARD, v);
         }
-        if let Some(v) = &self.reserved_before {
-            let _ = sysctl(RESERVED_PORTS, if v.is_empty() { "\n" } else { v });
+        if let Ok(current) = std::fs::read_to_string(RESERVED_PORTS) {
+            let left: BTreeSet<u16> = port_list(&current)
+                .difference(&self.before.reserved_ours)
+                .copied()
+                .collect();
+            let _ = sysctl(RESERVED_PORTS, &port_list_text(&left));
         }
         let _ = std::fs::remove_file(&self.saved);
         tracing::info!("ingress rules removed");

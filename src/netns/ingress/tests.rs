@@ -120,3 +120,20 @@ fn the_rules_and_route_listed_are_counted() {
     );
     assert_eq!(found("32766:\tfrom all lookup main\n"), Found::default());
 }
+
+#[test]
+fn reserved_port_lists_read_and_write_as_the_kernel_shows_them() {
+    use super::{port_list, port_list_text};
+    let ports = port_list("7001,8000,9001-9003\n");
+    assert_eq!(
+        ports.iter().copied().collect::<Vec<_>>(),
+        [7001, 8000, 9001, 9002, 9003]
+    );
+    assert_eq!(port_list_text(&ports), "7001,8000,9001-9003");
+    assert_eq!(port_list_text(&port_list("")), "\n");
+    assert_eq!(port_list_text(&port_list("65534-65535")), "65534-65535");
+    // Others' ports stay when the agent takes out its own.
+    let mine = port_list("8000,9002");
+    let left: std::collections::BTreeSet<u16> = ports.difference(&mine).copied().collect();
+    assert_eq!(port_list_text(&left), "7001,9001,9003");
+}
