@@ -346,7 +346,11 @@ impl HostRouting {
         super::addr_add(tun, address, 32)?;
         super::link_set_up(tun)?;
         let conf = format!("/proc/sys/net/ipv4/conf/{tun}");
-        sysctl(&format!("{conf}/rp_filter"), "0")?;
+        // Loose reverse-path filtering on the TUN: the kernel takes the
+        // larger of `all` and the interface's value, so 0 here would still
+        // leave a host's strict `all.rp_filter=1` in force, and drop a task's
+        // translated ICMP error (from this host's own address, no port).
+        sysctl(&format!("{conf}/rp_filter"), "2")?;
         // Replies to `curl 127.0.0.1:PORT` come back from 127.0.0.1.
         sysctl(&format!("{conf}/route_localnet"), "1")?;
         // A task's ICMP error, translated, comes back from this host's own
