@@ -142,6 +142,9 @@ table inet mt_block {
     chain in { type filter hook input priority 0; udp dport 7950 drop; }
     chain out { type filter hook output priority 0; udp dport 7946 drop; }
 }
+table ip filter {
+    chain FORWARD { type filter hook forward priority 0; policy drop; }
+}
 NFT
 start_agent 119 --join "$UNDERLAY.116:7946" --join-token "$TOKEN" --gossip-port 7950
 timeout 25 "$BIN/meshctl" --api "$TMP/h119.sock" network create other >"$TMP/other.out" 2>&1 &
@@ -160,6 +163,8 @@ vnis_distinct() {
 }
 check "demo and other have distinct VNIs and subnets (as .116 sees them)" wait_until 5 vnis_distinct
 check ".116 sees .119 Ready" wait_until 10 status_of 116 "$UNDERLAY.119" Ready
+check ".119's agent warned that chain ip filter FORWARD (policy drop, as Docker's) blocks its forwarding" \
+    grep -q 'chain ip filter FORWARD drops forwarded packets' "$TMP/h119.log"
 check "network create on .116 goes to leader .119 on its own gossip port" \
     mctl 116 network create third
 check "... and .119 decided it" grep -q 'cluster change decided.*third' "$TMP/h119.log"

@@ -200,6 +200,27 @@ fn ip_batch(commands: &[String]) -> Result<(), NetnsError> {
     )
 }
 
+/// The forward-hook chains (`family table chain`) of other tables whose
+/// policy is drop, from `nft -j list chains`: each must accept the TUN's
+/// traffic too, or forwarded packets die there whatever the agent's own
+/// table says.
+pub fn forward_drops(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return vec![];
+    };
+    let items = v.get("nftables").and_then(|n| n.as_array());
+    items
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("chain"))
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop" && c["table"] != NFT_TABLE)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+            format!("{} {} {}", s("family"), s("table"), s("name"))
+        })
+        .collect()
+}
+
 /// Keeps the host's sysctls as found (and the ports the agent reserved) in
 /// `saved`, for the next agent should this one be killed.
 fn keep(saved: &Path, before: &SysctlsBefore) {
@@ -379,6 +400,15 @@ impl HostRouting {
             tracing::warn!(
                 "`nft` not found: containers get no egress to outside addresses (install nftables)"
             );
+        } else if let Ok(out) = Command::new("nft").args(["-j", "list", "chains"]).output() {
+            for chain in forward_drops(&String::from_utf8_lossy(&out.stdout)) {
+                tracing::warn!(
+                    "nftables chain {chain} drops forwarded packets by default: clients of published \
+                     ports from other hosts and containers' egress are forwarded through {tun}; \
+                     accept it there (Docker: iptables -I DOCKER-USER -i {tun} -j ACCEPT and \
+                     iptables -I DOCKER-USER -o {tun} -j ACCEPT)"
+                );
+            }
         }
         Ok(r)
     }

@@ -137,3 +137,16 @@ fn reserved_port_lists_read_and_write_as_the_kernel_shows_them() {
     let left: std::collections::BTreeSet<u16> = ports.difference(&mine).copied().collect();
     assert_eq!(port_list_text(&left), "7001,9001,9003");
 }
+
+#[test]
+fn forward_chains_that_drop_by_default_are_named() {
+    use super::forward_drops;
+    let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+        {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD", "hook": "forward", "policy": "accept"}},
+        {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "hook": "input", "policy": "drop"}},
+        {"chain": {"family": "ip", "table": "mesh", "name": "forward", "hook": "forward", "policy": "drop"}},
+        {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER"}}]}"#;
+    assert_eq!(forward_drops(json), ["ip filter FORWARD"]);
+    assert!(forward_drops("not json").is_empty());
+}
