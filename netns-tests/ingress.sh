@@ -210,6 +210,15 @@ expect_error "a port already published is refused" mctl 117 service create --nam
 expect_error "the VXLAN port cannot be published" mctl 117 service create --name vx --network web --publish 4789:80/udp
 created() { mctl 116 service ls --format json | jq -e 'any(.[]; .name == "other" or .name == "vx")'; }
 check_not "nothing was created for either" created
+# A host process already listening on a port that then gets published: the
+# agent says it will no longer get that port's traffic.
+ip netns exec mt-h117 timeout 20 nc -l 127.0.0.1 8123 >/dev/null 2>&1 &
+track $!
+wait_until 3 listening mt-h117 8123 || die "setup: a host listener on .117:8123"
+mctl 116 service create --name shadow --network web --publish 8123:80 >/dev/null || fail "service create shadow"
+check "publishing a port a host process listens on: .117's agent warns" \
+    wait_until 3 grep -q 'a process of this host listens on a published port.*port=8123' "$TMP/h117.log"
+mctl 116 service rm shadow >/dev/null || fail "service rm shadow"
 
 # ---- egress -----------------------------------------------------------------
 # (The outside server listens on 8000, a port the cluster publishes: only

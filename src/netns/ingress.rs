@@ -463,6 +463,16 @@ impl HostRouting {
         // Neither the reserved ports nor the nftables table depend on the
         // addresses: a change of those alone is the rules only.
         let ports = was.published != plan.published;
+        for p in plan.published.difference(&was.published) {
+            if super::sockets::port_in_use(p.port, p.protocol == "tcp") {
+                tracing::warn!(
+                    port = p.port,
+                    protocol = p.protocol,
+                    "a process of this host listens on a published port: from now on the \
+                     service's tasks get its traffic, on every address of the host"
+                );
+            }
+        }
         let reserved = if ports {
             self.reserve_ports(plan)
         } else {

@@ -54,6 +54,32 @@ pub fn count_inbound_open(table: &str) -> usize {
         .count()
 }
 
+/// The local ports that sockets listen on (TCP) or are bound to (UDP, any
+/// state), from the text of a /proc/net/tcp or udp table.
+pub fn bound_ports(table: &str, tcp: bool) -> std::collections::BTreeSet<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = u8::from_str_radix(fields.nth(1)?, 16).ok()?;
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (!tcp || state == LISTEN).then_some(port)
+        })
+        .collect()
+}
+
+/// Whether a socket of this namespace listens on TCP `port` (or is bound to
+/// UDP `port`), on any address.
+pub fn port_in_use(port: u16, tcp: bool) -> bool {
+    let kind = if tcp { "tcp" } else { "udp" };
+    [kind.to_string(), format!("{kind}6")].iter().any(|t| {
+        std::fs::read_to_string(format!("/proc/thread-self/net/{t}"))
+            .is_ok_and(|text| bound_ports(&text, tcp).contains(&port))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +104,12 @@ mod tests {
 ";
         assert_eq!(count_inbound_open(v6), 1);
         assert_eq!(count_inbound_open("header\ngarbage line\n"), 0);
+        // Port 80 listens; 0x9C40 is an outbound connection's.
+        assert_eq!(
+            bound_ports(table, true).into_iter().collect::<Vec<_>>(),
+            [80]
+        );
+        assert_eq!(bound_ports(table, false).len(), 2);
         // The agent's DNS on 127.0.0.11:53 with a client's TCP connection:
         // not the task's.
         let dns = format!(
