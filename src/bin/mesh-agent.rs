@@ -81,49 +81,64 @@ fn main() {
     }
 }
 
+/// Whether HUP was ignored when the agent started (`nohup`).
+fn hup_ignored() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into a zeroed struct of the right type.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// What makes this agent the only one on its host and on its state
 /// directory; released when the process ends, however it ends.
 struct HostClaim {
-    _socket: std::os::unix::net::UnixListener,
+    _host: std::fs::File,
     _state: std::fs::File,
+}
+
+/// An exclusive lock on `path` (created if need be), or None if another
+/// process holds it.
+fn lock_file(path: &std::path::Path) -> Result<Option<std::fs::File>, String> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(locked.then_some(file))
 }
 
 /// Refuses a second agent before it changes anything: in the same network
 /// namespace (a host has one dataplane, one TUN, one set of ingress rules),
-/// by an abstract socket, which belongs to the namespace and goes with the
-/// process; and on the same state directory (it would take the first
-/// one's attachments for a crashed predecessor's and clear them), by a lock
-/// on a file there.
+/// by a lock on a file named after the namespace in root's /run/mesh-agent;
+/// and on the same state directory (it would take the first one's
+/// attachments for a crashed predecessor's and clear them), by a lock on a
+/// file there. Locks go with the process, however it ends.
 fn claim_host(state_dir: &std::path::Path) -> Result<HostClaim, String> {
-    use std::os::fd::AsRawFd;
-    use std::os::linux::net::SocketAddrExt;
-    let name = std::os::unix::net::SocketAddr::from_abstract_name(b"mesh-agent")
-        .map_err(|e| format!("cannot name the agent's host lock: {e}"))?;
-    let socket = std::os::unix::net::UnixListener::bind_addr(&name).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            "another mesh-agent is running on this host (network namespace): stop it first".into()
-        } else {
-            format!("cannot take the agent's host lock: {e}")
-        }
-    })?;
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| format!("cannot read this process's network namespace: {e}"))?
+        .ino();
+    let run = std::path::Path::new("/run/mesh-agent");
+    std::fs::create_dir_all(run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
+    let host = lock_file(&run.join(format!("netns-{netns}.lock")))?
+        .ok_or("another mesh-agent is running on this host (network namespace): stop it first")?;
     std::fs::create_dir_all(state_dir)
         .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
-    let path = state_dir.join("lock");
-    let state = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(state.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
+    let state = lock_file(&state_dir.join("lock"))?.ok_or_else(|| {
+        format!(
             "another mesh-agent uses the state directory {}: give each agent its own --state-dir",
             state_dir.display()
-        ));
-    }
+        )
+    })?;
     Ok(HostClaim {
-        _socket: socket,
+        _host: host,
         _state: state,
     })
 }
@@ -169,7 +184,13 @@ async fn run(args: Args) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch TERM: {e}"))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot watch HUP: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch INT: {e}"))?;
+    // Started under `nohup` (HUP ignored): it stays ignored.
+    let mut hup = if hup_ignored() {
+        None
+    } else {
+        Some(signal(SignalKind::hangup()).map_err(|e| format!("cannot watch HUP: {e}"))?)
+    };
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -248,9 +269,14 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(Err(e)) => Err(format!("API socket {}: {e}", args.api.display())),
             Err(e) => Err(format!("API server stopped: {e}")),
         },
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = int.recv() => Ok(()),
         _ = term.recv() => Ok(()),
-        _ = hup.recv() => Ok(()),
+        _ = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        } => Ok(()),
     };
     // No new requests; those running finish first (an attach saves what it
     // did, a detach ends its drain), bounded: the longest drain, or an

@@ -149,6 +149,9 @@ pub struct HostRouting {
     saved: PathBuf,
     nft: bool,
     active: bool,
+    /// What the last repair found (see `repair`), while the rules are not
+    /// as planned.
+    unrepaired: Option<repair::Found>,
 }
 
 /// Runs `program args` with `script` on its standard input; an error names
@@ -225,7 +228,10 @@ pub fn forward_drops(json: &str) -> Vec<String> {
 /// `saved`, for the next agent should this one be killed.
 fn keep(saved: &Path, before: &SysctlsBefore) {
     let json = serde_json::to_vec(before).unwrap_or_default();
-    if let Err(e) = std::fs::write(saved, json) {
+    // Whole or not at all: written aside, then renamed over the old one.
+    let aside = saved.with_extension("new");
+    let written = std::fs::write(&aside, json).and_then(|()| std::fs::rename(&aside, saved));
+    if let Err(e) = written {
         tracing::warn!(file = %saved.display(), error = %e,
             "cannot keep the host's sysctls: after a crash they would not be restored");
     }
@@ -304,9 +310,28 @@ struct SysctlsBefore {
     ip_forward: Option<String>,
     ip_local_reserved_ports: Option<String>,
     /// The ports the agent added to `ip_local_reserved_ports` (the rest of
-    /// the list is others'), kept up to date as they change.
+    /// the list is others'), kept up to date as they change. None in a file
+    /// from an agent that did not keep them.
     #[serde(default)]
-    reserved_ours: BTreeSet<u16>,
+    reserved_ours: Option<BTreeSet<u16>>,
+}
+
+impl SysctlsBefore {
+    /// The ports the agent added: as kept, or for a file that does not say,
+    /// those in the list now that were not in it before.
+    fn ours(&self) -> BTreeSet<u16> {
+        match &self.reserved_ours {
+            Some(ours) => ours.clone(),
+            None => {
+                let now = std::fs::read_to_string(RESERVED_PORTS).unwrap_or_default();
+                let before = self.ip_local_reserved_ports.as_deref().unwrap_or("");
+                port_list(&now)
+                    .difference(&port_list(before))
+                    .copied()
+                    .collect()
+            }
+        }
+    }
 }
 
 impl HostRouting {
@@ -347,7 +372,7 @@ impl HostRouting {
                     boot_id,
                     ip_forward: read(FORWARD),
                     ip_local_reserved_ports: read(RESERVED_PORTS),
-                    reserved_ours: BTreeSet::new(),
+                    reserved_ours: Some(BTreeSet::new()),
                 };
                 keep(saved, &b);
                 b
@@ -362,6 +387,7 @@ impl HostRouting {
             saved: saved.to_path_buf(),
             nft: false,
             active: true,
+            unrepaired: None,
         };
         super::link_set_mtu(tun, mtu)?;
         super::addr_add(tun, address, 32)?;
@@ -503,16 +529,19 @@ impl HostRouting {
         }
         let current = std::fs::read_to_string(RESERVED_PORTS)
             .map_err(|e| NetnsError::Config(format!("cannot read {RESERVED_PORTS}: {e}")))?;
-        let others: BTreeSet<u16> = port_list(&current)
-            .difference(&self.before.reserved_ours)
-            .copied()
-            .collect();
+        let ours = self.before.ours();
+        let others: BTreeSet<u16> = port_list(&current).difference(&ours).copied().collect();
         let want: BTreeSet<u16> = plan.published.iter().map(|p| p.port).collect();
-        let all: BTreeSet<u16> = others.union(&want).copied().collect();
-        let result = sysctl(RESERVED_PORTS, &port_list_text(&all));
-        self.before.reserved_ours = want.difference(&others).copied().collect();
+        let new_ours: BTreeSet<u16> = want.difference(&others).copied().collect();
+        // Kept first as both old and new: killed between the two writes,
+        // the next agent still takes out every port this one may have put in.
+        self.before.reserved_ours = Some(ours.union(&new_ours).copied().collect());
         keep(&self.saved, &self.before);
-        result
+        let all: BTreeSet<u16> = others.union(&want).copied().collect();
+        sysctl(RESERVED_PORTS, &port_list_text(&all))?;
+        self.before.reserved_ours = Some(new_ours);
+        keep(&self.saved, &self.before);
+        Ok(())
     }
 
     /// The `ip rule` commands that take the rules of plan `from` to those
@@ -556,7 +585,7 @@ impl HostRouting {
         self.active = false;
         let mut cmds = Self::rule_changes(&self.applied, &HostPlan::default());
         cmds.push(error_rule("del"));
-        cmds.push("rule add pref 0 lookup local".to_string());
+        cmds.push("rule add pref 0 lookup local protocol kernel".to_string());
         cmds.push(format!("rule del pref {PREF_LOCAL} lookup local"));
         cmds.push(format!("route flush table {TABLE}"));
         if let Err(e) = ip_batch(&cmds) {
@@ -570,7 +599,7 @@ impl HostRouting {
         }
         if let Ok(current) = std::fs::read_to_string(RESERVED_PORTS) {
             let left: BTreeSet<u16> = port_list(&current)
-                .difference(&self.before.reserved_ours)
+                .difference(&self.before.ours())
                 .copied()
                 .collect();
             let _ = sysctl(RESERVED_PORTS, &port_list_text(&left));

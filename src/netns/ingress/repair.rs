@@ -10,10 +10,12 @@ use super::{error_rule, ip_batch, HostPlan, HostRouting, PREF_LOCAL, TABLE};
 use std::process::Command;
 
 /// What the agent looks for in `ip rule show` and `ip route show table`.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Found {
-    /// Rules that look up `local`.
-    pub local: usize,
+    /// A `local` rule at [`PREF_LOCAL`], where the agent moved it.
+    pub local_moved: bool,
+    /// A `local` rule at 0, ahead of the published ports' rules.
+    pub local_first: bool,
     /// Rules that look up [`TABLE`].
     pub ours: usize,
     /// Whether [`TABLE`] has its default route.
@@ -30,8 +32,16 @@ pub(super) fn found(text: &str) -> Found {
             f.route = true;
             continue;
         }
+        let pref = words
+            .first()
+            .and_then(|w| w.strip_suffix(':'))
+            .and_then(|p| p.parse::<u32>().ok());
         match words.iter().position(|w| *w == "lookup") {
-            Some(i) if words.get(i + 1) == Some(&"local") => f.local += 1,
+            Some(i) if words.get(i + 1) == Some(&"local") => match pref {
+                Some(0) => f.local_first = true,
+                Some(PREF_LOCAL) => f.local_moved = true,
+                _ => {}
+            },
             Some(i) if words.get(i + 1) == Some(&table.as_str()) => f.ours += 1,
             _ => {}
         }
@@ -64,34 +74,46 @@ impl HostRouting {
         };
         let f = found(&String::from_utf8_lossy(&out.stdout));
         let want = self.applied.steered().len() + self.applied.subnets.len() + 1;
-        if f.local > 0 && f.ours == want && f.route {
+        if f.local_moved && !f.local_first && f.ours == want && f.route {
+            self.unrepaired = None;
+            return;
+        }
+        // The same as after the last repair: that one could not help (a
+        // rule the kernel refuses), and neither would this one.
+        if self.unrepaired.as_ref() == Some(&f) {
             return;
         }
         tracing::warn!(
-            local_rules = f.local,
+            local_rule_moved = f.local_moved,
+            local_rule_first = f.local_first,
             rules = f.ours,
             expected = want,
             route = f.route,
             "the ingress rules were changed by something else (a network manager restarting?): putting them back"
         );
         let mut cmds = vec![];
-        if f.local == 0 {
+        if !f.local_moved {
             // Marked as the kernel's, which network managers leave alone.
             cmds.push(format!(
                 "rule add pref {PREF_LOCAL} lookup local protocol kernel"
             ));
+        }
+        if f.local_first {
+            cmds.push("rule del pref 0 lookup local".to_string());
         }
         cmds.push(format!(
             "route replace default dev {} table {TABLE}",
             self.tun
         ));
         if f.ours != want {
-            Self::remove_stale_rules();
+            // Every rule of the plan again; those still there say so and
+            // stay (the batch goes on), no rule is ever missing meanwhile.
             cmds.push(error_rule("add"));
             cmds.extend(Self::rule_changes(&HostPlan::default(), &self.applied));
         }
         if let Err(e) = ip_batch(&cmds) {
-            tracing::warn!(error = %e, "ingress rules not all put back");
+            tracing::debug!(error = %e, "ingress rules not all put back");
         }
+        self.unrepaired = Some(f);
     }
 }

@@ -113,11 +113,14 @@ fn the_rules_and_route_listed_are_counted() {
     assert_eq!(
         found(text),
         Found {
-            local: 1,
+            local_moved: false,
+            local_first: true,
             ours: 3,
             route: true
         }
     );
+    let moved = found("1000:\tfrom all lookup local\n");
+    assert!(moved.local_moved && !moved.local_first);
     assert_eq!(found("32766:\tfrom all lookup main\n"), Found::default());
 }
 
