@@ -42,7 +42,12 @@
 //!
 //! Everything here is undone by [`HostRouting::teardown`] (also on drop, and
 //! when setting up fails half-way); rules left by an agent that was killed
-//! are removed when the next one starts.
+//! are removed when the next one starts, and rules removed by something
+//! else while the agent runs are put back.
+//!
+//! Here: the rules and the TUN's routing. Beside it: the nftables table
+//! (`nft`), the host's sysctls as found and the reserved ports
+//! (`sysctls`), and putting back removed rules (`repair`).
 
 use super::NetnsError;
 use std::collections::BTreeSet;
@@ -203,90 +208,6 @@ fn ip_batch(commands: &[String]) -> Result<(), NetnsError> {
     )
 }
 
-/// The forward-hook chains (`family table chain`) of other tables whose
-/// policy is drop, from `nft -j list chains`: each must accept the TUN's
-/// traffic too, or forwarded packets die there whatever the agent's own
-/// table says.
-pub fn forward_drops(json: &str) -> Vec<String> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-        return vec![];
-    };
-    let items = v.get("nftables").and_then(|n| n.as_array());
-    items
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.get("chain"))
-        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop" && c["table"] != NFT_TABLE)
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
-            format!("{} {} {}", s("family"), s("table"), s("name"))
-        })
-        .collect()
-}
-
-/// Keeps the host's sysctls as found (and the ports the agent reserved) in
-/// `saved`, for the next agent should this one be killed.
-fn keep(saved: &Path, before: &SysctlsBefore) {
-    let json = serde_json::to_vec(before).unwrap_or_default();
-    // Whole or not at all: written aside, then renamed over the old one.
-    let aside = saved.with_extension("new");
-    let written = std::fs::write(&aside, json).and_then(|()| std::fs::rename(&aside, saved));
-    if let Err(e) = written {
-        tracing::warn!(file = %saved.display(), error = %e,
-            "cannot keep the host's sysctls: after a crash they would not be restored");
-    }
-}
-
-/// The ports in a list as `ip_local_reserved_ports` shows it: `7001,9001-9002`.
-pub fn port_list(text: &str) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
-    for item in text
-        .trim()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let (lo, hi) = item.split_once('-').unwrap_or((item, item));
-        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
-            ports.extend(lo..=hi);
-        }
-    }
-    ports
-}
-
-/// `ports` written as `ip_local_reserved_ports` takes them (runs as ranges);
-/// a newline for none (the kernel refuses an empty write).
-pub fn port_list_text(ports: &BTreeSet<u16>) -> String {
-    let mut items: Vec<String> = vec![];
-    let mut run: Option<(u16, u16)> = None;
-    for &p in ports {
-        run = match run {
-            Some((lo, hi)) if hi.checked_add(1) == Some(p) => Some((lo, p)),
-            Some((lo, hi)) => {
-                items.push(if lo == hi {
-                    lo.to_string()
-                } else {
-                    format!("{lo}-{hi}")
-                });
-                Some((p, p))
-            }
-            None => Some((p, p)),
-        };
-    }
-    if let Some((lo, hi)) = run {
-        items.push(if lo == hi {
-            lo.to_string()
-        } else {
-            format!("{lo}-{hi}")
-        });
-    }
-    if items.is_empty() {
-        "\n".into()
-    } else {
-        items.join(",")
-    }
-}
-
 fn sysctl(path: &str, value: &str) -> Result<(), NetnsError> {
     std::fs::write(path, value)
         .map_err(|e| NetnsError::Config(format!("cannot set {path} to {value}: {e}")))
@@ -300,38 +221,6 @@ fn rule(verb: &str, pref: u32, selector: &str) -> String {
 /// [`ERROR_MARK`] by the nftables table) to the TUN.
 fn error_rule(verb: &str) -> String {
     rule(verb, PREF_PUBLISHED, &format!("fwmark {ERROR_MARK:#x}"))
-}
-
-/// The host's values of the sysctls the agent changes, as it found them.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SysctlsBefore {
-    /// The boot they were read in.
-    boot_id: Option<String>,
-    ip_forward: Option<String>,
-    ip_local_reserved_ports: Option<String>,
-    /// The ports the agent added to `ip_local_reserved_ports` (the rest of
-    /// the list is others'), kept up to date as they change. None in a file
-    /// from an agent that did not keep them.
-    #[serde(default)]
-    reserved_ours: Option<BTreeSet<u16>>,
-}
-
-impl SysctlsBefore {
-    /// The ports the agent added: as kept, or for a file that does not say,
-    /// those in the list now that were not in it before.
-    fn ours(&self) -> BTreeSet<u16> {
-        match &self.reserved_ours {
-            Some(ours) => ours.clone(),
-            None => {
-                let now = std::fs::read_to_string(RESERVED_PORTS).unwrap_or_default();
-                let before = self.ip_local_reserved_ports.as_deref().unwrap_or("");
-                port_list(&now)
-                    .difference(&port_list(before))
-                    .copied()
-                    .collect()
-            }
-        }
-    }
 }
 
 impl HostRouting {
@@ -519,31 +408,6 @@ impl HostRouting {
         rules.and(reserved).and(nft)
     }
 
-    /// Keeps the host's own sockets off the published ports as ephemeral
-    /// ports: adds them to the host's list, and takes out those it added
-    /// before that are no longer published. Ports others put there (before
-    /// the agent started, or since) stay.
-    fn reserve_ports(&mut self, plan: &HostPlan) -> Result<(), NetnsError> {
-        if self.before.ip_local_reserved_ports.is_none() {
-            return Ok(());
-        }
-        let current = std::fs::read_to_string(RESERVED_PORTS)
-            .map_err(|e| NetnsError::Config(format!("cannot read {RESERVED_PORTS}: {e}")))?;
-        let ours = self.before.ours();
-        let others: BTreeSet<u16> = port_list(&current).difference(&ours).copied().collect();
-        let want: BTreeSet<u16> = plan.published.iter().map(|p| p.port).collect();
-        let new_ours: BTreeSet<u16> = want.difference(&others).copied().collect();
-        // Kept first as both old and new: killed between the two writes,
-        // the next agent still takes out every port this one may have put in.
-        self.before.reserved_ours = Some(ours.union(&new_ours).copied().collect());
-        keep(&self.saved, &self.before);
-        let all: BTreeSet<u16> = others.union(&want).copied().collect();
-        sysctl(RESERVED_PORTS, &port_list_text(&all))?;
-        self.before.reserved_ours = Some(new_ours);
-        keep(&self.saved, &self.before);
-        Ok(())
-    }
-
     /// The `ip rule` commands that take the rules of plan `from` to those
     /// of plan `to`.
     fn rule_changes(from: &HostPlan, to: &HostPlan) -> Vec<String> {
@@ -609,88 +473,18 @@ impl HostRouting {
     }
 }
 
-/// The nftables script that replaces table [`NFT_TABLE`] for `plan`:
-/// masquerade for the overlay subnets' traffic to anything outside them
-/// (also a container calling its own host's published port, which then
-/// comes back into the TUN from the TUN's address, so that the reply finds
-/// its way back), a drop of new connections from outside to container
-/// addresses, and `notrack` for VXLAN datagrams.
-pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
-    let text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
-    let mut chains = client_errors_chain(tun, plan);
-    if !plan.subnets.is_empty() {
-        chains += &overlay_chains(tun, plan);
-    }
-    if chains.is_empty() {
-        return text;
-    }
-    text + &format!("table ip {NFT_TABLE} {{\n{chains}}}\n")
-}
-
-/// The chains for the overlay subnets: VXLAN `notrack`, containers closed
-/// to new connections from outside, egress masquerade.
-fn overlay_chains(tun: &str, plan: &HostPlan) -> String {
-    let subnets: Vec<String> = plan
-        .subnets
-        .iter()
-        .map(|(a, l)| format!("{a}/{l}"))
-        .collect();
-    let subnets = subnets.join(", ");
-    let mut text = String::new();
-    if plan.vxlan_port != 0 {
-        let p = plan.vxlan_port;
-        for (name, hook) in [("notrack_in", "prerouting"), ("notrack_out", "output")] {
-            text += &format!(
-                "  chain {name} {{\n    type filter hook {hook} priority raw; policy accept;\n    udp dport {p} notrack\n  }}\n"
-            );
-        }
-    }
-    text += &format!(
-        "  chain containers {{\n    type filter hook forward priority filter; policy accept;\n    iifname != \"{tun}\" oifname \"{tun}\" ip daddr {{ {subnets} }} ct state new drop\n  }}\n"
-    );
-    text += &format!(
-        "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {subnets} }} ip daddr != {{ {subnets} }} masquerade\n  }}\n"
-    );
-    text
-}
-
-/// The chain that marks ICMP errors (destination unreachable, time
-/// exceeded) coming from outside to one of the host's own addresses about
-/// a published port's reply, so that they go to the TUN and on to the task
-/// (which learns the path MTU to the client from them); errors for machines
-/// the host forwards for are left alone. The quoted packet's protocol and
-/// source port are read at fixed offsets, so only a quoted IPv4 header
-/// without options (as the agent's replies have) matches. Empty when
-/// nothing is published.
-fn client_errors_chain(tun: &str, plan: &HostPlan) -> String {
-    let mut rules = String::new();
-    for (name, number) in [("tcp", 6), ("udp", 17)] {
-        let ports: Vec<String> = plan
-            .published
-            .iter()
-            .filter(|p| p.protocol == name)
-            .map(|p| p.port.to_string())
-            .collect();
-        if ports.is_empty() {
-            continue;
-        }
-        rules += &format!(
-            "    iifname != \"{tun}\" fib daddr type local icmp type {{ destination-unreachable, time-exceeded }} @th,68,4 5 @th,136,8 {number} @th,224,16 {{ {} }} meta mark set {ERROR_MARK:#x}\n",
-            ports.join(", ")
-        );
-    }
-    if rules.is_empty() {
-        return rules;
-    }
-    format!("  chain client_errors {{\n    type filter hook prerouting priority mangle; policy accept;\n{rules}  }}\n")
-}
-
 impl Drop for HostRouting {
     fn drop(&mut self) {
         self.teardown();
     }
 }
 
+mod nft;
 mod repair;
+mod sysctls;
 #[cfg(test)]
 mod tests;
+
+pub use nft::{forward_drops, nft_ruleset};
+use sysctls::{keep, SysctlsBefore};
+pub use sysctls::{port_list, port_list_text};

@@ -1,0 +1,103 @@
+//! The nftables side of ingress: the agent's own table (`ip mesh`: egress
+//! masquerade, the LAN kept off container addresses, VXLAN out of conntrack,
+//! ICMP errors about published ports' replies marked for the TUN), and what
+//! the agent reads of other tables (a forward chain that drops by default).
+
+use super::{HostPlan, ERROR_MARK, NFT_TABLE};
+
+/// The forward-hook chains (`family table chain`) of other tables whose
+/// policy is drop, from `nft -j list chains`: each must accept the TUN's
+/// traffic too, or forwarded packets die there whatever the agent's own
+/// table says.
+pub fn forward_drops(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return vec![];
+    };
+    let items = v.get("nftables").and_then(|n| n.as_array());
+    items
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("chain"))
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop" && c["table"] != NFT_TABLE)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+            format!("{} {} {}", s("family"), s("table"), s("name"))
+        })
+        .collect()
+}
+
+/// The nftables script that replaces table [`NFT_TABLE`] for `plan`:
+/// masquerade for the overlay subnets' traffic to anything outside them
+/// (also a container calling its own host's published port, which then
+/// comes back into the TUN from the TUN's address, so that the reply finds
+/// its way back), a drop of new connections from outside to container
+/// addresses, and `notrack` for VXLAN datagrams.
+pub fn nft_ruleset(tun: &str, plan: &HostPlan) -> String {
+    let text = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    let mut chains = client_errors_chain(tun, plan);
+    if !plan.subnets.is_empty() {
+        chains += &overlay_chains(tun, plan);
+    }
+    if chains.is_empty() {
+        return text;
+    }
+    text + &format!("table ip {NFT_TABLE} {{\n{chains}}}\n")
+}
+
+/// The chains for the overlay subnets: VXLAN `notrack`, containers closed
+/// to new connections from outside, egress masquerade.
+fn overlay_chains(tun: &str, plan: &HostPlan) -> String {
+    let subnets: Vec<String> = plan
+        .subnets
+        .iter()
+        .map(|(a, l)| format!("{a}/{l}"))
+        .collect();
+    let subnets = subnets.join(", ");
+    let mut text = String::new();
+    if plan.vxlan_port != 0 {
+        let p = plan.vxlan_port;
+        for (name, hook) in [("notrack_in", "prerouting"), ("notrack_out", "output")] {
+            text += &format!(
+                "  chain {name} {{\n    type filter hook {hook} priority raw; policy accept;\n    udp dport {p} notrack\n  }}\n"
+            );
+        }
+    }
+    text += &format!(
+        "  chain containers {{\n    type filter hook forward priority filter; policy accept;\n    iifname != \"{tun}\" oifname \"{tun}\" ip daddr {{ {subnets} }} ct state new drop\n  }}\n"
+    );
+    text += &format!(
+        "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {subnets} }} ip daddr != {{ {subnets} }} masquerade\n  }}\n"
+    );
+    text
+}
+
+/// The chain that marks ICMP errors (destination unreachable, time
+/// exceeded) coming from outside to one of the host's own addresses about
+/// a published port's reply, so that they go to the TUN and on to the task
+/// (which learns the path MTU to the client from them); errors for machines
+/// the host forwards for are left alone. The quoted packet's protocol and
+/// source port are read at fixed offsets, so only a quoted IPv4 header
+/// without options (as the agent's replies have) matches. Empty when
+/// nothing is published.
+fn client_errors_chain(tun: &str, plan: &HostPlan) -> String {
+    let mut rules = String::new();
+    for (name, number) in [("tcp", 6), ("udp", 17)] {
+        let ports: Vec<String> = plan
+            .published
+            .iter()
+            .filter(|p| p.protocol == name)
+            .map(|p| p.port.to_string())
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        rules += &format!(
+            "    iifname != \"{tun}\" fib daddr type local icmp type {{ destination-unreachable, time-exceeded }} @th,68,4 5 @th,136,8 {number} @th,224,16 {{ {} }} meta mark set {ERROR_MARK:#x}\n",
+            ports.join(", ")
+        );
+    }
+    if rules.is_empty() {
+        return rules;
+    }
+    format!("  chain client_errors {{\n    type filter hook prerouting priority mangle; policy accept;\n{rules}  }}\n")
+}
