@@ -2,18 +2,17 @@
 //! stopping lets no new one in, so that the agent can wait for those it
 //! started before it takes its listeners and DNS files down.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 pub struct Gate {
-    stopping: AtomicBool,
+    stopping: CancellationToken,
     in_flight: AtomicUsize,
     /// Woken when the last request in flight ends.
     idle: Notify,
-    /// Woken when the agent starts stopping.
-    stop: Notify,
 }
 
 /// One request in flight; it ends when this is dropped.
@@ -35,29 +34,17 @@ impl Gate {
         // request in the count is seen by it.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let pass = Pass(self.clone());
-        (!self.stopping.load(Ordering::SeqCst)).then_some(pass)
+        (!self.stopping.is_cancelled()).then_some(pass)
     }
 
     /// Lets no new request in from now on.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop.notify_waiters();
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.stopping.cancel();
     }
 
     /// Returns once [`Gate::stop`] has been called.
     pub async fn stopped(&self) {
-        loop {
-            // Made before the check: a notification between the two is kept.
-            let woken = self.stop.notified();
-            if self.is_stopping() {
-                return;
-            }
-            woken.await;
-        }
+        self.stopping.cancelled().await;
     }
 
     /// Returns once no request is in flight.

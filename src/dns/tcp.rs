@@ -76,17 +76,16 @@ async fn connection(mut stream: TcpStream, container: &Container, shared: &Share
             _ => return,
         };
         let mut query = vec![0u8; len];
-        let query = &mut query[..];
-        match tokio::time::timeout(IDLE, stream.read_exact(query)).await {
+        match tokio::time::timeout(IDLE, stream.read_exact(&mut query)).await {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let reply = match answer(shared, &container.netns, query, Transport::Tcp) {
+        let reply = match answer(shared, &container.netns, &query, Transport::Tcp) {
             Answer::Now(bytes) => bytes,
             Answer::Drop => continue,
             Answer::Forward => {
                 let slot = container.forward_slot();
-                forwarded(shared, slot, query, Transport::Tcp).await
+                forwarded(shared, slot, &query, Transport::Tcp).await
             }
         };
         let Ok(n) = u16::try_from(reply.len()) else {

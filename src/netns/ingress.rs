@@ -146,9 +146,8 @@ pub fn host_addresses(except: &str) -> Option<BTreeSet<Ipv4Addr>> {
 pub struct HostRouting {
     tun: String,
     applied: HostPlan,
-    /// Sysctls as they were before setup, put back by teardown.
-    forward_before: Option<String>,
-    /// The host's sysctls as the agent found them (kept in `saved`).
+    /// The host's sysctls as the agent found them (kept in `saved`), put
+    /// back by teardown.
     before: SysctlsBefore,
     /// Where those two are kept until teardown.
     saved: PathBuf,
@@ -159,13 +158,18 @@ pub struct HostRouting {
     unrepaired: Option<repair::Found>,
 }
 
-/// Runs `program args` with `script` on its standard input; an error names
-/// `what` and carries the program's own message.
-fn run_script(program: &str, args: &[&str], script: &str, what: &str) -> Result<(), NetnsError> {
+/// Runs `program args` with `script` on its standard input; returns what
+/// it printed. An error names `what` and carries the program's own message.
+fn run_script(
+    program: &str,
+    args: &[&str],
+    script: &str,
+    what: &str,
+) -> Result<String, NetnsError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| NetnsError::Config(format!("cannot run `{program}` for {what}: {e}")))?;
@@ -181,7 +185,7 @@ fn run_script(program: &str, args: &[&str], script: &str, what: &str) -> Result<
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs `program args` quietly; true if it ran and exited 0.
@@ -206,6 +210,7 @@ fn ip_batch(commands: &[String]) -> Result<(), NetnsError> {
         &script,
         "the ingress rules (iproute2)",
     )
+    .map(drop)
 }
 
 fn sysctl(path: &str, value: &str) -> Result<(), NetnsError> {
@@ -240,38 +245,11 @@ impl HostRouting {
         saved: &Path,
     ) -> Result<HostRouting, NetnsError> {
         Self::remove_stale();
-        let read = |path: &str| {
-            std::fs::read_to_string(path)
-                .ok()
-                .map(|s| s.trim().to_string())
-        };
-        // Kept values are good until the host reboots (which resets them).
-        let boot_id = read("/proc/sys/kernel/random/boot_id");
-        let before = match std::fs::read(saved)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SysctlsBefore>(&b).ok())
-            .filter(|b| b.boot_id == boot_id)
-        {
-            Some(b) => {
-                tracing::info!(file = %saved.display(), "restoring the host's sysctls as a previous agent found them");
-                b
-            }
-            None => {
-                let b = SysctlsBefore {
-                    boot_id,
-                    ip_forward: read(FORWARD),
-                    ip_local_reserved_ports: read(RESERVED_PORTS),
-                    reserved_ours: Some(BTreeSet::new()),
-                };
-                keep(saved, &b);
-                b
-            }
-        };
+        let before = SysctlsBefore::load(saved);
         // The guard first: dropping it on an error below undoes the rest.
         let mut r = HostRouting {
             tun: tun.to_string(),
             applied: HostPlan::default(),
-            forward_before: before.ip_forward.clone(),
             before,
             saved: saved.to_path_buf(),
             nft: false,
@@ -438,6 +416,7 @@ impl HostRouting {
             &nft_ruleset(&self.tun, plan),
             "nftables (egress masquerade)",
         )
+        .map(drop)
     }
 
     /// Undoes everything [`HostRouting::setup`] and [`HostRouting::apply`]
@@ -458,16 +437,11 @@ impl HostRouting {
         if self.nft {
             succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
         }
-        if let Some(v) = &self.forward_before {
+        if let Some(v) = &self.before.ip_forward {
             let _ = sysctl(FORWARD, v);
         }
-        if let Ok(current) = std::fs::read_to_string(RESERVED_PORTS) {
-            let left: BTreeSet<u16> = port_list(&current)
-                .difference(&self.before.ours())
-                .copied()
-                .collect();
-            let _ = sysctl(RESERVED_PORTS, &port_list_text(&left));
-        }
+        // Nothing published: the agent's own reserved ports go.
+        let _ = self.reserve_ports(&HostPlan::default());
         let _ = std::fs::remove_file(&self.saved);
         tracing::info!("ingress rules removed");
     }
@@ -486,5 +460,5 @@ mod sysctls;
 mod tests;
 
 pub use nft::{forward_drops, nft_ruleset};
-use sysctls::{keep, SysctlsBefore};
+use sysctls::SysctlsBefore;
 pub use sysctls::{port_list, port_list_text};

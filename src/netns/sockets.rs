@@ -29,20 +29,9 @@ pub fn count_inbound_open(table: &str) -> usize {
         u32::from_ne_bytes(crate::dns::listener::DNS_ADDR.ip().octets()),
         crate::dns::listener::DNS_ADDR.port()
     );
-    let rows: Vec<(u16, u8)> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            if local == dns {
-                return None;
-            }
-            let state = fields.nth(1)?;
-            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            let state = u8::from_str_radix(state, 16).ok()?;
-            Some((port, state))
-        })
+    let rows: Vec<(u16, u8)> = rows(table)
+        .filter(|(local, _, _)| *local != dns)
+        .map(|(_, port, state)| (port, state))
         .collect();
     let listening: Vec<u16> = rows
         .iter()
@@ -57,17 +46,22 @@ pub fn count_inbound_open(table: &str) -> usize {
 /// The local ports that sockets listen on (TCP) or are bound to (UDP, any
 /// state), from the text of a /proc/net/tcp or udp table.
 pub fn bound_ports(table: &str, tcp: bool) -> std::collections::BTreeSet<u16> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = u8::from_str_radix(fields.nth(1)?, 16).ok()?;
-            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (!tcp || state == LISTEN).then_some(port)
-        })
+    rows(table)
+        .filter(|(_, _, state)| !tcp || *state == LISTEN)
+        .map(|(_, port, _)| port)
         .collect()
+}
+
+/// The rows of a /proc/net/tcp or udp table that read: the local address
+/// as printed, its port, and the socket's state.
+fn rows(table: &str) -> impl Iterator<Item = (&str, u16, u8)> {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = u8::from_str_radix(fields.nth(1)?, 16).ok()?;
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        Some((local, port, state))
+    })
 }
 
 /// Whether a socket of this namespace listens on TCP `port` (or is bound to

@@ -6,8 +6,7 @@
 //! Once a second the agent lists the rules and its table's route, and puts
 //! back what is missing.
 
-use super::{error_rule, ip_batch, HostPlan, HostRouting, PREF_LOCAL, TABLE};
-use std::process::Command;
+use super::{error_rule, ip_batch, run_script, HostPlan, HostRouting, PREF_LOCAL, TABLE};
 
 /// What the agent looks for in `ip rule show` and `ip route show table`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -56,23 +55,16 @@ impl HostRouting {
         if !self.active {
             return;
         }
-        let listed = Command::new("ip")
-            .args(["-force", "-batch", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                if let Some(mut stdin) = child.stdin.take() {
-                    use std::io::Write;
-                    stdin.write_all(format!("rule show\nroute show table {TABLE}\n").as_bytes())?;
-                }
-                child.wait_with_output()
-            });
-        let Ok(out) = listed else {
+        let listing = format!("rule show\nroute show table {TABLE}\n");
+        let Ok(listed) = run_script(
+            "ip",
+            &["-force", "-batch", "-"],
+            &listing,
+            "listing the ingress rules",
+        ) else {
             return;
         };
-        let f = found(&String::from_utf8_lossy(&out.stdout));
+        let f = found(&listed);
         let want = self.applied.steered().len() + self.applied.subnets.len() + 1;
         if f.local_moved && !f.local_first && f.ours == want && f.route {
             self.unrepaired = None;

@@ -3,7 +3,7 @@
 //! host's values, not the killed one's); and the published ports in
 //! `ip_local_reserved_ports`, of which the agent takes out only its own.
 
-use super::{sysctl, HostPlan, HostRouting, NetnsError, RESERVED_PORTS};
+use super::{sysctl, HostPlan, HostRouting, NetnsError, FORWARD, RESERVED_PORTS};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -22,6 +22,35 @@ pub(super) struct SysctlsBefore {
 }
 
 impl SysctlsBefore {
+    /// The values kept in `saved` by an agent earlier in this boot (one
+    /// that was killed left its changed values behind, and they must not be
+    /// taken for the host's), or else the values now, kept there from now on.
+    pub(super) fn load(saved: &Path) -> SysctlsBefore {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        // Kept values are good until the host reboots (which resets them).
+        let boot_id = read("/proc/sys/kernel/random/boot_id");
+        let kept = std::fs::read(saved)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SysctlsBefore>(&b).ok())
+            .filter(|b| b.boot_id == boot_id);
+        if let Some(b) = kept {
+            tracing::info!(file = %saved.display(), "restoring the host's sysctls as a previous agent found them");
+            return b;
+        }
+        let b = SysctlsBefore {
+            boot_id,
+            ip_forward: read(FORWARD),
+            ip_local_reserved_ports: read(RESERVED_PORTS),
+            reserved_ours: Some(BTreeSet::new()),
+        };
+        keep(saved, &b);
+        b
+    }
+
     /// The ports the agent added: as kept, or for a file that does not say,
     /// those in the list now that were not in it before.
     pub(super) fn ours(&self) -> BTreeSet<u16> {
