@@ -21,6 +21,9 @@ testbed_up
 # for all interfaces, as some distributions set it (the kernel takes the
 # stricter of 'all' and the interface's own value).
 ip netns exec mt-h116 sysctl -qw net.ipv4.conf.all.rp_filter=1 || die "setup: rp_filter on .116"
+# Forwarding off on .116 and .117 before any agent (a new namespace copies
+# the machine's value), so that putting it back at stop can be seen.
+for h in 116 117; do ip netns exec "mt-h$h" sysctl -qw net.ipv4.ip_forward=0 || die "setup: forwarding off on .$h"; done
 FORWARD_BEFORE=$(ip netns exec mt-h117 cat /proc/sys/net/ipv4/ip_forward)   # the host's own, before any agent
 start_cluster
 mctl 116 network create web >/dev/null || die "setup: network create"
@@ -142,8 +145,22 @@ big_ok() {
     local n; n=$(ip netns exec mt-far curl -s -m 6 "http://$UNDERLAY.116:8000/big" | wc -c)
     [ "$n" -gt 100000 ]
 }
+# Other software marks packets too (kube-proxy, Cilium, wg-quick): a table of
+# "theirs" sets bit 0x1 on ICMP errors before the agent's chain, and counts
+# after it those that still carry it. The agent only adds its own bit.
+ip netns exec mt-h116 nft -f - <<'NFT'
+table ip mt_theirs {
+  chain before { type filter hook prerouting priority mangle - 10; icmp type destination-unreachable meta mark set 0x1; }
+  chain after { type filter hook prerouting priority mangle + 10; icmp type destination-unreachable meta mark & 0x1 == 0x1 counter; }
+}
+NFT
 check "a client behind a 1280-byte link gets a 100 kB answer through .116 (the path MTU error reaches the task)" \
     wait_until 13 big_ok
+theirs_kept() {
+    ip netns exec mt-h116 nft list chain ip mt_theirs after | grep -Eq 'counter packets [1-9]'
+}
+check "the error kept the mark bit another table gave it (the agent's is OR'd in)" theirs_kept
+ip netns exec mt-h116 nft delete table ip mt_theirs
 
 # ---- UDP --------------------------------------------------------------------
 udp() { echo ping | ip netns exec mt-out timeout 3 nc -u -w 1 "$UNDERLAY.116" 9001; }
@@ -362,5 +379,16 @@ clean() {
 }
 check "a stopped agent (after a crash and a restart) leaves no rule, no TUN, no nftables table, no reserved port of its own (5555, reserved by someone else meanwhile, stays), forwarding as it was; local rule back at 0" \
     wait_until 5 clean
+
+# Docker (or libvirt, Podman) started on .116 after the agent: it found
+# forwarding on, and NATs its containers' traffic. The agent must not turn
+# forwarding off under it when it stops.
+printf 'table ip mt_docker {\n chain postrouting {\n  type nat hook postrouting priority srcnat;\n  ip saddr 172.17.0.0/16 oifname != "docker0" masquerade\n }\n}\n' |
+    ip netns exec mt-h116 nft -f - || die "setup: a Docker-like NAT table on .116"
+kill_agent 116 TERM
+check "a stopped agent leaves forwarding on (it was 0) when another table NATs forwarded traffic" \
+    bash -c "[ \"\$(ip netns exec mt-h116 cat /proc/sys/net/ipv4/ip_forward)\" = 1 ] && grep -q 'left forwarding on' '$TMP/h116.log'"
+check "  ... and removed its own nftables table all the same" \
+    bash -c "! ip netns exec mt-h116 nft list table ip mesh >/dev/null 2>&1"
 
 finish

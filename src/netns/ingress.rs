@@ -66,9 +66,12 @@ pub const PREF_LOCAL: u32 = 1000;
 pub const PREF_SUBNETS: u32 = 1001;
 const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-/// The mark nftables gives ICMP errors from outside about a published
-/// port's replies ("mesh"), which a rule steers to the TUN.
-pub const ERROR_MARK: u32 = 0x6d65_7368;
+/// The mark bit nftables sets on ICMP errors from outside about a published
+/// port's replies, which a rule steers to the TUN. One bit, set with an OR
+/// and matched under its mask, so the other bits of the packet's mark stay
+/// what other software (kube-proxy 0x4000/0x8000, Cilium 0x0f00, wg-quick's
+/// fwmark) made them, and their rules still match.
+pub const ERROR_MARK: u32 = 0x0020_0000;
 /// The nftables table: egress masquerade, and `notrack` for ingress.
 pub const NFT_TABLE: &str = "mesh";
 
@@ -225,7 +228,11 @@ fn rule(verb: &str, pref: u32, selector: &str) -> String {
 /// The rule that steers ICMP errors about published ports' replies (marked
 /// [`ERROR_MARK`] by the nftables table) to the TUN.
 fn error_rule(verb: &str) -> String {
-    rule(verb, PREF_PUBLISHED, &format!("fwmark {ERROR_MARK:#x}"))
+    rule(
+        verb,
+        PREF_PUBLISHED,
+        &format!("fwmark {ERROR_MARK:#x}/{ERROR_MARK:#x}"),
+    )
 }
 
 impl HostRouting {
@@ -438,13 +445,38 @@ impl HostRouting {
             succeeds("nft", &["delete", "table", "ip", NFT_TABLE]);
         }
         if let Some(v) = &self.before.ip_forward {
-            let _ = sysctl(FORWARD, v);
+            match other_forwarder().filter(|_| v.trim() == "0") {
+                Some(who) => tracing::info!(
+                    "left forwarding on (net.ipv4.ip_forward=1, it was 0 before the agent): \
+                     {who} NATs forwarded traffic, turning it off would cut it"
+                ),
+                None => {
+                    let _ = sysctl(FORWARD, v);
+                }
+            }
         }
         // Nothing published: the agent's own reserved ports go.
         let _ = self.reserve_ports(&HostPlan::default());
         let _ = std::fs::remove_file(&self.saved);
         tracing::info!("ingress rules removed");
     }
+}
+
+/// Something else on this host that forwards (see [`nat_elsewhere`]): an
+/// nftables NAT rule of another table, or legacy iptables' nat table.
+/// Docker or libvirt started after the agent found forwarding already on
+/// and did not turn it on themselves.
+fn other_forwarder() -> Option<String> {
+    if let Ok(out) = Command::new("nft").args(["-j", "list", "ruleset"]).output() {
+        if let Some(chain) = nat_elsewhere(&String::from_utf8_lossy(&out.stdout)) {
+            return Some(format!("nftables chain {chain}"));
+        }
+    }
+    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    legacy
+        .lines()
+        .any(|t| t == "nat")
+        .then(|| "legacy iptables' nat table".to_string())
 }
 
 impl Drop for HostRouting {
@@ -459,6 +491,6 @@ mod sysctls;
 #[cfg(test)]
 mod tests;
 
-pub use nft::{forward_drops, nft_ruleset};
+pub use nft::{forward_drops, nat_elsewhere, nft_ruleset};
 use sysctls::SysctlsBefore;
 pub use sysctls::{port_list, port_list_text};

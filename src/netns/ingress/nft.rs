@@ -26,6 +26,32 @@ pub fn forward_drops(json: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first NAT rule (`family table chain`) of another table, from `nft -j
+/// list ruleset`: masquerade, SNAT or DNAT, native or through iptables-nft's
+/// `xt` targets. Docker, Podman, libvirt and kube-proxy all NAT what they
+/// forward, so such a rule says that something besides the agent relies on
+/// forwarding.
+pub fn nat_elsewhere(json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let items = v.get("nftables")?.as_array()?;
+    let nat = |e: &serde_json::Value| {
+        ["masquerade", "snat", "dnat"]
+            .iter()
+            .any(|k| e.get(k).is_some())
+            || e.get("xt")
+                .is_some_and(|x| matches!(x["name"].as_str(), Some("MASQUERADE" | "SNAT" | "DNAT")))
+    };
+    items
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| r["table"] != NFT_TABLE || r["family"] != "ip")
+        .find(|r| r["expr"].as_array().is_some_and(|es| es.iter().any(nat)))
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+            format!("{} {} {}", s("family"), s("table"), s("chain"))
+        })
+}
+
 /// The nftables script that replaces table [`NFT_TABLE`] for `plan`:
 /// masquerade for the overlay subnets' traffic to anything outside them
 /// (also a container calling its own host's published port, which then
@@ -92,7 +118,7 @@ fn client_errors_chain(tun: &str, plan: &HostPlan) -> String {
             continue;
         }
         rules += &format!(
-            "    iifname != \"{tun}\" fib daddr type local icmp type {{ destination-unreachable, time-exceeded }} @th,68,4 5 @th,136,8 {number} @th,224,16 {{ {} }} meta mark set {ERROR_MARK:#x}\n",
+            "    iifname != \"{tun}\" fib daddr type local icmp type {{ destination-unreachable, time-exceeded }} @th,68,4 5 @th,136,8 {number} @th,224,16 {{ {} }} meta mark set meta mark | {ERROR_MARK:#x}\n",
             ports.join(", ")
         );
     }

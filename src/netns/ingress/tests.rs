@@ -93,11 +93,11 @@ fn icmp_errors_about_published_ports_are_marked_for_the_tun() {
     // Even without overlay subnets (no egress rules).
     let s = nft_ruleset("mesh-ingress", &plan);
     assert!(s.contains("chain client_errors {\n    type filter hook prerouting priority mangle;"));
-    assert!(s.contains("iifname != \"mesh-ingress\" fib daddr type local icmp type { destination-unreachable, time-exceeded } @th,68,4 5 @th,136,8 6 @th,224,16 { 7001, 8000 } meta mark set 0x6d657368\n"));
-    assert!(s.contains("@th,136,8 17 @th,224,16 { 9001 } meta mark set 0x6d657368\n"));
+    assert!(s.contains("iifname != \"mesh-ingress\" fib daddr type local icmp type { destination-unreachable, time-exceeded } @th,68,4 5 @th,136,8 6 @th,224,16 { 7001, 8000 } meta mark set meta mark | 0x200000\n"));
+    assert!(s.contains("@th,136,8 17 @th,224,16 { 9001 } meta mark set meta mark | 0x200000\n"));
     assert_eq!(
         error_rule("add"),
-        format!("rule add pref {PREF_PUBLISHED} fwmark 0x6d657368 lookup {TABLE}")
+        format!("rule add pref {PREF_PUBLISHED} fwmark 0x200000/0x200000 lookup {TABLE}")
     );
 }
 
@@ -152,4 +152,26 @@ fn forward_chains_that_drop_by_default_are_named() {
         {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER"}}]}"#;
     assert_eq!(forward_drops(json), ["ip filter FORWARD"]);
     assert!(forward_drops("not json").is_empty());
+}
+
+#[test]
+fn nat_rules_of_other_tables_are_found() {
+    use super::nat_elsewhere;
+    let ours = r#"{"rule": {"family": "ip", "table": "mesh", "chain": "egress", "expr": [{"masquerade": null}]}}"#;
+    let filter = r#"{"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "expr": [{"accept": null}]}}"#;
+    let docker = r#"{"rule": {"family": "ip", "table": "nat", "chain": "POSTROUTING", "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "docker0"}}, {"masquerade": null}]}}"#;
+    let xt = r#"{"rule": {"family": "ip", "table": "nat", "chain": "DOCKER", "expr": [{"xt": {"type": "target", "name": "DNAT"}}]}}"#;
+    let doc = |rules: &[&str]| {
+        format!(
+            r#"{{"nftables": [{{"metainfo": {{}}}}, {}]}}"#,
+            rules.join(", ")
+        )
+    };
+    assert_eq!(nat_elsewhere(&doc(&[ours, filter])), None);
+    assert_eq!(
+        nat_elsewhere(&doc(&[ours, filter, docker])).as_deref(),
+        Some("ip nat POSTROUTING")
+    );
+    assert_eq!(nat_elsewhere(&doc(&[xt])).as_deref(), Some("ip nat DOCKER"));
+    assert_eq!(nat_elsewhere("not json"), None);
 }
