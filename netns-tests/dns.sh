@@ -99,11 +99,16 @@ DIG=(dig +time=2 +tries=1 @127.0.0.11)
 dq() { local c=$1; shift; ip netns exec "mt-$c" "${DIG[@]}" "$@"; }    # dq CONTAINER DIGARGS...
 ips() { local c; for c in "$@"; do echo "${IP[$c]}"; done | sort | paste -sd' '; }
 # a_of C DIGARGS...: the A records of the answer, sorted, on one line
-a_of() { local c=$1; shift; dq "$c" +noall +answer "$@" | awk '$4 == "A" { print $5 }' | sort | paste -sd' '; }
+# (fails if dig got no answer at all: a timeout is not "no address")
+a_of() {
+    local c=$1 out; shift
+    out=$(dq "$c" +noall +answer "$@") || return 1
+    awk '$4 == "A" { print $5 }' <<<"$out" | sort | paste -sd' '
+}
 # expect_a C NAME WANT [DIGARGS...]: the answer's A records are exactly WANT (sorted, may be empty)
 expect_a() {
     local c=$1 n=$2 want=$3 got; shift 3
-    got=$(a_of "$c" "$@" "$n")
+    got=$(a_of "$c" "$@" "$n") || { echo "dig $* $n from $c: no answer"; return 1; }
     [ "$got" = "$want" ] || { echo "dig $* $n from $c: got '$got', want '$want'"; return 1; }
 }
 # header C DIGARGS...: the ->>HEADER<<- and flags lines of one query
@@ -137,7 +142,7 @@ dns_listening() {  # dns_listening C: UDP and TCP on 127.0.0.11:53 inside mt-C
     ip netns exec "mt-$1" ss -Hlun 'sport = :53' | grep -q '127.0.0.11:53' &&
         ip netns exec "mt-$1" ss -Hltn 'sport = :53' | grep -q '127.0.0.11:53'
 }
-dns_silent() { ! ip netns exec "mt-$1" ss -Hlutn 'sport = :53' | grep -q .; }
+dns_silent() { local s; s=$(ip netns exec "mt-$1" ss -Hlutn 'sport = :53') && [ -z "$s" ]; }
 for c in cl w1 both; do
     check "$c: /etc/netns/mt-$c/resolv.conf is nameserver 127.0.0.11, options ndots:0" resolv_ok "$c"
     check "$c: 127.0.0.11:53 listening on UDP and TCP" dns_listening "$c"
@@ -167,7 +172,8 @@ check "cl: TXT w2 -> NOERROR, no answer" empty_noerror cl TXT w2
 check "cl: AAAA both (plain container) -> NOERROR, no answer" empty_noerror cl AAAA both
 check "cl: AAAA rr (dnsrr) -> NOERROR, no answer (TCP)" empty_noerror cl +tcp AAAA rr
 not_forwarded() {  # neither upstream saw a query for our names with a non-A type
-    ! grep -Ei ' (web|w1\.front|tasks\.web|w2|both|rr)\. (28|15|16)$' "$TMP/up53.txt" "$TMP/up5353.txt" 2>/dev/null
+    [ -f "$TMP/up53.txt" ] && [ -f "$TMP/up5353.txt" ] &&
+        ! grep -Ei ' (web|w1\.front|tasks\.web|w2|both|rr)\. (28|15|16)$' "$TMP/up53.txt" "$TMP/up5353.txt"
 }
 check "  ... none of those AAAA/MX/TXT queries reached an upstream" not_forwarded
 check "cl: PTR of w1's IP -> w1.front." ptr_is cl "${IP[w1]}" w1.front.
@@ -506,7 +512,7 @@ EOF
 }
 burst >"$TMP/burst.out" 2>&1
 BURST=$(sed -n 's/^sent [0-9]*, answered \([0-9]*\)$/\1/p' "$TMP/burst.out")
-check "burst of 2000 queries from cl: $(cat "$TMP/burst.out")" test "${BURST:-0}" -gt 0
+check "burst of 2000 queries from cl, at least half answered: $(cat "$TMP/burst.out")" test "${BURST:-0}" -ge 1000
 check "  ... then cl: web -> $VIP_WEB (UDP)" wait_until 2 expect_a cl web "$VIP_WEB"
 check "  ... then cl: rr -> $(ips r1 r2) (TCP)" expect_a cl rr "$(ips r1 r2)" +tcp
 check "  ... then w1 (.116): cl -> ${IP[cl]}" expect_a w1 cl "${IP[cl]}"

@@ -225,8 +225,8 @@ mctl 116 service rm later >/dev/null || fail "service rm later"
 # ---- port conflicts and reserved ports -----------------------------------------
 expect_error "a port already published is refused" mctl 117 service create --name other --network web --publish 8000:80
 expect_error "the VXLAN port cannot be published" mctl 117 service create --name vx --network web --publish 4789:80/udp
-created() { mctl 116 service ls --format json | jq -e 'any(.[]; .name == "other" or .name == "vx")'; }
-check_not "nothing was created for either" created
+none_created() { lacks 116 other service ls && lacks 116 vx service ls; }
+check "nothing was created for either" none_created
 # A host process already listening on a port that then gets published: the
 # agent says it will no longer get that port's traffic.
 ip netns exec mt-h117 timeout 20 nc -l 127.0.0.1 8123 >/dev/null 2>&1 &

@@ -231,6 +231,15 @@ start_cluster() {
 # network_field ID NET FIELD: one field of `network inspect NET` on .ID.
 network_field() { mctl "$1" network inspect "$2" | jq -er ".$3"; }
 
+# lacks ID NAME MCTL-ARGS...: `meshctl ARGS --format json` on .ID answers with a
+# list, and nothing in it is named NAME (an agent that does not answer, or a
+# listing that fails, is not taken for an empty list).
+lacks() {
+    local id=$1 name=$2 out; shift 2
+    out=$(mctl "$id" "$@" --format json) || return 1
+    jq -e --arg n "$name" 'type == "array" and all(.[]; .name != $n)' <<<"$out" >/dev/null
+}
+
 # network_seen ID NET: network ls on .ID lists NET.
 network_seen() { mctl "$1" network ls --format json | jq -e --arg n "$2" 'any(.[]; .name == $n)' >/dev/null; }
 
@@ -256,6 +265,8 @@ containers() {
 container_count() { [ "$(mctl "$1" container ls --format json | jq length)" -eq "$2" ]; }
 
 has_eth0() { ip -n "$1" link show eth0 >/dev/null 2>&1; }   # has_eth0 NS
+# no_eth0 NS: the namespace is there (its lo is) and has no eth0.
+no_eth0() { ip -n "$1" link show lo >/dev/null 2>&1 && ! has_eth0 "$1"; }
 
 # ---- traffic (only ever inside our own namespaces) ---------------------------
 

@@ -106,6 +106,25 @@ check "4 MB c1 -> c3 at a peer MSS of 200: intact, no super-frame dropped, under
     small_mss_ok
 note "$(cat "$TMP/check.out")"
 
+# --- a container sends from its own address only ------------------------------
+# c1 takes c2's address too and pings c3 from it: with its own MAC, c2's IP
+# (a forged reply or RST in another task's name). The agent drops it, counted.
+stat() { curl -sf --max-time 5 --unix-socket "$TMP/h$1.sock" http://agent/v1/stats | jq -e ".$2"; }
+spoof_dropped() {
+    local before after
+    before=$(stat "${HOST[c1]}" spoofed) || return 1
+    ip -n mt-c1 addr add "${IP[c2]}/32" dev eth0 || return 1
+    ip netns exec mt-c1 ping -n -c 3 -i 0.2 -W 1 -I "${IP[c2]}" "${IP[c3]}"
+    local rc=$?
+    ip -n mt-c1 addr del "${IP[c2]}/32" dev eth0
+    after=$(stat "${HOST[c1]}" spoofed) || return 1
+    echo "ping from c2's address: rc $rc; spoofed drops on .${HOST[c1]}: $before -> $after"
+    [ "$rc" -ne 0 ] && [ "$after" -ge $((before + 3)) ]
+}
+check "c1 sending from c2's address reaches no one (dropped as spoofed)" spoof_dropped
+note "$(tail -1 "$TMP/check.out")"
+check "  ... and from its own, c1 -> c3 still answers" nsx mt-c1 ping -n -c 1 -W 2 "${IP[c3]}"
+
 # --- MTU: 1422 + 28 = 1450 fits with DF set, 1423 does not ---------------------
 check "ping -M do -s 1422 c1 -> c3 passes" nsx mt-c1 ping -n -c 1 -W 2 -M "do" -s 1422 "${IP[c3]}"
 check_not "ping -M do -s 1423 c1 -> c3 fails" nsx mt-c1 ping -n -c 1 -W 2 -M "do" -s 1423 "${IP[c3]}"

@@ -17,12 +17,14 @@
 # published on port 80 of every host (curl from outside to each host); 4 VIP and DNS
 # (whoami published on 8000); 5 routing mesh (from a host with no whoami task,
 # curl 127.0.0.1:8000 and the outside client alternate between the tasks).
-# Builds with `cargo build --release` if the binaries are missing (and MESH_BIN unset).
+# Installs what it needs (scripts/setup.sh), then builds with `cargo build --release`
+# (unless MESH_BIN names other binaries).
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
-if [ -z "${MESH_BIN:-}" ] && ! { [ -x "$BIN/mesh-agent" ] && [ -x "$BIN/meshctl" ]; }; then
-    (cd "$REPO" && cargo build --release) || die "cargo build --release"
+bash "$REPO/scripts/setup.sh" || die "set-up failed (see above)"
+if [ -z "${MESH_BIN:-}" ]; then
+    (cd "$REPO" && PATH="$HOME/.cargo/bin:$PATH" cargo build --release) || die "cargo build --release"
 fi
 need_bins
 

@@ -11,7 +11,9 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 1
-[ "$(id -u)" -eq 0 ] || { echo "scripts/test.sh: needs root (network namespaces); run it with sudo" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "scripts/test.sh: needs root (network namespaces); run it as root (sudo -i)" >&2; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/setup.sh || { echo "scripts/test.sh: set-up failed (see above)" >&2; exit 1; }
 
 CARGO_TEST=1
 [ "${1:-}" = --no-cargo-test ] && { CARGO_TEST=; shift; }
@@ -57,8 +59,21 @@ else
     done
 fi
 
+# leftovers: mt-* namespaces a scenario killed by the timeout left behind (its
+# EXIT trap never ran); the next scenario's `ip netns add` would fail on them.
+leftovers() {
+    local ns pid
+    for ns in $(ip netns list | awk '$1 ~ /^mt-/ { print $1 }'); do
+        echo "== removing namespace $ns left by an earlier run"
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+        rm -rf "/etc/netns/$ns"
+    done
+}
+
 for f in "${scenarios[@]}"; do
     s=$(basename "$f" .sh)
+    leftovers
     echo "== netns-tests/$s.sh"
     timeout -k 60 300 bash "$f" 2>&1 | tee "$LOG/$s.txt"
     rc=${PIPESTATUS[0]}
@@ -68,8 +83,12 @@ for f in "${scenarios[@]}"; do
         [ "$rc" -eq 124 ] && why="timed out after 300 s" || why="exited $rc"
         echo "FAIL: $s $why with no FAIL line"; f=1
     fi
+    if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+        echo "FAIL: $s ran no check"; f=1
+    fi
     count "$p" "$f" "$s"
 done
+leftovers
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

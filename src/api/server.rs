@@ -171,7 +171,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             let list: Vec<NetworkOut> = view
                 .networks
                 .values()
-                .map(|n| network_out(agent, &view, n, false))
+                .map(|n| network_out(agent, &view, n))
                 .collect();
             json(StatusCode::OK, &list)
         }
@@ -189,7 +189,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             match agent.cluster.mutate(m).await {
                 Ok(Outcome::Network(n)) => json(
                     StatusCode::CREATED,
-                    &network_out(agent, &agent.view().await, &n, false),
+                    &network_out(agent, &agent.view().await, &n),
                 ),
                 Ok(other) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -201,7 +201,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
         (Method::GET, ["v1", "networks", name]) => {
             let view = agent.view().await;
             match view.find_network(name) {
-                Some(n) => json(StatusCode::OK, &network_out(agent, &view, n, true)),
+                Some(n) => json(StatusCode::OK, &network_out(agent, &view, n)),
                 None => error(StatusCode::NOT_FOUND, format!("network {name} not found")),
             }
         }
@@ -380,28 +380,26 @@ fn nodes(view: &View) -> Vec<NodeOut> {
         .collect()
 }
 
-fn network_out(agent: &Agent, view: &View, n: &Network, detail: bool) -> NetworkOut {
-    let (containers, endpoints) = if detail {
-        (
-            agent
-                .containers(view)
-                .into_iter()
-                .filter(|c| c.network == n.name)
-                .collect(),
-            view.statics
-                .iter()
-                .filter(|s| s.network_id == n.id)
-                .map(|s| StaticEndpointOut {
-                    network: n.name.clone(),
-                    ip: s.ip,
-                    mac: s.mac.to_string(),
-                    vtep: s.vtep,
-                })
-                .collect(),
-        )
-    } else {
-        (vec![], vec![])
-    };
+/// A network as `network ls` and `inspect` show it, with its containers
+/// and static endpoints (both lists, so a script reading `ls --format
+/// json` sees them too).
+fn network_out(agent: &Agent, view: &View, n: &Network) -> NetworkOut {
+    let containers = agent
+        .containers(view)
+        .into_iter()
+        .filter(|c| c.network == n.name)
+        .collect();
+    let endpoints = view
+        .statics
+        .iter()
+        .filter(|s| s.network_id == n.id)
+        .map(|s| StaticEndpointOut {
+            network: n.name.clone(),
+            ip: s.ip,
+            mac: s.mac.to_string(),
+            vtep: s.vtep,
+        })
+        .collect();
     NetworkOut {
         id: n.id.clone(),
         name: n.name.clone(),
@@ -475,6 +473,6 @@ fn service_out(view: &View, s: &Service, detail: bool, stats: &StatsRegistry) ->
             .map(ContainerEndpoint::container)
             .collect::<std::collections::HashSet<_>>()
             .len(),
-        tasks: if detail { tasks } else { vec![] },
+        tasks,
     }
 }

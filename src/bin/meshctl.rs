@@ -181,23 +181,39 @@ enum EndpointCmd {
     },
 }
 
+/// One line, as every meshctl error, from clap's message: its first
+/// paragraph joined (the missing argument or the possible values are on the
+/// lines after the first), or, for a command given without its subcommand
+/// (clap prints the whole help), the usage line.
+fn usage_error(text: &str, missing_subcommand: bool) -> String {
+    if missing_subcommand {
+        let usage = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Usage: "))
+            .unwrap_or("meshctl <COMMAND>");
+        return format!("error: a subcommand is missing: {usage} (see --help)");
+    }
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    if first.is_empty() {
+        return "error: invalid arguments (see --help)".to_string();
+    }
+    first.join(" ")
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(
-                e.kind(),
-                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
+            if matches!(e.kind(), DisplayHelp | DisplayVersion) {
                 e.exit();
             }
-            // One line, as every meshctl error.
-            let text = e.to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            let missing = e.kind() == DisplayHelpOnMissingArgumentOrSubcommand;
+            eprintln!("{}", usage_error(&e.to_string(), missing));
             std::process::exit(2);
         }
     };
@@ -549,5 +565,34 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     line(header.to_vec());
     for r in &rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(args: &[&str]) -> String {
+        let Err(e) = Cli::try_parse_from(args) else {
+            panic!("{args:?} parsed");
+        };
+        let missing = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+        usage_error(&e.to_string(), missing)
+    }
+
+    #[test]
+    fn argument_errors_are_one_line_that_names_the_problem() {
+        let e = parse_error(&["meshctl", "service", "create", "--name", "web"]);
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.starts_with("error: "), "{e}");
+        assert!(e.contains("--network"), "{e}");
+        let e = parse_error(&["meshctl", "network", "ls", "--format", "yaml"]);
+        assert!(
+            !e.contains('\n') && e.contains("yaml") && e.contains("json"),
+            "{e}"
+        );
+        let e = parse_error(&["meshctl", "network"]);
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("meshctl network"), "{e}");
     }
 }

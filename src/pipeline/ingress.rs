@@ -138,6 +138,7 @@ impl Ingress {
         net: &NetworkTable,
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
+        require_ipv4(pkt)?;
         if let Some(v) = self.icmp_error_from_task(now, tables, net, pkt)? {
             return Ok(v);
         }
@@ -173,6 +174,7 @@ impl Ingress {
         tables: &Tables,
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
+        require_ipv4(pkt)?;
         if let Some(q) = icmp::quoted(pkt.bytes()) {
             return match self.translate_error(now, &q, pkt) {
                 Some(true) => Ok(Verdict::ToHost),
@@ -342,6 +344,16 @@ fn deliver(
             encap::encap(pkt, net.vni)?;
             Ok(Verdict::ToUnderlay(vtep))
         }
+    }
+}
+
+/// Routed traffic is IPv4 only: a frame to the gateway MAC with another
+/// EtherType (IPv6, say) is not parsed as IPv4 whatever its bytes look like.
+fn require_ipv4(pkt: &Packet<'_>) -> Result<(), DropReason> {
+    match ethernet::Frame::new_checked(pkt.bytes()) {
+        Ok(eth) if eth.ethertype() == ethernet::ethertype::IPV4 => Ok(()),
+        Ok(_) => Err(DropReason::UnsupportedProtocol),
+        Err(_) => Err(DropReason::Malformed),
     }
 }
 

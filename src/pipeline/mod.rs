@@ -302,6 +302,15 @@ impl Pipeline {
             bump(&self.counters.arp_replies);
             return Ok(Verdict::ToTap(port));
         }
+        // A container sends from its own address only: with another task's
+        // it could forge a reply of that task's ingress flow, or a RST in
+        // a VIP client's name that closes the client's tracked flow.
+        if eth.ethertype() == ethernet::ethertype::IPV4 {
+            let src = pkt.bytes().get(26..30).ok_or(DropReason::Malformed)?;
+            if src != me.ip.octets() {
+                return Err(DropReason::Spoofed);
+            }
+        }
         if eth.dst() == net.gateway_mac {
             return self.ingress.on_container(now, tables, net, pkt);
         }
@@ -340,6 +349,10 @@ impl Pipeline {
         let tables = &*self.tables;
         let peer = *tables.peers.get(src.ip()).ok_or(DropReason::NotMember)?;
         let vni = encap::decap(pkt)?;
+        // Only another agent leaves the inner checksum partial; from a
+        // plain VTEP the flag bit means nothing, and a frame it damaged
+        // must still fail the container's checksum check.
+        pkt.csum_partial &= peer.agent;
         let net = tables.networks.get(&vni).ok_or(DropReason::UnknownVni)?;
         let eth = ethernet::Frame::new_checked(pkt.bytes()).map_err(|_| DropReason::Malformed)?;
         if eth.ethertype() == ethernet::ethertype::ARP {

@@ -317,6 +317,12 @@ fn floods_spoofs_and_hairpins_are_dropped() {
         run(&mut p, Input::Tap(1), &f).0,
         Verdict::Drop(DropReason::Spoofed)
     );
+    // Its own MAC, another task's address: a forged reply or RST.
+    let f = ipv4_frame(Mac::for_ip(ip(2)), Mac::for_ip(ip(3)), ip(3), ip(3));
+    assert_eq!(
+        run(&mut p, Input::Tap(1), &f).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
     let f = ipv4_frame(Mac::for_ip(ip(2)), Mac::for_ip(ip(2)), ip(2), ip(2));
     assert_eq!(
         run(&mut p, Input::Tap(1), &f).0,
@@ -416,3 +422,31 @@ proptest! {
 mod burst;
 mod fragments;
 mod vip;
+
+#[test]
+fn only_an_agent_can_leave_the_inner_checksum_partial() {
+    let plain = Ipv4Addr::new(192, 168, 100, 50);
+    let mut t = tables();
+    t.peers.insert(
+        plain,
+        Peer {
+            port: 4789,
+            agent: false,
+        },
+    );
+    let mut p = Pipeline::new(Arc::new(t), Arc::new(Counters::default()));
+    let f = ipv4_frame(Mac::for_ip(ip(4)), Mac::for_ip(ip(2)), ip(4), ip(2));
+    let mut d = vxlan(VNI_A, &f);
+    vxlan::set_csum_partial(&mut d);
+    for (from, partial) in [(HOST2, true), (plain, false)] {
+        let mut buf = vec![0u8; HEADROOM + d.len()];
+        buf[HEADROOM..].copy_from_slice(&d);
+        let mut pkt = Packet::new(&mut buf, HEADROOM, d.len());
+        let input = Input::Underlay(SocketAddrV4::new(from, 4789));
+        assert_eq!(
+            p.process(Instant::now(), input, &mut pkt),
+            Verdict::ToTap(1)
+        );
+        assert_eq!(pkt.csum_partial, partial, "from {from}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The writes of the dataplane thread: frames to a container's TAP (whole,
 //! or coalesced from pieces) and packets to the host's ingress TUN. A frame
-//! the kernel will not take is counted (`send_failed`); every frame written
+//! the kernel will not take, or with nowhere to go (its TAP gone since the
+//! tables were read, no TUN), is counted (`send_failed`); every frame written
 //! to a TAP counts as its port's activity, as every frame read does (a
 //! draining task that only receives is not quiet).
 
@@ -37,6 +38,7 @@ impl Sinks<'_> {
         for (slot, p) in pieces.iter_mut().zip(parts) {
             let (start, end) = (p.start as usize, p.start as usize + p.len as usize);
             let Some(bytes) = bufs.get(p.buf as usize).and_then(|b| b.get(start..end)) else {
+                bump(self.failed);
                 return;
             };
             *slot = bytes;
@@ -46,7 +48,9 @@ impl Sinks<'_> {
     }
 
     fn parts_of(&self, port: PortId, vnet: &VnetHeader, head: &[u8], pieces: &[&[u8]]) {
+        // No TAP (detached since the tables were read): dropped, counted.
         let Some(Some(fd)) = self.ports.get(port as usize) else {
+            bump(self.failed);
             return;
         };
         match tap::write_gather(fd, vnet, head, pieces) {
@@ -68,6 +72,7 @@ impl Sinks<'_> {
     pub fn host(&self, vnet: &VnetHeader, frame: &[u8]) {
         let (Some(fd), Some(packet)) = (self.host, frame.get(crate::wire::ethernet::HEADER_LEN..))
         else {
+            bump(self.failed);
             return;
         };
         let eth = crate::wire::ethernet::HEADER_LEN as u16;

@@ -589,3 +589,30 @@ fn the_pool_keeps_its_round_robin_place_beside_a_vip_with_the_same_tasks() {
         "the next task, not the first one again"
     );
 }
+
+#[test]
+fn only_ipv4_is_routed_through_the_gateway() {
+    let mut b = agent(HOST_B, true);
+    let syn = tcp_packet((CLIENT, 6001), (Ipv4Addr::LOCALHOST, 8000), SYN);
+    assert_eq!(run(&mut b, Input::Host, &syn).0, Verdict::ToTap(1));
+    // The task's reply, but marked as IPv6: not parsed as IPv4 whatever
+    // its bytes look like, neither from the task nor from another agent.
+    let mut reply = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 80), (CLIENT, 6001), SYN | ACK),
+    );
+    reply[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    assert_eq!(
+        run(&mut b, Input::Tap(1), &reply).0,
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
+    let mut a = agent(HOST_A, true);
+    let mut d = vec![0u8; vxlan::HEADER_LEN];
+    vxlan::emit(&mut d, vxlan::Vni::new(VNI).unwrap()).unwrap();
+    d.extend_from_slice(&reply);
+    assert_eq!(
+        run(&mut a, underlay(HOST_B), &d).0,
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
+}

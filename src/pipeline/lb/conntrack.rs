@@ -364,6 +364,16 @@ impl Conntrack {
     ) -> Result<Entry, Refusal> {
         let now = self.ms(now);
         let i = self.insert_slot(k, backend, backend_port, now)?;
+        // A TCP flow first seen in the middle (a return path learned again
+        // after its entry expired) is an open connection already.
+        if k.protocol == crate::wire::ipv4::protocol::TCP && flags & (SYN | FIN | RST) == 0 {
+            let v = self.flows.value_mut(i);
+            let was = *v;
+            v.state = TcpState::Established;
+            let now_v = *v;
+            recount(&mut self.open, &was, &now_v);
+            return Ok(now_v.entry());
+        }
         Ok(self.note(i, k.protocol, flags, true, now).entry())
     }
 
@@ -534,10 +544,11 @@ fn advance(e: &mut Tracked, protocol: u8, flags: u8, from_client: bool, now: u64
         (_, 3) => TcpState::Closed,
         (TcpState::Closed, _) => TcpState::Closed,
         (_, 1 | 2) => TcpState::Closing,
+        // Only the task's SYN-ACK opens the connection: a client's bare ACK
+        // after its SYN (which any host can send, from as many ports as it
+        // likes) would otherwise hold the entry for the established
+        // timeout, a day, and fill the table.
         (TcpState::SynSent, _) if !from_client && flags & (SYN | ACK) == SYN | ACK => {
-            TcpState::Established
-        }
-        (TcpState::SynSent, _) if from_client && flags & ACK != 0 && flags & SYN == 0 => {
             TcpState::Established
         }
         (s, _) => s,

@@ -95,6 +95,21 @@ fn tcp_states_follow_the_flags() {
     assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::SynSent);
     ct.update(&k2, SYN | ACK, false, now);
     assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Established);
+    // A client's bare ACK before any SYN-ACK does not open the connection
+    // (it would hold the entry a day); the task's SYN-ACK does.
+    let k3 = key(3);
+    ct.track(k3, TASK, 80, SYN, now).unwrap();
+    ct.update(&k3, ACK, true, now);
+    assert_eq!(ct.get(&k3, now).unwrap().state, TcpState::SynSent);
+    ct.update(&k3, SYN | ACK, false, now);
+    assert_eq!(ct.get(&k3, now).unwrap().state, TcpState::Established);
+    // A flow first seen mid-stream (a return path learned again) is open.
+    let k4 = key(4);
+    assert_eq!(
+        ct.track(k4, TASK, 80, ACK, now).unwrap().state,
+        TcpState::Established
+    );
+    assert_eq!(ct.active_to(TASK), 3);
 }
 
 #[test]
