@@ -44,6 +44,16 @@ expect_error "attach of a missing netns refused" attach 118 nosuch demo
 if [ -e /run/netns/mt-nosuch ]; then
     NAMESPACES+=(mt-nosuch); fail "  ... attach created netns mt-nosuch"
 else pass "  ... and no netns mt-nosuch was created"; fi
+expect_error "attach with --netns '' refused" mctl 118 container attach --netns "" --network demo
+expect_error "attach of a file that is no namespace (/etc/hostname) refused" \
+    mctl 118 container attach --netns /etc/hostname --network demo --name dup
+expect_error "attach as c1 (the name of c1, on .116) refused" \
+    mctl 118 container attach --netns mt-dup --network demo --name c1
+check "  ... mt-dup has no eth0" no_eth0 mt-dup
+expect_error "attach as C1 (names are case-insensitive, as in DNS) refused" \
+    mctl 118 container attach --netns mt-dup --network demo --name C1
+expect_error "--weight without --service refused" attach 118 dup demo --weight 2
+check "  ... mt-dup has no eth0" no_eth0 mt-dup
 sleep 1                                     # anything half-applied would have spread by now
 check "after the refusals, container ls is unchanged on all hosts" unchanged
 

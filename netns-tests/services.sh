@@ -205,6 +205,7 @@ check "  ... web still has 2 replicas on .116" replicas_on 116 web 2
 # --- refusals: one line on stderr, non-zero, nothing half-applied ---------------
 BEFORE=$(listing 116)
 expect_error "duplicate name web (created on .117) refused on .118" mctl 118 service create --name web --network back
+expect_error "WEB (web's name in other case: one DNS name) refused" mctl 118 service create --name WEB --network back
 expect_error "unknown network refused" mctl 116 service create --name svc-x --network no-such-net
 expect_error "unknown network among known ones refused" \
     mctl 116 service create --name svc-x --network front --network no-such-net

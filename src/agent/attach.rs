@@ -4,7 +4,7 @@
 
 use super::{Agent, Attachment};
 use crate::api::types::{AttachOut, AttachRequest, DetachRequest};
-use crate::cluster::model::ContainerEndpoint;
+use crate::cluster::model::{ContainerEndpoint, Network, View};
 use crate::cluster::registry::{self, Mutation, Outcome};
 use crate::dns;
 use crate::io::tap;
@@ -16,6 +16,11 @@ use std::sync::PoisonError;
 impl Agent {
     /// `meshctl container attach`: gives the netns its interface on the network.
     pub async fn attach(&self, mut req: AttachRequest) -> Result<AttachOut, String> {
+        if req.netns.trim().is_empty() {
+            return Err(
+                "--netns is empty: give a namespace's name (ip netns add NAME) or path".into(),
+            );
+        }
         req.netns = netns::canonical(&req.netns);
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
         netns::check_ifname(&ifname).map_err(|e| e.to_string())?;
@@ -24,6 +29,12 @@ impl Agent {
         let path = netns::resolve(&req.netns);
         if !path.exists() {
             return Err(netns::NetnsError::NotFound(req.netns.clone()).to_string());
+        }
+        if !netns::is_netns(&path) {
+            return Err(format!(
+                "{} is not a network namespace: give a name from `ip netns list` or a path such as /proc/PID/ns/net",
+                path.display()
+            ));
         }
         // A network or service made on another host a moment ago may still be
         // on its way here (gossip takes up to a second): wait for it a little.
@@ -38,13 +49,13 @@ impl Agent {
             .await;
         let net = view
             .find_network(&req.network)
-            .ok_or_else(|| format!("network {} not found", req.network))?
+            .ok_or_else(|| format!("network {} not found (see meshctl network ls)", req.network))?
             .clone();
         let service = match &req.service {
             Some(s) => {
                 let svc = view
                     .find_service(s)
-                    .ok_or_else(|| format!("service {s} not found"))?;
+                    .ok_or_else(|| format!("service {s} not found (see meshctl service ls)"))?;
                 if !svc.networks.contains(&net.id) {
                     return Err(format!(
                         "service {} is not on network {}: pick one of its networks",
@@ -58,6 +69,10 @@ impl Agent {
         if req.weight == Some(0) {
             return Err("--weight must be at least 1".into());
         }
+        if req.weight.is_some() && service.is_none() {
+            return Err("--weight is a task's share of its service: it needs --service".into());
+        }
+        check_name_free(&view, &net, &name, &req.netns)?;
         // One attach or detach of a namespace at a time; the agent's locks
         // are not held while the leader is asked or the namespace is set up.
         let _claim = self.claim(&req.netns).await;
@@ -372,11 +387,65 @@ impl Agent {
 /// How long a draining task must see no traffic to count as drained.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// A container's name answers in DNS on its networks, so one name is one
+/// thing there: not another container on the network (the same namespace
+/// moving to another host is not another container), not a service on it.
+/// DNS names are case-insensitive, and so is this.
+fn check_name_free(view: &View, net: &Network, name: &str, netns: &str) -> Result<(), String> {
+    if let Some(c) = view
+        .containers
+        .iter()
+        .find(|c| c.network_id == net.id && c.netns != netns && c.name.eq_ignore_ascii_case(name))
+    {
+        let host = view
+            .node(&c.node_id)
+            .map_or_else(|| c.node_id.clone(), |n| n.record.address.to_string());
+        return Err(format!(
+            "name {name} is taken on network {} by container {} on {host}: pass another --name",
+            net.name, c.netns
+        ));
+    }
+    if let Some(s) = view
+        .services
+        .values()
+        .find(|s| s.networks.contains(&net.id) && s.name.eq_ignore_ascii_case(name))
+    {
+        return Err(format!(
+            "name {name} is service {}'s on network {}: pass another --name",
+            s.name, net.name
+        ));
+    }
+    Ok(())
+}
+
+/// The name of a container attached without `--name`: its namespace's name,
+/// or for a process's namespace (`/proc/PID/ns/net`) `pid-PID`, so that two
+/// such containers do not both take the name `net`.
 fn default_name(netns: &str) -> String {
+    let parts: Vec<&str> = netns.split('/').collect();
+    if let ["", "proc", pid, "ns", "net"] = parts[..] {
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            return format!("pid-{pid}");
+        }
+    }
     let base = netns.rsplit('/').next().unwrap_or(netns);
     if registry::check_name(base).is_ok() {
         base.to_string()
     } else {
         "container".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn default_names_follow_the_namespace() {
+        assert_eq!(default_name("web1"), "web1");
+        assert_eq!(default_name("/proc/4242/ns/net"), "pid-4242");
+        assert_eq!(default_name("/run/custom/db"), "db");
+        assert_eq!(default_name("/proc/x/ns/net"), "net");
+        assert_eq!(default_name("/tmp/-odd"), "container");
     }
 }

@@ -202,7 +202,10 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
             let view = agent.view().await;
             match view.find_network(name) {
                 Some(n) => json(StatusCode::OK, &network_out(agent, &view, n)),
-                None => error(StatusCode::NOT_FOUND, format!("network {name} not found")),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("network {name} not found (see meshctl network ls)"),
+                ),
             }
         }
         (Method::DELETE, ["v1", "networks", name]) => match agent
@@ -336,7 +339,10 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
                     StatusCode::OK,
                     &service_out(&view, s, true, &agent.lb_stats),
                 ),
-                None => error(StatusCode::NOT_FOUND, format!("service {name} not found")),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("service {name} not found (see meshctl service ls)"),
+                ),
             }
         }
         (Method::DELETE, ["v1", "services", name]) => match agent

@@ -141,7 +141,7 @@ pub fn plan(
         Mutation::RemoveNetwork { name } => {
             let net = view
                 .find_network(name)
-                .ok_or_else(|| format!("network {name} not found"))?;
+                .ok_or_else(|| format!("network {name} not found (see meshctl network ls)"))?;
             if let Some(s) = view
                 .services
                 .values()
@@ -189,7 +189,7 @@ pub fn plan(
         Mutation::ReserveIp { network, ip, .. } => {
             let net = view
                 .find_network(network)
-                .ok_or_else(|| format!("network {network} not found"))?;
+                .ok_or_else(|| format!("network {network} not found (see meshctl network ls)"))?;
             let taken = taken_ips(view, reserved, &net.id);
             let ip = match ip {
                 Some(ip) => {
@@ -232,7 +232,7 @@ pub fn plan(
         } => {
             let net = view
                 .find_network(network)
-                .ok_or_else(|| format!("network {network} not found"))?;
+                .ok_or_else(|| format!("network {network} not found (see meshctl network ls)"))?;
             check_host_ip(net, *ip)?;
             if taken_ips(view, reserved, &net.id).contains(ip) {
                 return Err(format!(
@@ -243,6 +243,7 @@ pub fn plan(
             if mac.is_group() || *mac == Mac::ZERO {
                 return Err(format!("MAC {mac} is not a unicast address"));
             }
+            check_vtep(view, *vtep)?;
             let s = StaticEndpoint {
                 network_id: net.id.clone(),
                 ip: *ip,
@@ -264,7 +265,7 @@ pub fn plan(
         Mutation::RemoveStaticEndpoint { network, ip } => {
             let net = view
                 .find_network(network)
-                .ok_or_else(|| format!("network {network} not found"))?;
+                .ok_or_else(|| format!("network {network} not found (see meshctl network ls)"))?;
             if !view
                 .statics
                 .iter()
@@ -294,7 +295,7 @@ pub fn plan(
         Mutation::RemoveService { name } => {
             let svc = view
                 .find_service(name)
-                .ok_or_else(|| format!("service {name} not found"))?;
+                .ok_or_else(|| format!("service {name} not found (see meshctl service ls)"))?;
             let tasks = view.tasks(&svc.id).count();
             if tasks > 0 {
                 return Err(format!(
@@ -332,8 +333,15 @@ fn create_service(
         scheduler,
     } = *spec;
     check_name(name)?;
-    if view.service_by_name(name).is_some() {
-        return Err(format!("service with name {name} already exists"));
+    if let Some(s) = view
+        .services
+        .values()
+        .find(|s| s.name.eq_ignore_ascii_case(name))
+    {
+        return Err(format!(
+            "service with name {} already exists (names are case-insensitive, as in DNS)",
+            s.name
+        ));
     }
     if networks.is_empty() {
         return Err("a service needs at least one --network".into());
@@ -354,7 +362,7 @@ fn create_service(
     for n in networks {
         let net = view
             .find_network(n)
-            .ok_or_else(|| format!("network {n} not found"))?;
+            .ok_or_else(|| format!("network {n} not found (see meshctl network ls)"))?;
         if !ids.contains(&net.id) {
             ids.push(net.id.clone());
         }
@@ -445,8 +453,18 @@ fn create_network(
             "driver '{driver}' is not supported: mesh networks use the overlay driver"
         ));
     }
-    if view.network_by_name(name).is_some() {
-        return Err(format!("network with name {name} already exists"));
+    if let Some(n) = view
+        .networks
+        .values()
+        .find(|n| n.name.eq_ignore_ascii_case(name))
+    {
+        return Err(format!(
+            "network with name {} already exists (names are case-insensitive, as in DNS)",
+            n.name
+        ));
+    }
+    if gateway.is_some() && subnet.is_none() {
+        return Err("--gateway needs --subnet (the gateway is an address of that subnet)".into());
     }
     let taken: Vec<Subnet> = view.networks.values().map(|n| n.subnet).collect();
     let subnet = match subnet {
@@ -504,6 +522,24 @@ fn create_network(
 }
 
 /// Names as Docker allows them: a letter or digit, then letters, digits, `_.-`.
+/// A static endpoint's VTEP is a host on the underlay: a unicast address,
+/// not loopback, not inside an overlay network (VXLAN to it would go into
+/// the overlay it carries).
+fn check_vtep(view: &View, vtep: Ipv4Addr) -> Result<(), String> {
+    if vtep.is_unspecified() || vtep.is_broadcast() || vtep.is_multicast() || vtep.is_loopback() {
+        return Err(format!(
+            "--vtep {vtep} is not a unicast host address: give the underlay address of the VTEP"
+        ));
+    }
+    if let Some(n) = view.networks.values().find(|n| n.subnet.contains(vtep)) {
+        return Err(format!(
+            "--vtep {vtep} is inside network {}'s subnet {}: give the VTEP's underlay address",
+            n.name, n.subnet
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63

@@ -45,6 +45,23 @@ pub enum NetnsError {
     ThreadDied,
 }
 
+/// Whether `path` is a namespace file (nsfs: a bound `/run/netns/NAME` or a
+/// `/proc/PID/ns/*`), not any other file.
+pub fn is_netns(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed statfs for the kernel to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
+    let kind = st.f_type as i64;
+    kind == NSFS_MAGIC
+}
+
 /// The path of a namespace given as `NAME` (under /var/run/netns) or as a path.
 pub fn resolve(name_or_path: &str) -> PathBuf {
     if name_or_path.contains('/') {
@@ -110,4 +127,17 @@ where
         })?
         .join()
         .map_err(|_| NetnsError::ThreadDied)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_namespace_files_are_namespaces() {
+        assert!(is_netns(Path::new("/proc/self/ns/net")));
+        assert!(!is_netns(Path::new("/proc/self/status")));
+        assert!(!is_netns(Path::new("/")));
+        assert!(!is_netns(Path::new("/no/such/file")));
+    }
 }

@@ -63,6 +63,16 @@ fn networks_get_distinct_vnis_and_subnets() {
     assert_eq!(seen[0].gateway, Ipv4Addr::new(10, 0, 0, 1));
 }
 
+/// A static endpoint 10.20.0.50 on demo behind VTEP `vtep`.
+fn static_at(vtep: &str) -> Mutation {
+    Mutation::AddStaticEndpoint {
+        network: "demo".into(),
+        ip: Ipv4Addr::new(10, 20, 0, 50),
+        mac: Mac([2, 0, 0, 0, 0, 0x50]),
+        vtep: vtep.parse().unwrap(),
+    }
+}
+
 #[test]
 fn refusals_change_nothing() {
     let mut v = View::default();
@@ -71,6 +81,16 @@ fn refusals_change_nothing() {
     apply(&mut v, &p);
     for (m, want) in [
         (create("demo", None), "already exists"),
+        (create("DEMO", None), "case-insensitive"),
+        (
+            Mutation::CreateNetwork {
+                name: "gw".into(),
+                driver: "overlay".into(),
+                subnet: None,
+                gateway: Some(Ipv4Addr::new(10, 5, 0, 1)),
+            },
+            "--gateway needs --subnet",
+        ),
         (create("other", Some("10.20.5.0/24")), "overlaps"),
         (create("bad name", None), "invalid name"),
         (create("x", Some("10.1.0.0/33")), "invalid subnet"),
@@ -101,6 +121,10 @@ fn refusals_change_nothing() {
             },
             "gateway",
         ),
+        (static_at("127.0.0.1"), "not a unicast host address"),
+        (static_at("0.0.0.0"), "not a unicast host address"),
+        (static_at("239.1.1.1"), "not a unicast host address"),
+        (static_at("10.20.3.4"), "inside network demo's subnet"),
     ] {
         let e = plan(&v, &none, &m, 2, "b").unwrap_err();
         assert!(e.contains(want), "{e} should say {want}");
@@ -286,6 +310,10 @@ fn service_refusals() {
         (
             service("web", &["demo"], &[], EndpointMode::Vip),
             "already exists",
+        ),
+        (
+            service("Web", &["demo"], &[], EndpointMode::Vip),
+            "case-insensitive",
         ),
         (
             service("api", &["nope"], &[], EndpointMode::Vip),
