@@ -41,6 +41,16 @@ start_upstream 53 servfail
 start_upstream 5353 zone
 
 # --- cluster: agents started here to pass the DNS flags ------------------------
+# .116's own resolv.conf (`ip netns exec` mounts it over /etc/resolv.conf for
+# its agent): a search domain and options that its containers keep, all but
+# its ndots.
+# .117 and .118 have one without any (not the machine's, which might).
+mkdir -p /etc/netns/mt-h116 /etc/netns/mt-h117 /etc/netns/mt-h118
+printf 'nameserver %s\nsearch corp.example\noptions ndots:3 timeout:1\n' "$UNDERLAY.10" \
+    >/etc/netns/mt-h116/resolv.conf || die "setup: .116's resolv.conf"
+for h in 117 118; do
+    printf 'nameserver %s\n' "$UNDERLAY.10" >"/etc/netns/mt-h$h/resolv.conf" || die "setup: .$h's resolv.conf"
+done
 start_agent 116 "${UP[@]}"
 TOKEN=$(mctl 116 cluster join-token) || die "setup: cluster join-token"
 start_agent 117 --join "$UNDERLAY.116" --join-token "$TOKEN" "${UP[@]}"
@@ -145,6 +155,13 @@ dns_listening() {  # dns_listening C: UDP and TCP on 127.0.0.11:53 inside mt-C
 dns_silent() { local s; s=$(ip netns exec "mt-$1" ss -Hlutn 'sport = :53') && [ -z "$s" ]; }
 for c in cl w1 both; do
     check "$c: /etc/netns/mt-$c/resolv.conf is nameserver 127.0.0.11, options ndots:0" resolv_ok "$c"
+    if [ "${HOST[$c]}" = 116 ]; then
+        check "  ... with .116's search domain and options (not its ndots)" \
+            bash -c "grep -qx 'search corp.example' /etc/netns/mt-$c/resolv.conf && grep -qx 'options timeout:1 ndots:0' /etc/netns/mt-$c/resolv.conf"
+    else
+        check "  ... and no search line (.${HOST[$c]} has none)" \
+            bash -c "[ -s /etc/netns/mt-$c/resolv.conf ] && ! grep -q '^search' /etc/netns/mt-$c/resolv.conf"
+    fi
     check "$c: 127.0.0.11:53 listening on UDP and TCP" dns_listening "$c"
 done
 
@@ -276,7 +293,12 @@ else fail "scale down: w3 was never attached, nothing to detach"; fi
 # a plain container comes and goes: its name on another host within 1 s, and
 # its listener stops with its last detach
 mk_container solo
+# solo has DNS settings of its own: set aside while attached, then back.
+mkdir -p /etc/netns/mt-solo
+SOLO_OWN=$'nameserver 192.0.2.53\n# solo\'s own\n'
+printf '%s' "$SOLO_OWN" >/etc/netns/mt-solo/resolv.conf || die "setup: solo's resolv.conf"
 IP[solo]=$(attach 116 solo front) || die "setup: attach solo on .116"
+check "solo: its own resolv.conf is replaced by the agent's while attached" resolv_ok solo
 if wait_until 1 expect_a cl solo "${IP[solo]}"; then pass "cl (.118): solo (just attached on .116) -> ${IP[solo]} (${WAITED} s)"
 else fail "cl (.118): solo (just attached on .116) -> ${IP[solo]} within 1 s"; fi
 check "solo: 127.0.0.11:53 listening" dns_listening solo
@@ -296,6 +318,8 @@ if wait_until 1 expect_a cl solo ""; then pass "cl (.118): solo no longer resolv
 else fail "cl (.118): solo no longer resolves within 1 s of its detach"; fi
 if wait_until 1 dns_silent solo; then pass "solo: no listener on :53 after its last detach (${WAITED} s)"
 else fail "solo: listener on :53 still there 1 s after its last detach"; fi
+check "solo: its own resolv.conf is back after the detach" \
+    test "$(cat /etc/netns/mt-solo/resolv.conf; echo x)" = "${SOLO_OWN}x"
 check "detach both from back on .117" mctl 117 container detach --netns mt-both --network back
 check "both (front only now): db -> no address within 1 s" wait_until 1 expect_a both db ""
 check "both (front only now): web still -> $VIP_WEB" expect_a both web "$VIP_WEB"

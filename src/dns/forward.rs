@@ -16,8 +16,11 @@ use tokio::sync::Semaphore;
 
 /// How long one upstream gets to answer.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Forwarded queries in flight at once, across all containers.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Forwarded queries in flight at once, across all containers (one socket
+/// each; Docker's embedded DNS allows as many). With each container held to
+/// [`crate::dns::MAX_FORWARDS_PER_CONTAINER`], it takes sixteen containers
+/// whose queries all go unanswered to use them up.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Why a forward produced no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

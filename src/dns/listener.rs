@@ -6,7 +6,7 @@
 
 use super::handler::Shared;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +65,8 @@ impl Listener {
         })
     }
 
-    /// Stops serving and removes the resolv.conf we wrote. Returns once the
+    /// Stops serving and removes the resolv.conf we wrote (putting back
+    /// the namespace's own, if it had one). Returns once the
     /// sockets are closed (bounded), so the namespace can be attached again
     /// at once: 127.0.0.11:53 is free to bind.
     pub async fn stop(self) {
@@ -78,27 +79,67 @@ impl Listener {
                 abort.abort();
             }
         }
-        if let Some(path) = self.resolv_conf {
-            let _ = std::fs::remove_file(&path);
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir(dir);
-            }
+        if let Some(dir) = self.resolv_conf.as_deref().and_then(Path::parent) {
+            remove_resolv_conf(dir);
         }
     }
 }
 
-/// What `/etc/netns/NAME/resolv.conf` says: ask 127.0.0.11, and try every
-/// name as given first (`ndots:0`), so service names resolve without search domains.
-pub const RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
+/// The first line of every `/etc/netns/NAME/resolv.conf` the agent writes:
+/// how a later agent knows the file is ours to remove.
+const MARK: &str =
+    "# written by mesh-agent: the DNS at 127.0.0.11; goes when the container is detached";
 
-/// Removes `/etc/netns/NAME/resolv.conf` if it is the one we write (left
-/// by an agent that was killed: nothing answers at 127.0.0.11 any more).
+/// What the agent wrote before the mark existed (still recognised as ours).
+const OLD_RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
+
+/// The file aside which a namespace's own resolv.conf waits while the agent's
+/// is in its place.
+const SAVED: &str = "resolv.conf.mesh-saved";
+
+/// What `/etc/netns/NAME/resolv.conf` says, from the host's `host`
+/// resolv.conf: ask 127.0.0.11, with the host's search domains (as Docker
+/// keeps them), and try every name as given first (`ndots:0`), so service
+/// names resolve before any search domain is tried. The host's other
+/// options stay, except its own `ndots`.
+pub fn resolv_conf(host: &str) -> String {
+    let mut text = format!("{MARK}\nnameserver 127.0.0.11\n");
+    let mut search = None;
+    let mut options = vec![];
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            // The last search or domain line wins, as in glibc.
+            Some("search" | "domain") => {
+                let domains: Vec<&str> = words.collect();
+                if !domains.is_empty() {
+                    search = Some(domains.join(" "));
+                }
+            }
+            Some("options") => options.extend(words.filter(|o| !o.starts_with("ndots:"))),
+            _ => {}
+        }
+    }
+    if let Some(s) = search {
+        text += &format!("search {s}\n");
+    }
+    options.push("ndots:0");
+    text += &format!("options {}\n", options.join(" "));
+    text
+}
+
+/// Whether `text` is a resolv.conf the agent wrote.
+fn is_ours(text: &str) -> bool {
+    text.starts_with(MARK) || text == OLD_RESOLV_CONF
+}
+
+/// Removes `/etc/netns/NAME/resolv.conf` if it is one we wrote (left by an
+/// agent that was killed: nothing answers at 127.0.0.11 any more), and
+/// puts back the namespace's own if we had set it aside.
 pub fn remove_stale_resolv_conf(name: &str) {
     let dir = PathBuf::from("/etc/netns").join(name);
-    let path = dir.join("resolv.conf");
-    if std::fs::read_to_string(&path).is_ok_and(|c| c == RESOLV_CONF) {
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir(&dir);
+    if std::fs::read_to_string(dir.join("resolv.conf")).is_ok_and(|c| is_ours(&c)) {
+        remove_resolv_conf(&dir);
         tracing::info!(
             netns = name,
             "removed the DNS settings a stopped agent left"
@@ -106,12 +147,64 @@ pub fn remove_stale_resolv_conf(name: &str) {
     }
 }
 
+/// Takes our resolv.conf out of `dir`: the namespace's own back if it was
+/// set aside, else nothing (and `dir` too if it is empty then).
+fn remove_resolv_conf(dir: &Path) {
+    let path = dir.join("resolv.conf");
+    if std::fs::rename(dir.join(SAVED), &path).is_err() {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Writes `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` mounts
-/// over /etc/resolv.conf, so glibc in the container asks us.
+/// over /etc/resolv.conf, so glibc in the container asks us. A file of the
+/// namespace's own there is set aside (not lost) until the agent's goes.
 fn write_resolv_conf(name: &str) -> std::io::Result<PathBuf> {
     let dir = PathBuf::from("/etc/netns").join(name);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("resolv.conf");
-    std::fs::write(&path, RESOLV_CONF)?;
+    let saved = dir.join(SAVED);
+    match std::fs::read_to_string(&path) {
+        // Keep what was set aside first: a second copy would be ours.
+        Ok(c) if !is_ours(&c) && !saved.exists() => std::fs::rename(&path, &saved)?,
+        _ => {}
+    }
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // Written aside and renamed: a reader never sees half a file.
+    let tmp = dir.join("resolv.conf.mesh-new");
+    std::fs::write(&tmp, resolv_conf(&host))?;
+    std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_containers_resolv_conf_keeps_the_hosts_search_domains() {
+        let host = "# generated\nnameserver 10.0.0.53\nsearch corp.example lab.example\n\
+                    options ndots:5 timeout:2\noptions rotate\n";
+        assert_eq!(
+            resolv_conf(host),
+            format!(
+                "{MARK}\nnameserver 127.0.0.11\nsearch corp.example lab.example\n\
+                 options timeout:2 rotate ndots:0\n"
+            )
+        );
+        let bare = resolv_conf("nameserver 1.1.1.1\n");
+        assert_eq!(
+            bare,
+            format!("{MARK}\nnameserver 127.0.0.11\noptions ndots:0\n")
+        );
+        assert!(is_ours(&bare) && is_ours(OLD_RESOLV_CONF));
+        assert!(!is_ours("nameserver 127.0.0.11\n"));
+        assert_eq!(
+            resolv_conf("domain a.example\nsearch b.example\n")
+                .lines()
+                .nth(2),
+            Some("search b.example")
+        );
+    }
 }
