@@ -48,6 +48,13 @@ enum Format {
     Json,
 }
 
+/// `inspect` prints JSON only (as `docker inspect`); `--format json` is
+/// accepted, and anything else refused rather than ignored.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum InspectFormat {
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum NodeCmd {
     /// List nodes; '*' marks this one.
@@ -84,7 +91,7 @@ enum NetworkCmd {
     Inspect {
         name: String,
         #[arg(long, value_enum, default_value = "json")]
-        format: Format,
+        format: InspectFormat,
     },
     /// Remove a network.
     Rm { name: String },
@@ -120,7 +127,7 @@ enum ServiceCmd {
     Inspect {
         name: String,
         #[arg(long, value_enum, default_value = "json")]
-        format: Format,
+        format: InspectFormat,
     },
     /// Remove a service (it must have no tasks).
     Rm { name: String },
@@ -530,8 +537,14 @@ async fn container(c: &Client, cmd: ContainerCmd) -> Result<(), String> {
 
 /// Names go into URL paths: refuse what would change the path.
 fn path_segment(s: &str) -> Result<&str, String> {
-    if s.is_empty() || s.contains(['/', '?', '#', '%', ' ']) {
-        return Err(format!("invalid name '{s}'"));
+    if s.is_empty()
+        || s.contains(['/', '?', '#', '%', ' '])
+        || !s.is_ascii()
+        || s.contains(char::is_control)
+    {
+        return Err(format!(
+            "invalid name '{s}': names are ASCII letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(s)
 }
@@ -591,6 +604,8 @@ mod tests {
             !e.contains('\n') && e.contains("yaml") && e.contains("json"),
             "{e}"
         );
+        let e = parse_error(&["meshctl", "service", "inspect", "web", "--format", "table"]);
+        assert!(!e.contains('\n') && e.contains("table"), "{e}");
         let e = parse_error(&["meshctl", "network"]);
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains("meshctl network"), "{e}");
