@@ -299,6 +299,8 @@ SOLO_OWN=$'nameserver 192.0.2.53\n# solo\'s own\n'
 printf '%s' "$SOLO_OWN" >/etc/netns/mt-solo/resolv.conf || die "setup: solo's resolv.conf"
 IP[solo]=$(attach 116 solo front) || die "setup: attach solo on .116"
 check "solo: its own resolv.conf is replaced by the agent's while attached" resolv_ok solo
+check "  ... and kept out of /etc/netns/mt-solo (ip netns exec mounts every file there)" \
+    test "$(ls -A /etc/netns/mt-solo)" = resolv.conf
 if wait_until 1 expect_a cl solo "${IP[solo]}"; then pass "cl (.118): solo (just attached on .116) -> ${IP[solo]} (${WAITED} s)"
 else fail "cl (.118): solo (just attached on .116) -> ${IP[solo]} within 1 s"; fi
 check "solo: 127.0.0.11:53 listening" dns_listening solo

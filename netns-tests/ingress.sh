@@ -147,11 +147,12 @@ big_ok() {
 }
 # Other software marks packets too (kube-proxy, Cilium, wg-quick): a table of
 # "theirs" sets bit 0x1 on ICMP errors before the agent's chain, and counts
-# after it those that still carry it. The agent only adds its own bit.
+# after it those that carry both it and the agent's bit (0x200000): the
+# agent only adds its own.
 ip netns exec mt-h116 nft -f - <<'NFT'
 table ip mt_theirs {
   chain before { type filter hook prerouting priority mangle - 10; icmp type destination-unreachable meta mark set 0x1; }
-  chain after { type filter hook prerouting priority mangle + 10; icmp type destination-unreachable meta mark & 0x1 == 0x1 counter; }
+  chain after { type filter hook prerouting priority mangle + 10; icmp type destination-unreachable meta mark & 0x200001 == 0x200001 counter; }
 }
 NFT
 check "a client behind a 1280-byte link gets a 100 kB answer through .116 (the path MTU error reaches the task)" \
@@ -285,15 +286,18 @@ for id in 116 117 118; do
 done
 
 # ---- a service on two networks: its published port reaches every task -----------
-# m1 is on web only, m2 on wp only, m3 on both (one task: counted once).
+# m1 is on web only, m2 on wp only, m3 on both (one task: counted once). m3
+# is attached to wp first: its default route goes out eth0 (wp), while the
+# balancer picks it by its web address (eth1), so its replies leave eth0
+# from eth1's address, which is its own all the same (not spoofed).
 mctl 116 service create --name multi --network web --network wp --publish 8090:80 >/dev/null ||
     die "setup: service create multi"
-for m in m1:117:web m2:118:wp m3:117:web; do
+for m in m1:117:web m2:118:wp m3:117:wp; do
     IFS=: read -r name id net <<<"$m"
     mk_container "$name"
     attach "$id" "$name" "$net" --service multi >/dev/null || die "setup: attach $name to $net"
 done
-attach 117 m3 wp --service multi --ifname eth1 >/dev/null || die "setup: attach m3 to wp too"
+attach 117 m3 web --service multi --ifname eth1 >/dev/null || die "setup: attach m3 to web too"
 for name in m1 m2 m3; do
     ip netns exec "mt-$name" timeout 300 python3 -c '
 import sys, http.server

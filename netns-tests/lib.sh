@@ -111,6 +111,7 @@ cleanup() {
     for ns in "${NAMESPACES[@]}"; do
         ip netns del "$ns" 2>/dev/null
         rm -rf "/etc/netns/$ns"               # resolv.conf an agent may have left
+        rm -f "/etc/netns/.mesh-saved/$ns"    # ... and the namespace's own it set aside
     done
     if [ -n "${MT_KEEP_TMP:-}" ]; then echo "# kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"

@@ -109,15 +109,15 @@ note "$(cat "$TMP/check.out")"
 # --- a container sends from its own address only ------------------------------
 # c1 takes c2's address too and pings c3 from it: with its own MAC, c2's IP
 # (a forged reply or RST in another task's name). The agent drops it, counted.
-stat() { curl -sf --max-time 5 --unix-socket "$TMP/h$1.sock" http://agent/v1/stats | jq -e ".$2"; }
+agent_stat() { curl -sf --max-time 5 --unix-socket "$TMP/h$1.sock" http://agent/v1/stats | jq -e ".$2"; }
 spoof_dropped() {
     local before after
-    before=$(stat "${HOST[c1]}" spoofed) || return 1
+    before=$(agent_stat "${HOST[c1]}" spoofed) || return 1
     ip -n mt-c1 addr add "${IP[c2]}/32" dev eth0 || return 1
     ip netns exec mt-c1 ping -n -c 3 -i 0.2 -W 1 -I "${IP[c2]}" "${IP[c3]}"
     local rc=$?
     ip -n mt-c1 addr del "${IP[c2]}/32" dev eth0
-    after=$(stat "${HOST[c1]}" spoofed) || return 1
+    after=$(agent_stat "${HOST[c1]}" spoofed) || return 1
     echo "ping from c2's address: rc $rc; spoofed drops on .${HOST[c1]}: $before -> $after"
     [ "$rc" -ne 0 ] && [ "$after" -ge $((before + 3)) ]
 }

@@ -26,7 +26,9 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok instal
 
 missing=()
 if command -v dpkg-query >/dev/null; then
-    for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+    for p in "${PACKAGES[@]}"; do
+        installed "$p" || { [ "$p" = nginx-light ] && installed nginx; } || missing+=("$p")
+    done
 else
     die "not a Debian or Ubuntu machine (no dpkg): install the equivalents of ${PACKAGES[*]} by hand"
 fi
@@ -37,8 +39,12 @@ if [ "${1:-}" = --force ] || [ ${#missing[@]} -gt 0 ]; then
     # tshark asks whether non-root users may capture; the tests run as root.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -qq || die "apt-get update failed: check the machine's package sources"
-    apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null ||
-        die "apt-get install failed for some of: ${PACKAGES[*]}"
+    if ! apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null; then
+        # Releases that dropped nginx-light have nginx (the same server).
+        PACKAGES=("${PACKAGES[@]/nginx-light/nginx}")
+        apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null ||
+            die "apt-get install failed for some of: ${PACKAGES[*]}"
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

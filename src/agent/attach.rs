@@ -72,7 +72,7 @@ impl Agent {
         if req.weight.is_some() && service.is_none() {
             return Err("--weight is a task's share of its service: it needs --service".into());
         }
-        check_name_free(&view, &net, &name, &req.netns)?;
+        check_name_free(&view, &net, &name, &req.netns, &self.cluster.self_id)?;
         // One attach or detach of a namespace at a time; the agent's locks
         // are not held while the leader is asked or the namespace is set up.
         let _claim = self.claim(&req.netns).await;
@@ -387,32 +387,32 @@ impl Agent {
 /// How long a draining task must see no traffic to count as drained.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// A container's name answers in DNS on its networks, so one name is one
-/// thing there: not another container on the network (the same namespace
-/// moving to another host is not another container), not a service on it.
-/// DNS names are case-insensitive, and so is this.
-fn check_name_free(view: &View, net: &Network, name: &str, netns: &str) -> Result<(), String> {
-    if let Some(c) = view
-        .containers
-        .iter()
-        .find(|c| c.network_id == net.id && c.netns != netns && c.name.eq_ignore_ascii_case(name))
-    {
+/// A container's name answers in DNS on its networks, so two containers
+/// on one network do not share it (any case: DNS names are
+/// case-insensitive). The same namespace moving to another host is not
+/// another container, and neither is one on this host whose namespace is
+/// gone (it died without a detach; its restart may take its name again).
+/// A task may be named as its service (`--name db --service db`).
+fn check_name_free(
+    view: &View,
+    net: &Network,
+    name: &str,
+    netns: &str,
+    here: &str,
+) -> Result<(), String> {
+    let clash = view.containers.iter().find(|c| {
+        c.network_id == net.id
+            && c.netns != netns
+            && c.name.eq_ignore_ascii_case(name)
+            && (c.node_id != here || netns::is_netns(&netns::resolve(&c.netns)))
+    });
+    if let Some(c) = clash {
         let host = view
             .node(&c.node_id)
             .map_or_else(|| c.node_id.clone(), |n| n.record.address.to_string());
         return Err(format!(
             "name {name} is taken on network {} by container {} on {host}: pass another --name",
             net.name, c.netns
-        ));
-    }
-    if let Some(s) = view
-        .services
-        .values()
-        .find(|s| s.networks.contains(&net.id) && s.name.eq_ignore_ascii_case(name))
-    {
-        return Err(format!(
-            "name {name} is service {}'s on network {}: pass another --name",
-            s.name, net.name
         ));
     }
     Ok(())

@@ -174,6 +174,16 @@ pub fn build_tables(
             });
         }
     }
+    for a in local.values() {
+        let siblings: Box<[std::net::Ipv4Addr]> = local
+            .values()
+            .filter(|b| b.netns == a.netns && b.port != a.port)
+            .map(|b| b.ip)
+            .collect();
+        if !siblings.is_empty() {
+            t.sibling_ips.insert(a.port, siblings);
+        }
+    }
     for (vni, net) in &t.networks {
         for ip in net.by_ip.keys() {
             t.routed.insert(*ip, *vni);

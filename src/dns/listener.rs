@@ -80,7 +80,9 @@ impl Listener {
             }
         }
         if let Some(dir) = self.resolv_conf.as_deref().and_then(Path::parent) {
-            remove_resolv_conf(dir);
+            if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+                remove_resolv_conf(name, dir);
+            }
         }
     }
 }
@@ -93,9 +95,10 @@ const MARK: &str =
 /// What the agent wrote before the mark existed (still recognised as ours).
 const OLD_RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
 
-/// The file aside which a namespace's own resolv.conf waits while the agent's
-/// is in its place.
-const SAVED: &str = "resolv.conf.mesh-saved";
+/// Where a namespace's own resolv.conf waits while the agent's is in its
+/// place: beside the namespaces' directories, not in one (`ip netns exec`
+/// mounts every file of `/etc/netns/NAME/` over `/etc/`).
+const SAVED_DIR: &str = "/etc/netns/.mesh-saved";
 
 /// What `/etc/netns/NAME/resolv.conf` says, from the host's `host`
 /// resolv.conf: ask 127.0.0.11, with the host's search domains (as Docker
@@ -138,8 +141,11 @@ fn is_ours(text: &str) -> bool {
 /// puts back the namespace's own if we had set it aside.
 pub fn remove_stale_resolv_conf(name: &str) {
     let dir = PathBuf::from("/etc/netns").join(name);
-    if std::fs::read_to_string(dir.join("resolv.conf")).is_ok_and(|c| is_ours(&c)) {
-        remove_resolv_conf(&dir);
+    let current = std::fs::read_to_string(dir.join("resolv.conf"));
+    let saved = Path::new(SAVED_DIR).join(name);
+    // Ours, or none at all with a saved one waiting (killed in between).
+    if current.as_ref().is_ok_and(|c| is_ours(c)) || (current.is_err() && saved.exists()) {
+        remove_resolv_conf(name, &dir);
         tracing::info!(
             netns = name,
             "removed the DNS settings a stopped agent left"
@@ -147,34 +153,45 @@ pub fn remove_stale_resolv_conf(name: &str) {
     }
 }
 
-/// Takes our resolv.conf out of `dir`: the namespace's own back if it was
-/// set aside, else nothing (and `dir` too if it is empty then).
-fn remove_resolv_conf(dir: &Path) {
+/// Takes our resolv.conf out of `dir` (`/etc/netns/NAME`): the namespace's
+/// own back if it was set aside, else nothing (and `dir` too if it is
+/// empty then). Written in place, so that processes that have the file
+/// mounted see the change.
+fn remove_resolv_conf(name: &str, dir: &Path) {
     let path = dir.join("resolv.conf");
-    if std::fs::rename(dir.join(SAVED), &path).is_err() {
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir(dir);
+    let saved = Path::new(SAVED_DIR).join(name);
+    match std::fs::read(&saved) {
+        Ok(own) => {
+            if let Err(e) = std::fs::write(&path, own) {
+                tracing::warn!(netns = name, error = %e, "cannot put back the namespace's own resolv.conf (kept in {})", saved.display());
+                return;
+            }
+            let _ = std::fs::remove_file(&saved);
+            let _ = std::fs::remove_dir(SAVED_DIR);
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
 /// Writes `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` mounts
 /// over /etc/resolv.conf, so glibc in the container asks us. A file of the
-/// namespace's own there is set aside (not lost) until the agent's goes.
+/// namespace's own there is kept aside (in [`SAVED_DIR`]) until the agent's
+/// goes. Written in place, as [`remove_resolv_conf`] does.
 fn write_resolv_conf(name: &str) -> std::io::Result<PathBuf> {
     let dir = PathBuf::from("/etc/netns").join(name);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("resolv.conf");
-    let saved = dir.join(SAVED);
-    match std::fs::read_to_string(&path) {
-        // Keep what was set aside first: a second copy would be ours.
-        Ok(c) if !is_ours(&c) && !saved.exists() => std::fs::rename(&path, &saved)?,
-        _ => {}
+    if let Ok(own) = std::fs::read_to_string(&path) {
+        if !is_ours(&own) {
+            std::fs::create_dir_all(SAVED_DIR)?;
+            std::fs::write(Path::new(SAVED_DIR).join(name), own)?;
+        }
     }
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    // Written aside and renamed: a reader never sees half a file.
-    let tmp = dir.join("resolv.conf.mesh-new");
-    std::fs::write(&tmp, resolv_conf(&host))?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&path, resolv_conf(&host))?;
     Ok(path)
 }
 

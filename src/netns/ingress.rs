@@ -231,7 +231,9 @@ fn error_rule(verb: &str) -> String {
     rule(
         verb,
         PREF_PUBLISHED,
-        &format!("fwmark {ERROR_MARK:#x}/{ERROR_MARK:#x}"),
+        // ICMP only: a packet of other software's that carries the bit
+        // for its own reasons is not taken into the TUN.
+        &format!("ipproto icmp fwmark {ERROR_MARK:#x}/{ERROR_MARK:#x}"),
     )
 }
 
@@ -472,11 +474,29 @@ fn other_forwarder() -> Option<String> {
             return Some(format!("nftables chain {chain}"));
         }
     }
+    // Legacy iptables' nat table is listed once loaded, rules or not: look
+    // at its rules (if they cannot be listed, assume the worst).
     let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
-    legacy
-        .lines()
-        .any(|t| t == "nat")
-        .then(|| "legacy iptables' nat table".to_string())
+    if !legacy.lines().any(|t| t == "nat") {
+        return None;
+    }
+    match Command::new("iptables-legacy")
+        .args(["-t", "nat", "-S"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let rules = String::from_utf8_lossy(&out.stdout);
+            rules
+                .lines()
+                .find(|l| {
+                    ["-j MASQUERADE", "-j SNAT", "-j DNAT"]
+                        .iter()
+                        .any(|j| l.contains(j))
+                })
+                .map(|l| format!("legacy iptables rule '{l}'"))
+        }
+        _ => Some("legacy iptables' nat table (iptables-legacy cannot list it)".to_string()),
+    }
 }
 
 impl Drop for HostRouting {

@@ -30,6 +30,9 @@ pub(super) struct Way {
     /// Sent by another host's ingress (inner source MAC is the gateway's,
     /// from an agent): the flow's return path is noted.
     pub routed: bool,
+    /// Sent by an agent, which may leave the inner checksum partial (the
+    /// VXLAN flag); from a plain VTEP the flag means nothing.
+    pub agent: bool,
 }
 
 /// The way of the last datagram switched to a container, and what it was

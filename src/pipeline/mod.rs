@@ -39,7 +39,7 @@ pub use counters::{Counters, DropReason};
 use crate::tables::{Location, PortId, Tables};
 use crate::wire::ethernet;
 use counters::bump;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -207,8 +207,10 @@ impl Pipeline {
             let memo = self.memo.as_ref().filter(|m| m.matches(src, pkt.bytes()));
             if let Some(way) = memo.map(|m| m.way) {
                 bump(&self.counters.from_underlay);
-                let verdict =
-                    burst::Memo::decap(pkt).map(|()| self.deliver_local(now, src, way, pkt));
+                let verdict = burst::Memo::decap(pkt).map(|()| {
+                    pkt.csum_partial &= way.agent;
+                    self.deliver_local(now, src, way, pkt)
+                });
                 return self.count(verdict);
             }
         }
@@ -305,10 +307,17 @@ impl Pipeline {
         // A container sends from its own address only: with another task's
         // it could forge a reply of that task's ingress flow, or a RST in
         // a VIP client's name that closes the client's tracked flow.
+        // Its own: the port's, or (a container on several networks) one of
+        // its other ports', for a reply follows the default route whatever
+        // address it is from.
         if eth.ethertype() == ethernet::ethertype::IPV4 {
             let src = pkt.bytes().get(26..30).ok_or(DropReason::Malformed)?;
             if src != me.ip.octets() {
-                return Err(DropReason::Spoofed);
+                let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
+                let sibling = tables.sibling_ips.get(&port);
+                if !sibling.is_some_and(|ips| ips.contains(&src)) {
+                    return Err(DropReason::Spoofed);
+                }
             }
         }
         if eth.dst() == net.gateway_mac {
@@ -379,6 +388,7 @@ impl Pipeline {
             port,
             vni,
             routed: src_mac == net.gateway_mac && peer.agent,
+            agent: peer.agent,
         };
         let datagram = &pkt.buf[pkt.start - crate::wire::vxlan::HEADER_LEN..pkt.end];
         self.memo = burst::Memo::new(src, datagram, way);

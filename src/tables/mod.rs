@@ -206,6 +206,10 @@ pub struct Published {
 pub struct Tables {
     pub networks: FastMap<Vni, NetworkTable>,
     pub ports: FastMap<PortId, Port>,
+    /// For a container on several networks: per port, the addresses of its
+    /// other ports. It may send from any of them on any of its interfaces
+    /// (a reply follows its default route, whatever address it is from).
+    pub sibling_ips: FastMap<PortId, Box<[Ipv4Addr]>>,
     /// VTEPs we accept VXLAN from.
     pub peers: FastMap<Ipv4Addr, Peer>,
     /// Every service VIP, on every network.

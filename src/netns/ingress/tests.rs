@@ -97,7 +97,9 @@ fn icmp_errors_about_published_ports_are_marked_for_the_tun() {
     assert!(s.contains("@th,136,8 17 @th,224,16 { 9001 } meta mark set meta mark | 0x200000\n"));
     assert_eq!(
         error_rule("add"),
-        format!("rule add pref {PREF_PUBLISHED} fwmark 0x200000/0x200000 lookup {TABLE}")
+        format!(
+            "rule add pref {PREF_PUBLISHED} ipproto icmp fwmark 0x200000/0x200000 lookup {TABLE}"
+        )
     );
 }
 
