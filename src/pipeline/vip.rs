@@ -64,7 +64,9 @@ impl Balancer {
             conntrack: Conntrack::new(config.conntrack_max, config.timeouts),
             schedulers: vec![],
             built_for: vec![],
-            active: Vec::with_capacity(64),
+            // A VIP's open-flow counts per task, filled per new flow: room
+            // for this many tasks, so that the packet path does not grow it.
+            active: Vec::with_capacity(1024),
             counters,
         };
         b.set_tables(tables);

@@ -375,7 +375,12 @@ fn read_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<(VnetHeader,
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(None),
         Err(e) => return Err(e),
     };
-    // A read shorter than the header leaves an empty frame, dropped later.
+    // A read shorter than the header leaves an empty frame, dropped later;
+    // a length beyond the buffer (a device that reports what it truncated)
+    // is held to what is there.
     let vnet = VnetHeader::parse(&buf[at..HEADROOM]).unwrap_or_default();
-    Ok(Some((vnet, n.saturating_sub(virtio::HEADER_LEN))))
+    let len = n
+        .saturating_sub(virtio::HEADER_LEN)
+        .min(buf.len().saturating_sub(HEADROOM));
+    Ok(Some((vnet, len)))
 }

@@ -262,7 +262,9 @@ impl Conntrack {
         Conntrack {
             flows: Table::new(),
             replies: replies.then(Table::new),
-            open: HashMap::new(),
+            // Room for this many tasks from the start: a flow to a task
+            // seen for the first time does not allocate on the packet path.
+            open: HashMap::with_capacity(1024),
             max,
             timeouts: timeouts.millis(),
             epoch,
