@@ -145,6 +145,28 @@ check "detach of c2 by another path to it (/var/run/netns/mt-c2)" \
     mctl 117 container detach --netns /var/run/netns/mt-c2 --network demo
 check "  ... c2 is gone from container ls on .117" lacks 117 c2 container ls
 
+# --- containers that go away without a detach ---------------------------------------
+# A named namespace deleted, and a process's namespace whose process exits: the
+# agent's TAP would keep the dead namespace alive, its address and name taken.
+mk_container gone
+GONE_IP=$(attach 117 gone demo) || die "setup: attach gone on .117"
+unshare -n sleep 60 &
+PROC=$!; track "$PROC"
+wait_until 2 test -e "/proc/$PROC/ns/net" || die "setup: a process namespace"
+PROC_IP=$(mctl 118 container attach --netns "/proc/$PROC/ns/net" --network demo) ||
+    die "setup: attach /proc/$PROC/ns/net on .118"
+seen_all() { local id; for id in 116 117 118; do containers "$id" "$1" >/dev/null || return 1; done; }
+wait_until 2 seen_all gone && wait_until 2 seen_all "pid-$PROC" || die "setup: gone and pid-$PROC not listed"
+ip netns del mt-gone
+kill "$PROC"; wait "$PROC" 2>/dev/null
+gone_all() { local id n; for id in 116 117 118; do for n; do lacks "$id" "$n" container ls || return 1; done; done; }
+check "deleted namespace mt-gone and exited pid-$PROC leave container ls on every host within 5 s" \
+    wait_until 5 gone_all gone "pid-$PROC"
+note "took ${WAITED}s"
+mk_container back; mk_container back2
+check "  ... and mt-gone's address can be attached again ($GONE_IP)" attach 116 back demo --ip "$GONE_IP"
+check "  ... and pid-$PROC's too ($PROC_IP)" attach 116 back2 demo --ip "$PROC_IP"
+
 # --- meshctl against an agent that takes the connection but never answers ----------
 # (stopped, wedged): a detach gives up within seconds, not after the longest drain.
 kill -STOP "${AGENT_PID[117]}"

@@ -11,7 +11,7 @@ use crate::io::tap;
 use crate::netns;
 use crate::tables::PortId;
 use crate::wire::Mac;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 impl Agent {
     /// `meshctl container attach`: gives the netns its interface on the network.
@@ -36,6 +36,7 @@ impl Agent {
                 path.display()
             ));
         }
+        let ns_id = netns::identity(&path);
         // A network or service made on another host a moment ago may still be
         // on its way here (gossip takes up to a second): wait for it a little.
         let view = self
@@ -213,6 +214,7 @@ impl Agent {
             name,
             ifname: ifname.clone(),
             endpoint: ep.clone(),
+            ns_id,
         };
         local.insert(port, att);
         self.cluster.publish_endpoint(&ep).await;
@@ -227,7 +229,49 @@ impl Agent {
     }
 
     /// `meshctl container detach`: removes the interface and the endpoint.
-    pub async fn detach(&self, mut req: DetachRequest) -> Result<(), String> {
+    pub async fn detach(&self, req: DetachRequest) -> Result<(), String> {
+        self.detach_with(req, true).await
+    }
+
+    /// Detaches every local container whose namespace is gone (deleted, or
+    /// its process exited) without a detach: its TAP would keep the dead
+    /// namespace alive, and its address, name and place behind a VIP
+    /// would stay. No drain: nothing is left in it to finish.
+    pub fn reap_gone(self: &Arc<Self>) {
+        let busy = self
+            .claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Ok(local) = self.local.try_lock() else {
+            return; // an attach or detach is under way: next time
+        };
+        let gone: Vec<DetachRequest> = local
+            .values()
+            .filter(|a| a.ns_id.is_some() && !busy.contains(&a.netns))
+            .filter(|a| netns::identity(&netns::resolve(&a.netns)) != a.ns_id)
+            .map(|a| DetachRequest {
+                netns: a.netns.clone(),
+                network: a.network_id.clone(),
+            })
+            .collect();
+        drop(local);
+        for req in gone {
+            tracing::warn!(
+                netns = %req.netns,
+                "the container's namespace is gone without a detach: detaching it"
+            );
+            let agent = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agent.detach_with(req, false).await {
+                    tracing::debug!(error = %e, "detach of a gone namespace");
+                }
+            });
+        }
+    }
+
+    /// Detaches, after draining a task first if `drain`.
+    async fn detach_with(&self, mut req: DetachRequest, drain: bool) -> Result<(), String> {
         req.netns = netns::canonical(&req.netns);
         let view = self.view().await;
         let mut claim = self.claim(&req.netns).await;
@@ -250,7 +294,10 @@ impl Agent {
         // A task drains first: every balancer stops sending it new flows at
         // once, established ones go on until they are quiet or the drain
         // timeout passes; only then does its interface go.
-        if let Some(att) = local.get(&port).filter(|a| a.endpoint.service.is_some()) {
+        if let Some(att) = local
+            .get(&port)
+            .filter(|a| drain && a.endpoint.service.is_some())
+        {
             let mut ep = att.endpoint.clone();
             ep.draining = true;
             self.cluster.publish_endpoint(&ep).await;

@@ -56,6 +56,10 @@ pub struct Attachment {
     pub ifname: String,
     /// What this host publishes for it in gossip.
     pub endpoint: ContainerEndpoint,
+    /// Which namespace it was at attach ([`crate::netns::identity`]): when
+    /// the path holds another, or none, the container is gone.
+    #[serde(default)]
+    pub ns_id: Option<(u64, u64)>,
 }
 
 /// One host's agent.
@@ -166,6 +170,7 @@ impl Agent {
         for turn in 0u64.. {
             let view = self.cluster.view().await;
             self.cluster.replicate(&view).await;
+            self.cluster.prune_reservations(&view).await;
             if last.as_ref() != Some(&view) {
                 let local = self.local.lock().await;
                 // Looked at again under the lock: an attach may have
@@ -186,6 +191,9 @@ impl Agent {
                     drop(local);
                     addresses = now;
                 }
+            }
+            if turn % ADDRESS_TICKS == 3 {
+                self.reap_gone();
             }
             if turn % ADDRESS_TICKS == ADDRESS_TICKS / 2 {
                 // Others may have removed the host's rules (a network

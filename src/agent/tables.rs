@@ -309,6 +309,7 @@ mod tests {
                 name: "c1".into(),
                 ifname: "eth0".into(),
                 endpoint: ep(2, "a"),
+                ns_id: None,
             },
         );
         let t = build_tables(&view, &local, "a", 4789, &StatsRegistry::default());

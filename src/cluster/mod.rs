@@ -221,6 +221,17 @@ impl Cluster {
         View::build(&self.self_id, &inputs)
     }
 
+    /// Ends the promises of addresses whose containers show in `view` (on
+    /// the leader; elsewhere there are none). Called every control-loop
+    /// turn: a container attached and gone again before the next decision
+    /// would otherwise leave its address promised for the whole TTL, and a
+    /// re-attach with `--ip` of it refused.
+    pub async fn prune_reservations(&self, view: &View) {
+        if let Ok(mut r) = self.reservations.try_lock() {
+            r.prune(view, Instant::now());
+        }
+    }
+
     /// Copies objects newer than our own copies into our gossip store, so they
     /// survive the node that wrote them.
     pub async fn replicate(&self, view: &View) {

@@ -62,6 +62,16 @@ pub fn is_netns(path: &Path) -> bool {
     kind == NSFS_MAGIC
 }
 
+/// Which namespace `path` is now (device and inode of the nsfs file), or
+/// None if there is none there: a namespace deleted (`ip netns del`), or
+/// its process gone, is no longer at its path, and one made again under
+/// the same name is another.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
 /// The path of a namespace given as `NAME` (under /var/run/netns) or as a path.
 pub fn resolve(name_or_path: &str) -> PathBuf {
     if name_or_path.contains('/') {
