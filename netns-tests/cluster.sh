@@ -104,6 +104,34 @@ check "  ... node ls unchanged, and .116's saved attachments untouched" \
     test "$(mctl 116 node ls --format json | jq -c '[.[].id] | sort')" = "$IDS_BEFORE" -a \
     "$(cat "$TMP/h116/attachments.json" 2>/dev/null)" = "$ATT116"
 
+# --- flags the agent would take and then misbehave with: refused first -------------
+# flag_refused MSG WORD ARGS...: an agent on .119 with ARGS exits non-zero at
+# once, with one line on stderr that mentions WORD.
+flag_refused() {
+    local msg=$1 word=$2 rc; shift 2
+    RUST_LOG=off timeout 10 ip netns exec mt-h119 "$BIN/mesh-agent" --state-dir "$TMP/h119f" "$@" \
+        >/dev/null 2>"$TMP/flag.err" </dev/null
+    rc=$?
+    if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then fail "$msg: exit $rc"
+    elif [ "$(grep -c . "$TMP/flag.err")" -ne 1 ] || ! grep -q -- "$word" "$TMP/flag.err"; then
+        fail "$msg: $(head -c 300 "$TMP/flag.err")"
+    else pass "$msg: $(cat "$TMP/flag.err")"; fi
+}
+A119=(--advertise-addr "$UNDERLAY.119" --api "$TMP/h119f.sock" --join "$UNDERLAY.117" --join-token "$TOKEN")
+flag_refused "--vxlan-port 0 refused" --vxlan-port "${A119[@]}" --vxlan-port 0
+flag_refused "--gossip-port equal to --vxlan-port refused" --gossip-port "${A119[@]}" --gossip-port 4789
+flag_refused "--conntrack-tcp-timeout 0 refused" --conntrack-tcp-timeout "${A119[@]}" --conntrack-tcp-timeout 0
+flag_refused "--drain-timeout 10^19 refused" --drain-timeout "${A119[@]}" --drain-timeout 10000000000000000000
+flag_refused "--dns-upstream 1.2.3 refused" --dns-upstream "${A119[@]}" --dns-upstream 1.2.3
+flag_refused "--advertise-addr 127.0.0.1 refused" --advertise-addr --advertise-addr 127.0.0.1 --api "$TMP/h119f.sock"
+flag_refused "no --advertise-addr: one line" advertise-addr --api "$TMP/h119f.sock"
+echo precious >"$TMP/not-a-socket"
+flag_refused "--api naming a file that is not a socket refused" "not a socket" \
+    --advertise-addr "$UNDERLAY.119" --api "$TMP/not-a-socket"
+check "  ... and that file is left as it was" test "$(cat "$TMP/not-a-socket")" = precious
+check "  ... node ls unchanged: none of them joined" \
+    test "$(mctl 116 node ls --format json | jq -c '[.[].id] | sort')" = "$IDS_BEFORE"
+
 # --- joins that must be refused ------------------------------------------------
 # join_refused MSG [ARGS...]: an agent on .119 with ARGS exits non-zero within
 # 10 s, printing exactly one line on stderr (RUST_LOG=off: only the fatal error).

@@ -248,6 +248,11 @@ impl Agent {
         };
         let left: Vec<Attachment> = serde_json::from_slice(&bytes).unwrap_or_default();
         for a in &left {
+            tracing::warn!(
+                netns = %a.netns,
+                ip = %a.ip,
+                "this container's interface went with the agent that stopped: attach it again"
+            );
             if let Some(name) = crate::netns::name_of(&a.netns) {
                 dns::listener::remove_stale_resolv_conf(name);
             }
@@ -262,7 +267,11 @@ impl Agent {
         let path = self.state_dir.join("attachments.json");
         match serde_json::to_vec_pretty(&list) {
             Ok(b) => {
-                if let Err(e) = std::fs::write(&path, b) {
+                // Written aside and renamed: a crash mid-write leaves the
+                // last whole list, not a truncated one read back as empty.
+                let tmp = path.with_extension("json.new");
+                let saved = std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = saved {
                     tracing::warn!(path = %path.display(), error = %e, "cannot save attachments");
                 }
             }

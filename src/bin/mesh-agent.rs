@@ -66,7 +66,22 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            e.exit()
+        }
+        // One line, as every other error of the agent.
+        Err(e) => fail(first_paragraph(&e.to_string())),
+    };
+    if let Err(e) = check_args(&args) {
+        fail(e);
+    }
     raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,12 +146,14 @@ fn claim_host(state_dir: &std::path::Path) -> Result<HostClaim, String> {
         .ok_or("another mesh-agent is running on this host (network namespace): stop it first")?;
     std::fs::create_dir_all(state_dir)
         .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
-    let state = lock_file(&state_dir.join("lock"))?.ok_or_else(|| {
-        format!(
+    let state = lock_file(&state_dir.join("lock"))
+        .map_err(|e| format!("--state-dir {}: {e}", state_dir.display()))?
+        .ok_or_else(|| {
+            format!(
             "another mesh-agent uses the state directory {}: give each agent its own --state-dir",
             state_dir.display()
         )
-    })?;
+        })?;
     Ok(HostClaim {
         _host: host,
         _state: state,
@@ -169,6 +186,98 @@ fn raise_open_files_limit() {
             );
         }
     }
+}
+
+/// clap's message as one line: its first paragraph (the problem, and the
+/// argument or the possible values on the lines after it), without
+/// clap's own "error: " in front.
+fn first_paragraph(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = lines.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// Refuses, before anything is set up, flag values the agent would take
+/// and then misbehave with.
+fn check_args(a: &Args) -> Result<(), String> {
+    let ip = a.advertise_addr;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!(
+            "--advertise-addr {ip} is not an address other hosts can reach: give this host's underlay address"
+        ));
+    }
+    for (flag, port) in [
+        ("--gossip-port", a.gossip_port),
+        ("--vxlan-port", a.vxlan_port),
+    ] {
+        if port == 0 {
+            return Err(format!(
+                "{flag} 0: give the port the other hosts use (a fixed one, not 0)"
+            ));
+        }
+    }
+    if a.gossip_port == a.vxlan_port {
+        return Err(format!(
+            "--gossip-port and --vxlan-port are both {}: they need ports of their own",
+            a.vxlan_port
+        ));
+    }
+    const DAY: u64 = 86_400;
+    for (flag, secs, max) in [
+        (
+            "--conntrack-tcp-timeout",
+            a.conntrack_tcp_timeout,
+            365 * DAY,
+        ),
+        (
+            "--conntrack-udp-timeout",
+            a.conntrack_udp_timeout,
+            365 * DAY,
+        ),
+        ("--drain-timeout", a.drain_timeout, 7 * DAY),
+    ] {
+        if secs > max {
+            return Err(format!("{flag} {secs}: at most {max} seconds"));
+        }
+    }
+    for (flag, secs) in [
+        ("--conntrack-tcp-timeout", a.conntrack_tcp_timeout),
+        ("--conntrack-udp-timeout", a.conntrack_udp_timeout),
+    ] {
+        if secs == 0 {
+            return Err(format!(
+                "{flag} 0: an idle flow would be forgotten at once (and its next packet reset); give seconds, at least 1"
+            ));
+        }
+    }
+    if a.dns_ttl > 7 * DAY as u32 {
+        return Err(format!(
+            "--dns-ttl {}: at most {} seconds",
+            a.dns_ttl,
+            7 * DAY
+        ));
+    }
+    if a.conntrack_max == 0 {
+        return Err("--conntrack-max must be at least 1".into());
+    }
+    // Parsed now, so that a typo is refused before the node joins anything.
+    mesh::dns::forward::upstreams(&a.dns_upstream, "")?;
+    // The API path is a socket or nothing: a stale socket is replaced, any
+    // other file is someone's and stays.
+    if let Ok(m) = std::fs::symlink_metadata(&a.api) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "--api {} exists and is not a socket: give a path for the agent's socket",
+                a.api.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn fail(msg: String) -> ! {
@@ -215,9 +324,6 @@ async fn run(args: Args) -> Result<(), String> {
         join_token: args.join_token.clone(),
         state_dir: args.state_dir.clone(),
     };
-    if args.conntrack_max == 0 {
-        return Err("--conntrack-max must be at least 1".into());
-    }
     let timeouts = mesh::pipeline::lb::conntrack::Timeouts {
         tcp_established: std::time::Duration::from_secs(args.conntrack_tcp_timeout),
         udp: std::time::Duration::from_secs(args.conntrack_udp_timeout),
@@ -269,6 +375,9 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(Err(e)) => Err(format!("API socket {}: {e}", args.api.display())),
             Err(e) => Err(format!("API server stopped: {e}")),
         },
+        _ = agent.dataplane.ended() => Err(
+            "the dataplane thread stopped (see the log above): no packet moves; restart the agent".into()
+        ),
         _ = int.recv() => Ok(()),
         _ = term.recv() => Ok(()),
         _ = async {

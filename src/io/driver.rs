@@ -78,6 +78,18 @@ pub struct Dataplane {
     activity: Arc<Vec<AtomicU64>>,
     pub counters: Arc<Counters>,
     pub tables: Arc<TablesCell>,
+    /// Cancelled when the dataplane thread ends, however it ends.
+    ended: tokio_util::sync::CancellationToken,
+}
+
+/// Cancels its token when dropped: at the end of the dataplane thread,
+/// also when it ends by a panic (the drop runs on unwind).
+struct EndSignal(tokio_util::sync::CancellationToken);
+
+impl Drop for EndSignal {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl Dataplane {
@@ -122,9 +134,14 @@ impl Dataplane {
             segment_headers: vec![0u8; SEGMENT_HEADERS_LEN],
             coalescer: Coalescer::new(COALESCE_SLOTS),
         };
+        let ended = tokio_util::sync::CancellationToken::new();
+        let signal = EndSignal(ended.clone());
         std::thread::Builder::new()
             .name("dataplane".into())
-            .spawn(move || thread.run())
+            .spawn(move || {
+                let _signal = signal;
+                thread.run();
+            })
             .map_err(DataplaneError::Setup)?;
         Ok(Dataplane {
             commands: tx,
@@ -132,7 +149,15 @@ impl Dataplane {
             activity,
             counters,
             tables,
+            ended,
         })
+    }
+
+    /// Resolves when the dataplane thread has ended (an error it logged, or
+    /// a panic): no packet moves any more, and the agent must not go on
+    /// looking healthy.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
     }
 
     /// A number that changes whenever port `port` sends frames.

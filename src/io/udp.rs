@@ -45,9 +45,12 @@ impl Received {
     };
 }
 
+/// How long a send waits for room in the socket's buffer before giving up.
+const SEND_WAIT_MS: libc::c_int = 20;
+
 impl Underlay {
     /// Binds ADDR:PORT with large kernel buffers and the offloads the kernel
-    /// grants. Sends block (back-pressure into the TAP reads); receives never do.
+    /// grants. Sends wait for room, briefly (see `sendmmsg`); receives never do.
     pub fn bind(addr: SocketAddrV4) -> std::io::Result<Underlay> {
         let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         // Best effort: the kernel caps these at net.core.[rw]mem_max.
@@ -268,7 +271,16 @@ impl Underlay {
 
     /// One sendmmsg over the first `n` prepared headers; a call that sends
     /// nothing is an error, so callers always make progress or stop.
+    ///
+    /// When the socket's buffer is full it waits for room (back-pressure
+    /// into the TAP reads: the containers' TCP slows down rather than
+    /// losing segments), but at most [`SEND_WAIT_MS`] each time: an
+    /// underlay that holds its packets (a shaper, a paused link) must not
+    /// stall the thread that also switches between local containers and
+    /// takes the agent's commands. Then EAGAIN goes to the caller, which
+    /// drops and counts.
     fn sendmmsg(&self, scratch: &mut Batch, n: usize) -> std::io::Result<usize> {
+        let mut waited = false;
         loop {
             // SAFETY: as in recv_batch; the kernel only reads the buffers.
             let r = unsafe {
@@ -276,18 +288,34 @@ impl Underlay {
                     self.sock.as_raw_fd(),
                     scratch.hdrs.as_mut_ptr(),
                     n as u32,
-                    0,
+                    libc::MSG_DONTWAIT,
                 )
             };
             if r < 0 {
                 let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock if !waited => {
+                        waited = true;
+                        self.wait_writable();
+                        continue;
+                    }
+                    _ => return Err(e),
                 }
-                return Err(e);
             }
             return Ok((r as usize).max(1));
         }
+    }
+
+    /// Waits until the socket has room to send, [`SEND_WAIT_MS`] at most.
+    fn wait_writable(&self) {
+        let mut p = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, SEND_WAIT_MS) };
     }
 }
 
