@@ -325,6 +325,7 @@ impl DriverThread {
                     let _ = done.send(r);
                 }
                 Ok(Command::RemovePort { id, done }) => {
+                    self.pipeline.forget_port(id);
                     if let Some(fd) = self.ports.get_mut(id as usize).and_then(Option::take) {
                         // Closing it follows (it may be out of epoll already).
                         epoll_del(&self.ep, &fd);

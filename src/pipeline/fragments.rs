@@ -180,6 +180,16 @@ impl Fragments {
         });
     }
 
+    /// Forgets every note that sends later fragments to port `port`: it is
+    /// gone, and its number may soon be another container's.
+    pub fn forget_port(&mut self, port: crate::tables::PortId) {
+        for n in self.notes.iter_mut() {
+            if n.is_some_and(|n| n.way.verdict == Verdict::ToTap(port)) {
+                *n = None;
+            }
+        }
+    }
+
     /// Forgets the note of datagram `id`, if any: its first fragment (a
     /// reused ID) was dropped or answered here, so the later ones must not
     /// go where an older datagram's went.

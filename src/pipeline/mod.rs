@@ -178,6 +178,13 @@ impl Pipeline {
         self.memo = None;
     }
 
+    /// Forgets what pointed at port `port`, which was just removed: a port
+    /// number is soon another container's.
+    pub fn forget_port(&mut self, port: crate::tables::PortId) {
+        self.fragments.forget_port(port);
+        self.memo = None;
+    }
+
     /// Timers: expires idle tracked flows (bounded work; call once per batch).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.balancer.handle_timeout(now);

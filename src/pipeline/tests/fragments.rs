@@ -151,3 +151,23 @@ fn a_vxlan_header_without_its_i_flag_is_refused_for_fragments_too() {
         Verdict::Drop(DropReason::Malformed)
     );
 }
+
+#[test]
+fn a_removed_port_takes_its_notes_with_it() {
+    let mut p = pipeline();
+    let (first, later) = c3_to_c2();
+    let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
+    assert_eq!(
+        run(&mut p, host2, &vxlan(VNI_A, &first)).0,
+        Verdict::ToTap(2)
+    );
+    // Port 2 is detached; its number may be another container's next.
+    p.forget_port(2);
+    run(&mut p, host2, &vxlan(VNI_A, &later));
+    let c = p.counters();
+    assert_eq!(
+        c.fragments_followed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
