@@ -333,14 +333,9 @@ fn create_service(
         scheduler,
     } = *spec;
     check_name(name)?;
-    if let Some(s) = view
-        .services
-        .values()
-        .find(|s| s.name.eq_ignore_ascii_case(name))
-    {
+    if let Some(s) = same_name(view.services.values().map(|s| s.name.as_str()), name) {
         return Err(format!(
-            "service with name {} already exists (names are case-insensitive, as in DNS)",
-            s.name
+            "service with name {s} already exists (names are case-insensitive, as in DNS)"
         ));
     }
     if networks.is_empty() {
@@ -425,19 +420,6 @@ fn create_service(
     })
 }
 
-/// Ranges an overlay subnet may not take: the host stack gives them
-/// meanings of their own.
-const SPECIAL_RANGES: [(&str, &str); 5] = [
-    ("0.0.0.0/8", "this network"),
-    ("127.0.0.0/8", "loopback"),
-    (
-        "169.254.0.0/16",
-        "link-local, where cloud metadata and mesh's ingress TUN live",
-    ),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved, with the broadcast address"),
-];
-
 fn create_network(
     view: &View,
     name: &str,
@@ -453,14 +435,9 @@ fn create_network(
             "driver '{driver}' is not supported: mesh networks use the overlay driver"
         ));
     }
-    if let Some(n) = view
-        .networks
-        .values()
-        .find(|n| n.name.eq_ignore_ascii_case(name))
-    {
+    if let Some(n) = same_name(view.networks.values().map(|n| n.name.as_str()), name) {
         return Err(format!(
-            "network with name {} already exists (names are case-insensitive, as in DNS)",
-            n.name
+            "network with name {n} already exists (names are case-insensitive, as in DNS)"
         ));
     }
     if gateway.is_some() && subnet.is_none() {
@@ -521,87 +498,9 @@ fn create_network(
     })
 }
 
-/// Names as Docker allows them: a letter or digit, then letters, digits, `_.-`.
-/// A static endpoint's VTEP is a host on the underlay: a unicast address,
-/// not loopback, not inside an overlay network (VXLAN to it would go into
-/// the overlay it carries).
-fn check_vtep(view: &View, vtep: Ipv4Addr) -> Result<(), String> {
-    if vtep.is_unspecified() || vtep.is_broadcast() || vtep.is_multicast() || vtep.is_loopback() {
-        return Err(format!(
-            "--vtep {vtep} is not a unicast host address: give the underlay address of the VTEP"
-        ));
-    }
-    if let Some(n) = view.networks.values().find(|n| n.subnet.contains(vtep)) {
-        return Err(format!(
-            "--vtep {vtep} is inside network {}'s subnet {}: give the VTEP's underlay address",
-            n.name, n.subnet
-        ));
-    }
-    Ok(())
-}
-
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid name '{name}': use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"))
-    }
-}
-
-fn check_host_ip(net: &Network, ip: Ipv4Addr) -> Result<(), String> {
-    if !net.subnet.contains(ip) || net.subnet.is_reserved(ip) {
-        return Err(format!(
-            "address {ip} is not a host address of network {} ({})",
-            net.name, net.subnet
-        ));
-    }
-    if ip == net.gateway {
-        return Err(format!(
-            "address {ip} is the gateway of network {}",
-            net.name
-        ));
-    }
-    Ok(())
-}
-
-fn taken_ips(
-    view: &View,
-    reserved: &HashSet<(String, Ipv4Addr)>,
-    network_id: &str,
-) -> HashSet<Ipv4Addr> {
-    view.containers
-        .iter()
-        .chain(&view.down_containers)
-        .filter(|c| c.network_id == network_id)
-        .map(|c| c.ip)
-        .chain(
-            view.statics
-                .iter()
-                .filter(|s| s.network_id == network_id)
-                .map(|s| s.ip),
-        )
-        .chain(
-            reserved
-                .iter()
-                .filter(|(n, _)| n == network_id)
-                .map(|(_, ip)| *ip),
-        )
-        .chain(
-            view.services
-                .values()
-                .filter_map(|s| s.vips.get(network_id).copied()),
-        )
-        .collect()
-}
+mod checks;
+pub use checks::check_name;
+use checks::{check_host_ip, check_vtep, same_name, taken_ips, SPECIAL_RANGES};
 
 #[cfg(test)]
 mod tests;
