@@ -26,6 +26,9 @@ pub struct Underlay {
     sock: Socket,
     gso: bool,
     gro: bool,
+    /// A wait for room in the socket ran out: until a send goes through
+    /// whole again, sends that find no room drop at once (see `sendmmsg`).
+    congested: std::cell::Cell<bool>,
 }
 
 /// One received message: its length, sender, and the size of each datagram
@@ -69,7 +72,12 @@ impl Underlay {
         if !gso {
             tracing::warn!("the kernel has no UDP GSO; sending one datagram per segment");
         }
-        Ok(Underlay { sock, gso, gro })
+        Ok(Underlay {
+            sock,
+            gso,
+            gro,
+            congested: std::cell::Cell::new(false),
+        })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -274,13 +282,15 @@ impl Underlay {
     ///
     /// When the socket's buffer is full it waits for room (back-pressure
     /// into the TAP reads: the containers' TCP slows down rather than
-    /// losing segments), but at most [`SEND_WAIT_MS`] each time: an
-    /// underlay that holds its packets (a shaper, a paused link) must not
-    /// stall the thread that also switches between local containers and
-    /// takes the agent's commands. Then EAGAIN goes to the caller, which
-    /// drops and counts.
+    /// losing segments), but at most [`SEND_WAIT_MS`]: an underlay that
+    /// holds its packets (a shaper, a paused link) must not stall the
+    /// thread that also switches between local containers and takes the
+    /// agent's commands. If the wait runs out, EAGAIN goes to the caller,
+    /// which drops and counts, and so does every send that finds no room
+    /// until one goes through whole again: a trickle of room (a datagram
+    /// or two per wait) would otherwise cost a wait per datagram.
     fn sendmmsg(&self, scratch: &mut Batch, n: usize) -> std::io::Result<usize> {
-        let mut waited = false;
+        let mut waited = self.congested.get();
         loop {
             // SAFETY: as in recv_batch; the kernel only reads the buffers.
             let r = unsafe {
@@ -297,25 +307,33 @@ impl Underlay {
                     std::io::ErrorKind::Interrupted => continue,
                     std::io::ErrorKind::WouldBlock if !waited => {
                         waited = true;
-                        self.wait_writable();
-                        continue;
+                        if self.wait_writable() {
+                            continue;
+                        }
+                        self.congested.set(true);
+                        return Err(e);
                     }
                     _ => return Err(e),
                 }
+            }
+            if r as usize == n {
+                self.congested.set(false);
             }
             return Ok((r as usize).max(1));
         }
     }
 
-    /// Waits until the socket has room to send, [`SEND_WAIT_MS`] at most.
-    fn wait_writable(&self) {
+    /// Waits until the socket has room to send, [`SEND_WAIT_MS`] at most;
+    /// false if it still has none.
+    fn wait_writable(&self) -> bool {
         let mut p = libc::pollfd {
             fd: self.sock.as_raw_fd(),
             events: libc::POLLOUT,
             revents: 0,
         };
         // SAFETY: one valid pollfd, for the duration of the call.
-        unsafe { libc::poll(&mut p, 1, SEND_WAIT_MS) };
+        let r = unsafe { libc::poll(&mut p, 1, SEND_WAIT_MS) };
+        r > 0 && p.revents & libc::POLLOUT != 0
     }
 }
 
