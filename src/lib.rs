@@ -39,9 +39,11 @@
 //! - [`cluster`]: gossip membership (chitchat), replicated state, allocation of VNIs, subnets, IPs.
 //! - [`api`]: HTTP/JSON over a unix socket, and the client `meshctl` uses.
 //! - [`agent`]: the control side that ties them together on one host.
+//! - [`cli`]: what `mesh-agent` and `meshctl` share about their command lines.
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod cluster;
 pub mod dns;
 pub mod io;

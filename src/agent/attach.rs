@@ -27,16 +27,15 @@ impl Agent {
         let name = req.name.clone().unwrap_or_else(|| default_name(&req.netns));
         registry::check_name(&name)?;
         let path = netns::resolve(&req.netns);
-        if !path.exists() {
+        let Some(ns_id) = netns::identity(&path) else {
             return Err(netns::NetnsError::NotFound(req.netns.clone()).to_string());
-        }
+        };
         if !netns::is_netns(&path) {
             return Err(format!(
                 "{} is not a network namespace: give a name from `ip netns list` or a path such as /proc/PID/ns/net",
                 path.display()
             ));
         }
-        let ns_id = netns::identity(&path);
         // A network or service made on another host a moment ago may still be
         // on its way here (gossip takes up to a second): wait for it a little.
         let view = self
@@ -50,13 +49,13 @@ impl Agent {
             .await;
         let net = view
             .find_network(&req.network)
-            .ok_or_else(|| format!("network {} not found (see meshctl network ls)", req.network))?
+            .ok_or_else(|| registry::not_found("network", &req.network))?
             .clone();
         let service = match &req.service {
             Some(s) => {
                 let svc = view
                     .find_service(s)
-                    .ok_or_else(|| format!("service {s} not found (see meshctl service ls)"))?;
+                    .ok_or_else(|| registry::not_found("service", s))?;
                 if !svc.networks.contains(&net.id) {
                     return Err(format!(
                         "service {} is not on network {}: pick one of its networks",
@@ -214,7 +213,7 @@ impl Agent {
             name,
             ifname: ifname.clone(),
             endpoint: ep.clone(),
-            ns_id,
+            ns_id: Some(ns_id),
         };
         local.insert(port, att);
         self.cluster.publish_endpoint(&ep).await;

@@ -11,7 +11,7 @@ use crate::tables::{
 };
 use crate::wire::ipv4;
 use crate::wire::vxlan::Vni;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddrV4;
 
 /// The dataplane tables for `view`, with this host's ports.
@@ -174,14 +174,16 @@ pub fn build_tables(
             });
         }
     }
+    // A container on several networks: each port gets its other ports'
+    // addresses (grouped by namespace, not compared pairwise).
+    let mut by_netns: HashMap<&str, Vec<&Attachment>> = HashMap::new();
     for a in local.values() {
-        let siblings: Box<[std::net::Ipv4Addr]> = local
-            .values()
-            .filter(|b| b.netns == a.netns && b.port != a.port)
-            .map(|b| b.ip)
-            .collect();
-        if !siblings.is_empty() {
-            t.sibling_ips.insert(a.port, siblings);
+        by_netns.entry(a.netns.as_str()).or_default().push(a);
+    }
+    for ports in by_netns.values().filter(|p| p.len() > 1) {
+        for a in ports {
+            let others = ports.iter().filter(|b| b.port != a.port).map(|b| b.ip);
+            t.sibling_ips.insert(a.port, others.collect());
         }
     }
     for (vni, net) in &t.networks {
@@ -268,17 +270,8 @@ mod tests {
                 ready,
             });
         }
-        view.networks.insert(
-            "n".into(),
-            Network {
-                id: "n".into(),
-                name: "demo".into(),
-                driver: "overlay".into(),
-                vni: 4096,
-                subnet: "10.0.0.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(10, 0, 0, 1),
-            },
-        );
+        view.networks
+            .insert("n".into(), Network::for_tests("n", "demo", 4096));
         let ep = |last: u8, node: &str| ContainerEndpoint {
             network_id: "n".into(),
             ip: Ipv4Addr::new(10, 0, 0, last),

@@ -168,10 +168,11 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
         ),
         (Method::GET, ["v1", "networks"]) => {
             let view = agent.view().await;
+            let containers = agent.containers(&view);
             let list: Vec<NetworkOut> = view
                 .networks
                 .values()
-                .map(|n| network_out(agent, &view, n))
+                .map(|n| network_out(&view, n, &containers))
                 .collect();
             json(StatusCode::OK, &list)
         }
@@ -187,10 +188,11 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
                 gateway: b.gateway,
             };
             match agent.cluster.mutate(m).await {
-                Ok(Outcome::Network(n)) => json(
-                    StatusCode::CREATED,
-                    &network_out(agent, &agent.view().await, &n),
-                ),
+                Ok(Outcome::Network(n)) => {
+                    let view = agent.view().await;
+                    let out = network_out(&view, &n, &agent.containers(&view));
+                    json(StatusCode::CREATED, &out)
+                }
                 Ok(other) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("unexpected answer {other:?}"),
@@ -201,10 +203,13 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
         (Method::GET, ["v1", "networks", name]) => {
             let view = agent.view().await;
             match view.find_network(name) {
-                Some(n) => json(StatusCode::OK, &network_out(agent, &view, n)),
+                Some(n) => json(
+                    StatusCode::OK,
+                    &network_out(&view, n, &agent.containers(&view)),
+                ),
                 None => error(
                     StatusCode::NOT_FOUND,
-                    format!("network {name} not found (see meshctl network ls)"),
+                    crate::cluster::registry::not_found("network", name),
                 ),
             }
         }
@@ -341,7 +346,7 @@ async fn route(agent: &Agent, req: Request<Incoming>) -> Reply {
                 ),
                 None => error(
                     StatusCode::NOT_FOUND,
-                    format!("service {name} not found (see meshctl service ls)"),
+                    crate::cluster::registry::not_found("service", name),
                 ),
             }
         }
@@ -387,13 +392,13 @@ fn nodes(view: &View) -> Vec<NodeOut> {
 }
 
 /// A network as `network ls` and `inspect` show it, with its containers
-/// and static endpoints (both lists, so a script reading `ls --format
-/// json` sees them too).
-fn network_out(agent: &Agent, view: &View, n: &Network) -> NetworkOut {
-    let containers = agent
-        .containers(view)
-        .into_iter()
+/// (from `containers`, every host's) and static endpoints: both lists, so
+/// a script reading `ls --format json` sees them too.
+fn network_out(view: &View, n: &Network, containers: &[ContainerOut]) -> NetworkOut {
+    let containers = containers
+        .iter()
         .filter(|c| c.network == n.name)
+        .cloned()
         .collect();
     let endpoints = view
         .statics

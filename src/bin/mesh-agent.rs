@@ -77,7 +77,7 @@ fn main() {
             e.exit()
         }
         // One line, as every other error of the agent.
-        Err(e) => fail(first_paragraph(&e.to_string())),
+        Err(e) => fail(mesh::cli::one_line(&e.to_string())),
     };
     if let Err(e) = check_args(&args) {
         fail(e);
@@ -188,19 +188,6 @@ fn raise_open_files_limit() {
     }
 }
 
-/// clap's message as one line: its first paragraph (the problem, and the
-/// argument or the possible values on the lines after it), without
-/// clap's own "error: " in front.
-fn first_paragraph(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.is_empty())
-        .collect();
-    let line = lines.join(" ");
-    line.strip_prefix("error: ").unwrap_or(&line).to_string()
-}
-
 /// Refuses, before anything is set up, flag values the agent would take
 /// and then misbehave with.
 fn check_args(a: &Args) -> Result<(), String> {
@@ -227,31 +214,30 @@ fn check_args(a: &Args) -> Result<(), String> {
         ));
     }
     const DAY: u64 = 86_400;
-    for (flag, secs, max) in [
+    // (flag, value, least, most): a conntrack timeout of 0 would forget an
+    // idle flow at once (and reset its next packet).
+    for (flag, secs, least, most) in [
         (
             "--conntrack-tcp-timeout",
             a.conntrack_tcp_timeout,
+            1,
             365 * DAY,
         ),
         (
             "--conntrack-udp-timeout",
             a.conntrack_udp_timeout,
+            1,
             365 * DAY,
         ),
-        ("--drain-timeout", a.drain_timeout, 7 * DAY),
+        ("--drain-timeout", a.drain_timeout, 0, 7 * DAY),
     ] {
-        if secs > max {
-            return Err(format!("{flag} {secs}: at most {max} seconds"));
-        }
-    }
-    for (flag, secs) in [
-        ("--conntrack-tcp-timeout", a.conntrack_tcp_timeout),
-        ("--conntrack-udp-timeout", a.conntrack_udp_timeout),
-    ] {
-        if secs == 0 {
+        if secs < least {
             return Err(format!(
-                "{flag} 0: an idle flow would be forgotten at once (and its next packet reset); give seconds, at least 1"
+                "{flag} {secs}: an idle flow would be forgotten at once (and its next packet reset); give seconds, at least {least}"
             ));
+        }
+        if secs > most {
+            return Err(format!("{flag} {secs}: at most {most} seconds"));
         }
     }
     if a.dns_ttl > 7 * DAY as u32 {
@@ -264,8 +250,6 @@ fn check_args(a: &Args) -> Result<(), String> {
     if a.conntrack_max == 0 {
         return Err("--conntrack-max must be at least 1".into());
     }
-    // Parsed now, so that a typo is refused before the node joins anything.
-    mesh::dns::forward::upstreams(&a.dns_upstream, "")?;
     // The API path is a socket or nothing: a stale socket is replaced, any
     // other file is someone's and stays.
     if let Ok(m) = std::fs::symlink_metadata(&a.api) {
@@ -286,6 +270,9 @@ fn fail(msg: String) -> ! {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Parsed first, so that a typo is refused before the node joins anything.
+    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstreams = mesh::dns::forward::upstreams(&args.dns_upstream, &resolv_conf)?;
     // Held for the agent's whole life; checked before anything is touched.
     let _alone = claim_host(&args.state_dir)?;
     // Set up before anything needs undoing. TERM and INT stop the agent
@@ -350,8 +337,6 @@ async fn run(args: Args) -> Result<(), String> {
         balancer,
     )
     .map_err(|e| e.to_string())?;
-    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let upstreams = mesh::dns::forward::upstreams(&args.dns_upstream, &resolv_conf)?;
     let drain = std::time::Duration::from_secs(args.drain_timeout);
     let agent = Agent::new(
         cluster,

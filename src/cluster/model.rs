@@ -53,6 +53,21 @@ pub struct Network {
     pub gateway: Ipv4Addr,
 }
 
+#[cfg(test)]
+impl Network {
+    /// Tests' network: overlay, 10.0.0.0/24 with gateway 10.0.0.1.
+    pub(crate) fn for_tests(id: &str, name: &str, vni: u32) -> Network {
+        Network {
+            id: id.into(),
+            name: name.into(),
+            driver: "overlay".into(),
+            vni,
+            subnet: Subnet::new(Ipv4Addr::new(10, 0, 0, 0), 24).expect("a /24"),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+        }
+    }
+}
+
 /// An endpoint behind a VTEP that runs no agent (`meshctl endpoint add`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaticEndpoint {
@@ -413,14 +428,7 @@ mod tests {
     }
 
     fn net(id: &str, name: &str, vni: u32) -> Network {
-        Network {
-            id: id.into(),
-            name: name.into(),
-            driver: "overlay".into(),
-            vni,
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-        }
+        Network::for_tests(id, name, vni)
     }
 
     fn versioned(version: u64, object: Option<Object>) -> String {

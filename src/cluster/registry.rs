@@ -141,7 +141,7 @@ pub fn plan(
         Mutation::RemoveNetwork { name } => {
             let net = view
                 .find_network(name)
-                .ok_or_else(|| format!("network {name} not found (see meshctl network ls)"))?;
+                .ok_or_else(|| not_found("network", name))?;
             if let Some(s) = view
                 .services
                 .values()
@@ -189,7 +189,7 @@ pub fn plan(
         Mutation::ReserveIp { network, ip, .. } => {
             let net = view
                 .find_network(network)
-                .ok_or_else(|| format!("network {network} not found (see meshctl network ls)"))?;
+                .ok_or_else(|| not_found("network", network))?;
             let taken = taken_ips(view, reserved, &net.id);
             let ip = match ip {
                 Some(ip) => {
@@ -232,7 +232,7 @@ pub fn plan(
         } => {
             let net = view
                 .find_network(network)
-                .ok_or_else(|| format!("network {network} not found (see meshctl network ls)"))?;
+                .ok_or_else(|| not_found("network", network))?;
             check_host_ip(net, *ip)?;
             if taken_ips(view, reserved, &net.id).contains(ip) {
                 return Err(format!(
@@ -265,7 +265,7 @@ pub fn plan(
         Mutation::RemoveStaticEndpoint { network, ip } => {
             let net = view
                 .find_network(network)
-                .ok_or_else(|| format!("network {network} not found (see meshctl network ls)"))?;
+                .ok_or_else(|| not_found("network", network))?;
             if !view
                 .statics
                 .iter()
@@ -295,7 +295,7 @@ pub fn plan(
         Mutation::RemoveService { name } => {
             let svc = view
                 .find_service(name)
-                .ok_or_else(|| format!("service {name} not found (see meshctl service ls)"))?;
+                .ok_or_else(|| not_found("service", name))?;
             let tasks = view.tasks(&svc.id).count();
             if tasks > 0 {
                 return Err(format!(
@@ -357,7 +357,7 @@ fn create_service(
     for n in networks {
         let net = view
             .find_network(n)
-            .ok_or_else(|| format!("network {n} not found (see meshctl network ls)"))?;
+            .ok_or_else(|| not_found("network", n))?;
         if !ids.contains(&net.id) {
             ids.push(net.id.clone());
         }
@@ -499,8 +499,8 @@ fn create_network(
 }
 
 mod checks;
-pub use checks::check_name;
 use checks::{check_host_ip, check_vtep, same_name, taken_ips, SPECIAL_RANGES};
+pub use checks::{check_name, not_found};
 
 #[cfg(test)]
 mod tests;

@@ -358,17 +358,8 @@ mod tests {
     fn with_web() -> Shared {
         use crate::cluster::model::{ContainerEndpoint, Network, View};
         let mut v = View::default();
-        v.networks.insert(
-            "n".into(),
-            Network {
-                id: "n".into(),
-                name: "demo".into(),
-                driver: "overlay".into(),
-                vni: 4096,
-                subnet: "10.0.0.0/24".parse().unwrap(),
-                gateway: std::net::Ipv4Addr::new(10, 0, 0, 1),
-            },
-        );
+        v.networks
+            .insert("n".into(), Network::for_tests("n", "demo", 4096));
         for i in 2..50u8 {
             let ip = std::net::Ipv4Addr::new(10, 0, 0, i);
             v.containers.push(ContainerEndpoint {

@@ -34,7 +34,8 @@ pub struct Listener {
     stop: CancellationToken,
     /// The UDP and TCP loops; each owns its socket.
     loops: [tokio::task::JoinHandle<()>; 2],
-    resolv_conf: Option<PathBuf>,
+    /// The named namespace whose resolv.conf we wrote.
+    resolv_conf: Option<String>,
 }
 
 impl Listener {
@@ -55,6 +56,7 @@ impl Listener {
         ];
         let resolv_conf = crate::netns::name_of(netns).and_then(|n| {
             write_resolv_conf(n)
+                .map(|()| n.to_string())
                 .map_err(|e| tracing::warn!(netns = n, error = %e, "cannot write resolv.conf"))
                 .ok()
         });
@@ -79,10 +81,8 @@ impl Listener {
                 abort.abort();
             }
         }
-        if let Some(dir) = self.resolv_conf.as_deref().and_then(Path::parent) {
-            if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
-                remove_resolv_conf(name, dir);
-            }
+        if let Some(name) = &self.resolv_conf {
+            remove_resolv_conf(name);
         }
     }
 }
@@ -99,6 +99,25 @@ const OLD_RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
 /// place: beside the namespaces' directories, not in one (`ip netns exec`
 /// mounts every file of `/etc/netns/NAME/` over `/etc/`).
 const SAVED_DIR: &str = "/etc/netns/.mesh-saved";
+
+/// The files of named namespace `name`: its directory under /etc/netns,
+/// the resolv.conf there, and where its own one waits.
+struct Files {
+    dir: PathBuf,
+    resolv_conf: PathBuf,
+    saved: PathBuf,
+}
+
+impl Files {
+    fn of(name: &str) -> Files {
+        let dir = Path::new("/etc/netns").join(name);
+        Files {
+            resolv_conf: dir.join("resolv.conf"),
+            saved: Path::new(SAVED_DIR).join(name),
+            dir,
+        }
+    }
+}
 
 /// What `/etc/netns/NAME/resolv.conf` says, from the host's `host`
 /// resolv.conf: ask 127.0.0.11, with the host's search domains (as Docker
@@ -140,12 +159,11 @@ fn is_ours(text: &str) -> bool {
 /// agent that was killed: nothing answers at 127.0.0.11 any more), and
 /// puts back the namespace's own if we had set it aside.
 pub fn remove_stale_resolv_conf(name: &str) {
-    let dir = PathBuf::from("/etc/netns").join(name);
-    let current = std::fs::read_to_string(dir.join("resolv.conf"));
-    let saved = Path::new(SAVED_DIR).join(name);
+    let f = Files::of(name);
+    let current = std::fs::read_to_string(&f.resolv_conf);
     // Ours, or none at all with a saved one waiting (killed in between).
-    if current.as_ref().is_ok_and(|c| is_ours(c)) || (current.is_err() && saved.exists()) {
-        remove_resolv_conf(name, &dir);
+    if current.as_ref().is_ok_and(|c| is_ours(c)) || (current.is_err() && f.saved.exists()) {
+        remove_resolv_conf(name);
         tracing::info!(
             netns = name,
             "removed the DNS settings a stopped agent left"
@@ -153,25 +171,24 @@ pub fn remove_stale_resolv_conf(name: &str) {
     }
 }
 
-/// Takes our resolv.conf out of `dir` (`/etc/netns/NAME`): the namespace's
-/// own back if it was set aside, else nothing (and `dir` too if it is
+/// Takes our resolv.conf out of `/etc/netns/NAME`: the namespace's own
+/// back if it was set aside, else nothing (and the directory too if it is
 /// empty then). Written in place, so that processes that have the file
 /// mounted see the change.
-fn remove_resolv_conf(name: &str, dir: &Path) {
-    let path = dir.join("resolv.conf");
-    let saved = Path::new(SAVED_DIR).join(name);
-    match std::fs::read(&saved) {
+fn remove_resolv_conf(name: &str) {
+    let f = Files::of(name);
+    match std::fs::read(&f.saved) {
         Ok(own) => {
-            if let Err(e) = std::fs::write(&path, own) {
-                tracing::warn!(netns = name, error = %e, "cannot put back the namespace's own resolv.conf (kept in {})", saved.display());
+            if let Err(e) = std::fs::write(&f.resolv_conf, own) {
+                tracing::warn!(netns = name, error = %e, "cannot put back the namespace's own resolv.conf (kept in {})", f.saved.display());
                 return;
             }
-            let _ = std::fs::remove_file(&saved);
+            let _ = std::fs::remove_file(&f.saved);
             let _ = std::fs::remove_dir(SAVED_DIR);
         }
         Err(_) => {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_dir(dir);
+            let _ = std::fs::remove_file(&f.resolv_conf);
+            let _ = std::fs::remove_dir(&f.dir);
         }
     }
 }
@@ -180,19 +197,17 @@ fn remove_resolv_conf(name: &str, dir: &Path) {
 /// over /etc/resolv.conf, so glibc in the container asks us. A file of the
 /// namespace's own there is kept aside (in [`SAVED_DIR`]) until the agent's
 /// goes. Written in place, as [`remove_resolv_conf`] does.
-fn write_resolv_conf(name: &str) -> std::io::Result<PathBuf> {
-    let dir = PathBuf::from("/etc/netns").join(name);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("resolv.conf");
-    if let Ok(own) = std::fs::read_to_string(&path) {
+fn write_resolv_conf(name: &str) -> std::io::Result<()> {
+    let f = Files::of(name);
+    std::fs::create_dir_all(&f.dir)?;
+    if let Ok(own) = std::fs::read_to_string(&f.resolv_conf) {
         if !is_ours(&own) {
             std::fs::create_dir_all(SAVED_DIR)?;
-            std::fs::write(Path::new(SAVED_DIR).join(name), own)?;
+            std::fs::write(&f.saved, own)?;
         }
     }
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(&path, resolv_conf(&host))?;
-    Ok(path)
+    std::fs::write(&f.resolv_conf, resolv_conf(&host))
 }
 
 #[cfg(test)]

@@ -225,6 +225,19 @@ fn rule(verb: &str, pref: u32, selector: &str) -> String {
     format!("rule {verb} pref {pref} {selector} lookup {TABLE}")
 }
 
+/// The `ip rule` command that adds (`add`) or deletes (`del`) the host's
+/// `local` rule at `pref`. Added marked as the kernel's, as the rule the
+/// kernel makes: network managers that clear rules they did not make
+/// leave it alone.
+fn local_rule(verb: &str, pref: u32) -> String {
+    let kernel = if verb == "add" {
+        " protocol kernel"
+    } else {
+        ""
+    };
+    format!("rule {verb} pref {pref} lookup local{kernel}")
+}
+
 /// The rule that steers ICMP errors about published ports' replies (marked
 /// [`ERROR_MARK`] by the nftables table) to the TUN.
 fn error_rule(verb: &str) -> String {
@@ -290,10 +303,7 @@ impl HostRouting {
         // was killed before it could put them back): not an error.
         // Marked as the kernel's, as the rule it replaces: network managers
         // that clear rules they did not make leave it alone.
-        let moved = ip_batch(&[
-            format!("rule add pref {PREF_LOCAL} lookup local protocol kernel"),
-            "rule del pref 0 lookup local".to_string(),
-        ]);
+        let moved = ip_batch(&[local_rule("add", PREF_LOCAL), local_rule("del", 0)]);
         if let Err(e) = moved {
             tracing::debug!(error = %e, "local rule already moved");
         }
@@ -437,8 +447,8 @@ impl HostRouting {
         self.active = false;
         let mut cmds = Self::rule_changes(&self.applied, &HostPlan::default());
         cmds.push(error_rule("del"));
-        cmds.push("rule add pref 0 lookup local protocol kernel".to_string());
-        cmds.push(format!("rule del pref {PREF_LOCAL} lookup local"));
+        cmds.push(local_rule("add", 0));
+        cmds.push(local_rule("del", PREF_LOCAL));
         cmds.push(format!("route flush table {TABLE}"));
         if let Err(e) = ip_batch(&cmds) {
             tracing::warn!(error = %e, "ingress rules not all removed");
@@ -464,41 +474,6 @@ impl HostRouting {
     }
 }
 
-/// Something else on this host that forwards (see [`nat_elsewhere`]): an
-/// nftables NAT rule of another table, or legacy iptables' nat table.
-/// Docker or libvirt started after the agent found forwarding already on
-/// and did not turn it on themselves.
-fn other_forwarder() -> Option<String> {
-    if let Ok(out) = Command::new("nft").args(["-j", "list", "ruleset"]).output() {
-        if let Some(chain) = nat_elsewhere(&String::from_utf8_lossy(&out.stdout)) {
-            return Some(format!("nftables chain {chain}"));
-        }
-    }
-    // Legacy iptables' nat table is listed once loaded, rules or not: look
-    // at its rules (if they cannot be listed, assume the worst).
-    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
-    if !legacy.lines().any(|t| t == "nat") {
-        return None;
-    }
-    match Command::new("iptables-legacy")
-        .args(["-t", "nat", "-S"])
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let rules = String::from_utf8_lossy(&out.stdout);
-            rules
-                .lines()
-                .find(|l| {
-                    ["-j MASQUERADE", "-j SNAT", "-j DNAT"]
-                        .iter()
-                        .any(|j| l.contains(j))
-                })
-                .map(|l| format!("legacy iptables rule '{l}'"))
-        }
-        _ => Some("legacy iptables' nat table (iptables-legacy cannot list it)".to_string()),
-    }
-}
-
 impl Drop for HostRouting {
     fn drop(&mut self) {
         self.teardown();
@@ -511,6 +486,7 @@ mod sysctls;
 #[cfg(test)]
 mod tests;
 
+use nft::other_forwarder;
 pub use nft::{forward_drops, nat_elsewhere, nft_ruleset};
 use sysctls::SysctlsBefore;
 pub use sysctls::{port_list, port_list_text};

@@ -66,8 +66,8 @@ impl Memo {
     /// Strips the VXLAN header of a datagram that [`Memo::matches`], and
     /// checks the inner IPv4 header as switching would.
     #[inline]
-    pub(super) fn decap(pkt: &mut Packet<'_>) -> Result<(), DropReason> {
-        encap::decap(pkt)?;
+    pub(super) fn decap(&self, pkt: &mut Packet<'_>) -> Result<(), DropReason> {
+        encap::decap(pkt, self.way.agent)?;
         let ip = pkt.bytes().get(ethernet::HEADER_LEN..).unwrap_or_default();
         ipv4::Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
         Ok(())

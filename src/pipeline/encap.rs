@@ -18,11 +18,13 @@ pub fn encap(pkt: &mut Packet<'_>, vni: Vni) -> Result<(), DropReason> {
 }
 
 /// Reads and strips the VXLAN header, noting whether it says the inner
-/// checksum is partial; returns the VNI.
+/// checksum is partial; returns the VNI. Only another agent (`from_agent`)
+/// leaves the checksum partial: from a plain VTEP the flag bit means
+/// nothing, and a frame it damaged must still fail the container's check.
 #[inline]
-pub fn decap(pkt: &mut Packet<'_>) -> Result<Vni, DropReason> {
+pub fn decap(pkt: &mut Packet<'_>, from_agent: bool) -> Result<Vni, DropReason> {
     let vni = vxlan::parse(pkt.bytes()).map_err(|_| DropReason::Malformed)?;
-    pkt.csum_partial = vxlan::is_csum_partial(pkt.bytes());
+    pkt.csum_partial = from_agent && vxlan::is_csum_partial(pkt.bytes());
     pkt.start += vxlan::HEADER_LEN;
     Ok(vni)
 }

@@ -211,13 +211,12 @@ impl Pipeline {
         // The rest of a burst from the underlay takes a short way (see
         // `burst`), without the whole of the packet core around it.
         if let Input::Underlay(src) = input {
-            let memo = self.memo.as_ref().filter(|m| m.matches(src, pkt.bytes()));
-            if let Some(way) = memo.map(|m| m.way) {
+            let memo = self.memo.filter(|m| m.matches(src, pkt.bytes()));
+            if let Some(memo) = memo {
                 bump(&self.counters.from_underlay);
-                let verdict = burst::Memo::decap(pkt).map(|()| {
-                    pkt.csum_partial &= way.agent;
-                    self.deliver_local(now, src, way, pkt)
-                });
+                let verdict = memo
+                    .decap(pkt)
+                    .map(|()| self.deliver_local(now, src, memo.way, pkt));
                 return self.count(verdict);
             }
         }
@@ -318,13 +317,22 @@ impl Pipeline {
         // its other ports', for a reply follows the default route whatever
         // address it is from.
         if eth.ethertype() == ethernet::ethertype::IPV4 {
-            let src = pkt.bytes().get(26..30).ok_or(DropReason::Malformed)?;
-            if src != me.ip.octets() {
-                let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
-                let sibling = tables.sibling_ips.get(&port);
-                if !sibling.is_some_and(|ips| ips.contains(&src)) {
-                    return Err(DropReason::Spoofed);
-                }
+            // The IPv4 source address, without parsing the rest yet.
+            const SRC: std::ops::Range<usize> =
+                ethernet::HEADER_LEN + 12..ethernet::HEADER_LEN + 16;
+            let src: [u8; 4] = pkt
+                .bytes()
+                .get(SRC)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DropReason::Malformed)?;
+            let src = Ipv4Addr::from(src);
+            let own = src == me.ip
+                || tables
+                    .sibling_ips
+                    .get(&port)
+                    .is_some_and(|ips| ips.contains(&src));
+            if !own {
+                return Err(DropReason::Spoofed);
             }
         }
         if eth.dst() == net.gateway_mac {
@@ -364,11 +372,7 @@ impl Pipeline {
     ) -> Result<Verdict, DropReason> {
         let tables = &*self.tables;
         let peer = *tables.peers.get(src.ip()).ok_or(DropReason::NotMember)?;
-        let vni = encap::decap(pkt)?;
-        // Only another agent leaves the inner checksum partial; from a
-        // plain VTEP the flag bit means nothing, and a frame it damaged
-        // must still fail the container's checksum check.
-        pkt.csum_partial &= peer.agent;
+        let vni = encap::decap(pkt, peer.agent)?;
         let net = tables.networks.get(&vni).ok_or(DropReason::UnknownVni)?;
         let eth = ethernet::Frame::new_checked(pkt.bytes()).map_err(|_| DropReason::Malformed)?;
         if eth.ethertype() == ethernet::ethertype::ARP {

@@ -19,15 +19,7 @@ fn usage_error(text: &str, missing_subcommand: bool) -> String {
             .unwrap_or("meshctl <COMMAND>");
         return format!("error: a subcommand is missing: {usage} (see --help)");
     }
-    let first: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.is_empty())
-        .collect();
-    if first.is_empty() {
-        return "error: invalid arguments (see --help)".to_string();
-    }
-    first.join(" ")
+    format!("error: {}", mesh::cli::one_line(text))
 }
 
 fn main() {

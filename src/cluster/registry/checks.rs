@@ -108,3 +108,9 @@ pub(super) fn same_name<'a>(
 ) -> Option<&'a str> {
     names.find(|n| n.eq_ignore_ascii_case(name))
 }
+
+/// "network NAME not found", with where to look: `what` is `network` or
+/// `service`, whose `ls` lists them.
+pub fn not_found(what: &str, name: &str) -> String {
+    format!("{what} {name} not found (see meshctl {what} ls)")
+}

@@ -1,28 +1,43 @@
 //! The nftables side of ingress: the agent's own table (`ip mesh`: egress
 //! masquerade, the LAN kept off container addresses, VXLAN out of conntrack,
 //! ICMP errors about published ports' replies marked for the TUN), and what
-//! the agent reads of other tables (a forward chain that drops by default).
+//! the agent reads of other tables (a forward chain that drops by default,
+//! NAT that relies on forwarding).
 
 use super::{HostPlan, ERROR_MARK, NFT_TABLE};
+use std::process::Command;
+
+/// The objects of kind `kind` ("chain", "rule") in `nft -j list ...`
+/// output that belong to other tables than the agent's own.
+fn others(json: &str, kind: &str) -> Vec<serde_json::Value> {
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return vec![];
+    };
+    let Some(items) = v.get_mut("nftables").and_then(|n| n.as_array_mut()) else {
+        return vec![];
+    };
+    items
+        .iter_mut()
+        .filter_map(|i| i.get_mut(kind).map(serde_json::Value::take))
+        .filter(|o| !(o["family"] == "ip" && o["table"] == NFT_TABLE))
+        .collect()
+}
+
+/// `family table NAME` of a chain or rule, NAME its field `name_key`.
+fn label(o: &serde_json::Value, name_key: &str) -> String {
+    let s = |k: &str| o[k].as_str().unwrap_or("?").to_string();
+    format!("{} {} {}", s("family"), s("table"), s(name_key))
+}
 
 /// The forward-hook chains (`family table chain`) of other tables whose
 /// policy is drop, from `nft -j list chains`: each must accept the TUN's
 /// traffic too, or forwarded packets die there whatever the agent's own
 /// table says.
 pub fn forward_drops(json: &str) -> Vec<String> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-        return vec![];
-    };
-    let items = v.get("nftables").and_then(|n| n.as_array());
-    items
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.get("chain"))
-        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop" && c["table"] != NFT_TABLE)
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
-            format!("{} {} {}", s("family"), s("table"), s("name"))
-        })
+    others(json, "chain")
+        .iter()
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
+        .map(|c| label(c, "name"))
         .collect()
 }
 
@@ -32,8 +47,6 @@ pub fn forward_drops(json: &str) -> Vec<String> {
 /// forward, so such a rule says that something besides the agent relies on
 /// forwarding.
 pub fn nat_elsewhere(json: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let items = v.get("nftables")?.as_array()?;
     let nat = |e: &serde_json::Value| {
         ["masquerade", "snat", "dnat"]
             .iter()
@@ -41,15 +54,42 @@ pub fn nat_elsewhere(json: &str) -> Option<String> {
             || e.get("xt")
                 .is_some_and(|x| matches!(x["name"].as_str(), Some("MASQUERADE" | "SNAT" | "DNAT")))
     };
-    items
+    others(json, "rule")
         .iter()
-        .filter_map(|i| i.get("rule"))
-        .filter(|r| r["table"] != NFT_TABLE || r["family"] != "ip")
         .find(|r| r["expr"].as_array().is_some_and(|es| es.iter().any(nat)))
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
-            format!("{} {} {}", s("family"), s("table"), s("chain"))
-        })
+        .map(|r| label(r, "chain"))
+}
+
+/// Something else on this host that forwards (see [`nat_elsewhere`]): an
+/// nftables NAT rule of another table, or a NAT rule in legacy iptables'
+/// nat table. Docker or libvirt started after the agent found forwarding
+/// already on and did not turn it on themselves.
+pub fn other_forwarder() -> Option<String> {
+    if let Ok(out) = Command::new("nft").args(["-j", "list", "ruleset"]).output() {
+        if let Some(chain) = nat_elsewhere(&String::from_utf8_lossy(&out.stdout)) {
+            return Some(format!("nftables chain {chain}"));
+        }
+    }
+    // Legacy iptables' nat table is listed once loaded, rules or not: look
+    // at its rules (if they cannot be listed, assume the worst).
+    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    if !legacy.lines().any(|t| t == "nat") {
+        return None;
+    }
+    match Command::new("iptables-legacy")
+        .args(["-t", "nat", "-S"])
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| {
+                ["-j MASQUERADE", "-j SNAT", "-j DNAT"]
+                    .iter()
+                    .any(|j| l.contains(j))
+            })
+            .map(|l| format!("legacy iptables rule '{l}'")),
+        _ => Some("legacy iptables' nat table (iptables-legacy cannot list it)".to_string()),
+    }
 }
 
 /// The nftables script that replaces table [`NFT_TABLE`] for `plan`:

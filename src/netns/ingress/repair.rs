@@ -6,7 +6,9 @@
 //! Once a second the agent lists the rules and its table's route, and puts
 //! back what is missing.
 
-use super::{error_rule, ip_batch, run_script, HostPlan, HostRouting, PREF_LOCAL, TABLE};
+use super::{
+    error_rule, ip_batch, local_rule, run_script, HostPlan, HostRouting, PREF_LOCAL, TABLE,
+};
 
 /// What the agent looks for in `ip rule show` and `ip route show table`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -85,13 +87,10 @@ impl HostRouting {
         );
         let mut cmds = vec![];
         if !f.local_moved {
-            // Marked as the kernel's, which network managers leave alone.
-            cmds.push(format!(
-                "rule add pref {PREF_LOCAL} lookup local protocol kernel"
-            ));
+            cmds.push(local_rule("add", PREF_LOCAL));
         }
         if f.local_first {
-            cmds.push("rule del pref 0 lookup local".to_string());
+            cmds.push(local_rule("del", 0));
         }
         cmds.push(format!(
             "route replace default dev {} table {TABLE}",

@@ -101,29 +101,26 @@ pub fn port_list(text: &str) -> BTreeSet<u16> {
 /// `ports` written as `ip_local_reserved_ports` takes them (runs as ranges);
 /// a newline for none (the kernel refuses an empty write).
 pub fn port_list_text(ports: &BTreeSet<u16>) -> String {
+    let item = |(lo, hi): (u16, u16)| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    };
     let mut items: Vec<String> = vec![];
     let mut run: Option<(u16, u16)> = None;
     for &p in ports {
         run = match run {
             Some((lo, hi)) if hi.checked_add(1) == Some(p) => Some((lo, p)),
-            Some((lo, hi)) => {
-                items.push(if lo == hi {
-                    lo.to_string()
-                } else {
-                    format!("{lo}-{hi}")
-                });
+            Some(done) => {
+                items.push(item(done));
                 Some((p, p))
             }
             None => Some((p, p)),
         };
     }
-    if let Some((lo, hi)) = run {
-        items.push(if lo == hi {
-            lo.to_string()
-        } else {
-            format!("{lo}-{hi}")
-        });
-    }
+    items.extend(run.map(item));
     if items.is_empty() {
         "\n".into()
     } else {

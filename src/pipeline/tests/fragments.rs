@@ -135,16 +135,19 @@ fn a_tcp_fragment_over_the_first_ones_tcp_header_is_dropped() {
     );
 }
 
+/// Runs c3_to_c2's first fragment in from HOST2 (it goes to port 2);
+/// returns the later one as HOST2 would send it, and that input.
+fn first_to_c2(p: &mut Pipeline) -> (Vec<u8>, Input) {
+    let (first, later) = c3_to_c2();
+    let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
+    assert_eq!(run(p, host2, &vxlan(VNI_A, &first)).0, Verdict::ToTap(2));
+    (vxlan(VNI_A, &later), host2)
+}
+
 #[test]
 fn a_vxlan_header_without_its_i_flag_is_refused_for_fragments_too() {
     let mut p = pipeline();
-    let (first, later) = c3_to_c2();
-    let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
-    assert_eq!(
-        run(&mut p, host2, &vxlan(VNI_A, &first)).0,
-        Verdict::ToTap(2)
-    );
-    let mut no_i = vxlan(VNI_A, &later);
+    let (mut no_i, host2) = first_to_c2(&mut p);
     no_i[0] = 0;
     assert_eq!(
         run(&mut p, host2, &no_i).0,
@@ -155,15 +158,10 @@ fn a_vxlan_header_without_its_i_flag_is_refused_for_fragments_too() {
 #[test]
 fn a_removed_port_takes_its_notes_with_it() {
     let mut p = pipeline();
-    let (first, later) = c3_to_c2();
-    let host2 = Input::Underlay(SocketAddrV4::new(HOST2, 4789));
-    assert_eq!(
-        run(&mut p, host2, &vxlan(VNI_A, &first)).0,
-        Verdict::ToTap(2)
-    );
+    let (later, host2) = first_to_c2(&mut p);
     // Port 2 is detached; its number may be another container's next.
     p.forget_port(2);
-    run(&mut p, host2, &vxlan(VNI_A, &later));
+    run(&mut p, host2, &later);
     let c = p.counters();
     assert_eq!(
         c.fragments_followed
