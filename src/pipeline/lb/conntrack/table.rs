@@ -21,8 +21,9 @@
 //!
 //! Keys come from the wire, so slots are found by a keyed hash
 //! ([`Seeds`]): a folded 64x64->128 multiply of the two key words xored
-//! with two secret random words drawn per table (foldhash's construction).
-//! A sender cannot compute which tuples collide without the seeds.
+//! with two secret random words drawn per table (foldhash's construction),
+//! folded once more with a third. A sender cannot compute which tuples
+//! collide without the seeds.
 
 use super::slots::{Slots, Zeroable};
 
@@ -34,6 +35,14 @@ pub(super) type Words = [u64; 2];
 pub(super) struct Seeds {
     s0: u64,
     s1: u64,
+    s2: u64,
+}
+
+/// The 128-bit product of `a` and `b`, its halves xored.
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
 }
 
 impl Seeds {
@@ -41,13 +50,20 @@ impl Seeds {
         Seeds {
             s0: rand::random(),
             s1: rand::random(),
+            s2: rand::random(),
         }
     }
 
+    /// Why two multiplies: after one, the low bits (the slot) of keys that
+    /// differ in one field only (a subnet of clients on one port) move
+    /// along a sequence set by the seeds, and some seeds put such keys in
+    /// long runs of neighbouring slots. The second multiply (by a constant
+    /// with well spread bits, as foldhash finishes) spreads every input bit
+    /// over the low ones.
     #[inline]
     pub fn hash(&self, k: &Words) -> u64 {
-        let r = u128::from(k[0] ^ self.s0) * u128::from(k[1] ^ self.s1);
-        (r as u64) ^ ((r >> 64) as u64)
+        let h = folded_multiply(k[0] ^ self.s0, k[1] ^ self.s1);
+        folded_multiply(h ^ self.s2, 0x9e37_79b9_7f4a_7c15)
     }
 }
 
@@ -69,6 +85,9 @@ impl<V: Zeroable> Slot<V> {
         self.key[1] == 0
     }
 }
+
+/// Slots in a 64-byte cache line (the array starts on a page boundary).
+const SLOTS_PER_LINE: usize = 2;
 
 /// The smallest table made (slots).
 const MIN_SLOTS: usize = 64;
@@ -244,19 +263,29 @@ impl<V: Zeroable> Table<V> {
 
     /// Starts loading the home slot of `k` into the cache, so that a
     /// lookup of `k` a little later finds it there instead of waiting for
-    /// memory. Only a hint: nothing changes.
+    /// memory. A home slot that ends its cache line has the next line asked
+    /// for too: about a third of the keys sit one slot or more past their
+    /// home, and for such a home that slot is on the next line (a miss the
+    /// lookup would wait for in full, one at a time). Only a hint: nothing
+    /// changes.
     #[inline]
     pub fn prefetch(&self, k: &Words) {
         if self.len == 0 {
             return;
         }
         let h = self.seeds.hash(k) as usize;
-        let s = match &self.old {
-            Some(o) if o.holds(h & o.mask) => o.slots.get(h & o.mask),
-            _ => self.slots.get(h & self.mask),
+        let (slots, mask) = match &self.old {
+            Some(o) if o.holds(h & o.mask) => (&o.slots, o.mask),
+            _ => (&self.slots, self.mask),
         };
-        if let Some(s) = s {
+        let home = h & mask;
+        if let Some(s) = slots.get(home) {
             prefetch(s);
+        }
+        if home % SLOTS_PER_LINE == SLOTS_PER_LINE - 1 {
+            if let Some(s) = slots.get((home + 1) & mask) {
+                prefetch(s);
+            }
         }
     }
 
