@@ -198,6 +198,10 @@ start_agent() {
     wait_until 10 api_up "$id" || die "setup: agent on .$id: API not up within 10 s"
 }
 
+# agent_stat ID NAME: the dataplane counter NAME of host .ID's agent (fails
+# when the agent does not answer or has no such counter).
+agent_stat() { curl -sf --max-time 5 --unix-socket "$TMP/h$1.sock" http://agent/v1/stats | jq -e ".$2"; }
+
 # kill_agent ID [SIG]: stop the agent of host .ID (default KILL: a crash).
 kill_agent() { stop_pid "${AGENT_PID[$1]}" "${2:-KILL}"; unset "AGENT_PID[$1]"; }
 

@@ -109,7 +109,6 @@ note "$(cat "$TMP/check.out")"
 # --- a container sends from its own address only ------------------------------
 # c1 takes c2's address too and pings c3 from it: with its own MAC, c2's IP
 # (a forged reply or RST in another task's name). The agent drops it, counted.
-agent_stat() { curl -sf --max-time 5 --unix-socket "$TMP/h$1.sock" http://agent/v1/stats | jq -e ".$2"; }
 spoof_dropped() {
     local before after
     before=$(agent_stat "${HOST[c1]}" spoofed) || return 1

@@ -78,6 +78,40 @@ check "UDP to a VIP port no task listens on is refused at once (the task's ICMP 
 check "ping whoami (the VIP) is answered" ip netns exec mt-client ping -n -c 2 -i 0.2 -W 2 whoami
 big_ping() { ip netns exec mt-client ping -n -c 2 -i 0.2 -W 2 -s 3000 whoami | grep -q ' 0% packet loss'; }
 check "a 3000-byte ping to the VIP (three fragments each way) is answered in full, every time" big_ping
+# A datagram whose last fragment is sent before its first (as paths that
+# spread packets deliver them): the agent keeps the early one until the
+# first has picked a task, then sends it the same way. The task reassembles
+# the datagram and answers.
+reversed_udp() {
+    ip netns exec mt-client timeout 5 python3 -c '
+import random, socket, struct, sys
+vip = sys.argv[1]
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+u.connect((vip, 9000))
+src, sport = u.getsockname()
+data = b"y" * 2000
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+n = 8 + len(data)
+a, b = socket.inet_aton(src), socket.inet_aton(vip)
+c = csum(a + b + struct.pack("!BBH", 0, 17, n) + struct.pack("!HHHH", sport, 9000, n, 0) + data) or 0xffff
+payload = struct.pack("!HHHH", sport, 9000, n, c) + data
+ident = random.randrange(1, 65535)
+def frag(off, more):
+    chunk = payload[off:off + 1024]
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(chunk), ident,
+                       (0x2000 if more else 0) | off // 8, 64, 17, 0, a, b) + chunk
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+r.sendto(frag(1024, False), (vip, 0))
+r.sendto(frag(0, True), (vip, 0))
+print(u.recv(65535).decode())' "$VIP" 2>/dev/null | grep -q '^w[123]$'
+}
+check "a UDP datagram to the VIP whose last fragment comes first reaches a task, answered" \
+    wait_until 5 reversed_udp
+parked=$(agent_stat 116 fragments_parked)
+check "... the early fragment was kept for its first (.116 kept ${parked:-none})" test "${parked:-0}" -ge 1
 
 refused_fast() {
     local t0 t1 rc

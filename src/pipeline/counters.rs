@@ -103,16 +103,24 @@ pub struct Counters {
     pub return_path_clashes: AtomicU64,
     pub arp_replies: AtomicU64,
     /// IPv4 fragments after the first sent the way of their first, and
-    /// those with no note of it (judged on their own).
+    /// those with no note of it (judged on their own); of these, those
+    /// also kept a moment in case their first is still to come.
     pub fragments_followed: AtomicU64,
     pub fragments_unmatched: AtomicU64,
+    pub fragments_parked: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
 }
 
 /// Adds one to a counter that only this thread writes.
 #[inline]
 pub fn bump(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    add(c, 1);
+}
+
+/// Adds `n` to a counter that only this thread writes.
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 impl Counters {
@@ -139,6 +147,18 @@ impl Counters {
                 self.return_path_clashes.load(Ordering::Relaxed),
             ),
             ("arp_replies", self.arp_replies.load(Ordering::Relaxed)),
+            (
+                "fragments_followed",
+                self.fragments_followed.load(Ordering::Relaxed),
+            ),
+            (
+                "fragments_unmatched",
+                self.fragments_unmatched.load(Ordering::Relaxed),
+            ),
+            (
+                "fragments_parked",
+                self.fragments_parked.load(Ordering::Relaxed),
+            ),
         ];
         for r in DropReason::ALL {
             v.push((r.name(), self.dropped(r)));

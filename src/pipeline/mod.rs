@@ -185,6 +185,23 @@ impl Pipeline {
         self.memo = None;
     }
 
+    /// Whether later fragments that came before their first wait to be
+    /// sent ([`Pipeline::released`]); check after a batch.
+    #[inline]
+    pub fn has_released(&self) -> bool {
+        self.fragments.has_released()
+    }
+
+    /// Hands each later fragment whose first has now come to `send`, made
+    /// what the first became (its verdict and bytes), after the first went.
+    pub fn released(&mut self, mut send: impl FnMut(Verdict, &[u8])) {
+        let counters = &self.counters;
+        self.fragments.released(|v, bytes| {
+            let _ = Self::count_in(counters, Ok(v));
+            send(v, bytes)
+        });
+    }
+
     /// Timers: expires idle tracked flows (bounded work; call once per batch).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.balancer.handle_timeout(now);
@@ -239,13 +256,26 @@ impl Pipeline {
                 }
                 None => {
                     bump(&self.counters.fragments_unmatched);
-                    self.dispatch(now, input, pkt)
+                    // Kept as it came, in case its first is still to come.
+                    let parked = self.fragments.park(id, pkt, now);
+                    let verdict = self.dispatch(now, input, pkt);
+                    if let Some(i) = parked {
+                        bump(&self.counters.fragments_parked);
+                        if let Ok(v) = verdict {
+                            self.fragments.went(i, v, pkt);
+                        }
+                    }
+                    verdict
                 }
             },
             fragments::Part::First(id) => {
                 let verdict = self.dispatch(now, input, pkt);
                 match verdict {
-                    Ok(v) if !pkt.plain || pkt.reflected => self.fragments.note(id, v, pkt, now),
+                    Ok(v) if !pkt.plain || pkt.reflected => {
+                        self.fragments.note(id, v, pkt, now);
+                        let n = self.fragments.release(&id, now);
+                        counters::add(&self.counters.fragments_followed, n as u64);
+                    }
                     _ => self.fragments.forget(&id),
                 }
                 verdict
@@ -271,21 +301,26 @@ impl Pipeline {
     /// Counts where a frame goes, or why it does not.
     #[inline]
     fn count(&self, verdict: Result<Verdict, DropReason>) -> Verdict {
+        Self::count_in(&self.counters, verdict)
+    }
+
+    #[inline]
+    fn count_in(counters: &Counters, verdict: Result<Verdict, DropReason>) -> Verdict {
         match verdict {
             Ok(v @ Verdict::ToTap(_)) => {
-                bump(&self.counters.to_tap);
+                bump(&counters.to_tap);
                 v
             }
             Ok(v @ Verdict::ToUnderlay(_)) => {
-                bump(&self.counters.to_underlay);
+                bump(&counters.to_underlay);
                 v
             }
             Ok(Verdict::ToHost) => {
-                bump(&self.counters.to_host);
+                bump(&counters.to_host);
                 Verdict::ToHost
             }
             Ok(Verdict::Drop(r)) | Err(r) => {
-                bump(&self.counters.drops[r as usize]);
+                bump(&counters.drops[r as usize]);
                 Verdict::Drop(r)
             }
         }

@@ -294,11 +294,43 @@ impl DriverThread {
         self.flush();
     }
 
-    /// Sends every pending datagram in as few sendmmsg calls as possible.
+    /// Sends every pending datagram in as few sendmmsg calls as possible,
+    /// then the later fragments whose first just went.
     fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.flush_pending();
         }
+        if self.pipeline.has_released() {
+            self.send_released();
+        }
+    }
+
+    /// Later fragments that came before their first, made what it became
+    /// (rare: sent one by one).
+    #[cold]
+    fn send_released(&mut self) {
+        let counters = self.pipeline.counters().clone();
+        let failed = &counters.drops[DropReason::SendFailed as usize];
+        let out = Sinks {
+            ports: &self.ports,
+            host: &self.host,
+            activity: &self.activity[..],
+            failed,
+        };
+        let (underlay, scratch) = (&self.underlay, &mut self.scratch);
+        self.pipeline.released(|v, frame| match v {
+            Verdict::ToTap(p) => out.tap(p, &VnetHeader::default(), frame),
+            Verdict::ToHost => out.host(&VnetHeader::default(), frame),
+            Verdict::ToUnderlay(dst) => {
+                if underlay.send_batch(scratch, &[(frame, dst)]).2.is_some() {
+                    bump(failed);
+                }
+            }
+            Verdict::Drop(_) => {}
+        });
+    }
+
+    fn flush_pending(&mut self) {
         let mut out: [(&[u8], SocketAddrV4); BATCH] =
             [(&[], SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH];
         // A GRO buffer may leave more than a batch of datagrams to send.

@@ -499,4 +499,5 @@ fn only_ipv4_is_routed_through_the_gateway() {
     );
 }
 
+mod fragments;
 mod networks;
