@@ -41,10 +41,14 @@ pub enum DropReason {
     /// The kernel refused to send the datagram (no route to the VTEP, a
     /// firewall, a full socket) or to take the frame (TAP or TUN write).
     SendFailed,
+    /// A later IPv4 fragment for the host stack, come before its first:
+    /// not sent on its own but held, and a copy follows the first if it
+    /// comes (see `fragments`). Not a loss by itself.
+    FragmentHeld,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::NotMember,
         DropReason::UnknownVni,
@@ -61,6 +65,7 @@ impl DropReason {
         DropReason::ConntrackFull,
         DropReason::UntrackedFlow,
         DropReason::SendFailed,
+        DropReason::FragmentHeld,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +86,7 @@ impl DropReason {
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::UntrackedFlow => "vip_untracked_flow",
             DropReason::SendFailed => "send_failed",
+            DropReason::FragmentHeld => "fragment_held",
         }
     }
 }
@@ -104,7 +110,10 @@ pub struct Counters {
     pub arp_replies: AtomicU64,
     /// IPv4 fragments after the first sent the way of their first, and
     /// those with no note of it (judged on their own); of these, those
-    /// also kept a moment in case their first is still to come.
+    /// also kept a moment in case their first is still to come. Such a
+    /// fragment counts twice: as what it became on its own (often a drop)
+    /// and, if its first comes, as what its copy became (followed, and
+    /// sent).
     pub fragments_followed: AtomicU64,
     pub fragments_unmatched: AtomicU64,
     pub fragments_parked: AtomicU64,

@@ -25,16 +25,22 @@
 //! Fragments can arrive out of order (paths that spread packets, a sender
 //! that sends the last first). So a copy of a later fragment that comes
 //! with no note is kept for [`PARK_LIFETIME`] in one of [`PARK_SLOTS`]
-//! buffers allocated once, and it is judged on its own too. If its first
-//! comes meanwhile and becomes something else than the fragment did on its
-//! own (it was dropped for want of ports, or went out unchanged where the
-//! first was translated), the copy is made what the first became and
+//! buffers ([`early`]), and the fragment is judged on its own too. If its
+//! first comes meanwhile and becomes something else than the fragment did
+//! on its own (it was dropped for want of ports, or went out unchanged where
+//! the first was translated), the copy is made what the first became and
 //! handed back to the caller ([`Fragments::released`]) to send after the
-//! first. A stray copy left where the fragment went on its own is
-//! harmless: its receiver drops it when its reassembly times out.
+//! first. One that would go to the host stack on its own (egress, say) is
+//! held instead of sent: a task's answer to a published port's client
+//! looks like egress until its first has shown the way, and must not leave
+//! untranslated.
 
 use super::lb::nat::{self, Side};
-use super::{DropReason, Input, Packet, Verdict, HEADROOM};
+use super::{DropReason, Input, Packet, Verdict};
+use early::Early;
+pub use early::{PARK_LIFETIME, PARK_SLOTS};
+
+mod early;
 use crate::wire::vxlan::{self, Vni};
 use crate::wire::{ethernet, ipv4, Mac};
 use std::hash::{BuildHasher, RandomState};
@@ -45,14 +51,6 @@ use std::time::{Duration, Instant};
 const SLOTS: usize = 4096;
 /// How long a first fragment's note is good for.
 pub const LIFETIME: Duration = Duration::from_secs(1);
-/// Later fragments kept while they wait for their first.
-pub const PARK_SLOTS: usize = 16;
-/// How long a later fragment waits for its first.
-pub const PARK_LIFETIME: Duration = Duration::from_millis(200);
-/// The longest fragment kept (as read, headers and all); longer ones are
-/// judged on their own only. An underlay of 9000-byte jumbo frames would
-/// send longer ones; 1500-byte MTUs give at most ~1550.
-const PARK_LEN: usize = 2048;
 
 /// Which fragment of a datagram a packet is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,28 +97,12 @@ struct Note {
     until: Instant,
 }
 
-/// A later fragment kept until its first comes.
-struct Parked {
-    /// Whose fragment this is (`None`: the slot is free).
-    id: Option<Id>,
-    until: Instant,
-    /// Set once its first came: where it goes now (its headers are made).
-    released: Option<Verdict>,
-    /// What it became on its own, if it went anywhere.
-    went: Option<Way>,
-    /// The frame at `start..end`, with [`HEADROOM`] in front for headers.
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-}
-
 /// The notes of one dataplane thread.
 pub struct Fragments {
     notes: Box<[Option<Note>]>,
     hasher: RandomState,
-    parked: Box<[Parked]>,
-    /// Some parked fragment is released (a check per first fragment).
-    any_released: bool,
+    /// Later fragments that came before their first.
+    early: Early,
 }
 
 impl Default for Fragments {
@@ -128,18 +110,7 @@ impl Default for Fragments {
         Fragments {
             notes: vec![None; SLOTS].into_boxed_slice(),
             hasher: RandomState::new(),
-            parked: (0..PARK_SLOTS)
-                .map(|_| Parked {
-                    id: None,
-                    until: Instant::now(),
-                    released: None,
-                    went: None,
-                    buf: vec![0; HEADROOM + PARK_LEN].into_boxed_slice(),
-                    start: 0,
-                    end: 0,
-                })
-                .collect(),
-            any_released: false,
+            early: Early::default(),
         }
     }
 }
@@ -197,9 +168,12 @@ impl Fragments {
 
     /// Notes what the first fragment `id` became: `pkt` as the pipeline
     /// left it (not a frame it made itself), going where `verdict` says.
-    pub fn note(&mut self, id: Id, verdict: Verdict, pkt: &Packet<'_>, now: Instant) {
+    /// Its later fragments that came before it follow it (see
+    /// [`Fragments::released`]); returns how many.
+    pub fn note(&mut self, id: Id, verdict: Verdict, pkt: &Packet<'_>, now: Instant) -> usize {
         let Some(way) = way_of(verdict, pkt) else {
-            return self.forget(&id);
+            self.forget(&id);
+            return 0;
         };
         let i = self.slot(&id);
         self.notes[i] = Some(Note {
@@ -207,6 +181,7 @@ impl Fragments {
             way,
             until: now + LIFETIME,
         });
+        self.early.release(&id, way, now)
     }
 
     /// Forgets every note that sends later fragments to port `port`, and
@@ -218,92 +193,33 @@ impl Fragments {
                 *n = None;
             }
         }
-        for p in self.parked.iter_mut() {
-            let from = p.id.is_some_and(|id| id.input == Input::Tap(port));
-            if from || p.released == Some(Verdict::ToTap(port)) {
-                p.id = None;
-                p.released = None;
-            }
-        }
+        self.early.forget_port(port);
     }
 
     /// Keeps a copy of the later fragment `id` in `pkt` (as read, before
-    /// anything is made of it), which has no note of its first: the slot
-    /// it is in, or `None` when it is too long or every slot holds a
-    /// fragment still waiting.
+    /// anything is made of it), which has no note of its first, in case its
+    /// first is still to come: the slot it is in, if it is kept.
     pub fn park(&mut self, id: Id, pkt: &Packet<'_>, now: Instant) -> Option<usize> {
-        let frame = pkt.bytes();
-        if frame.len() > PARK_LEN {
-            return None;
-        }
-        let i = self
-            .parked
-            .iter()
-            .position(|p| p.id.is_none() || (p.released.is_none() && now >= p.until))?;
-        let p = &mut self.parked[i];
-        p.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        (p.id, p.until, p.released, p.went) = (Some(id), now + PARK_LIFETIME, None, None);
-        (p.start, p.end) = (HEADROOM, HEADROOM + frame.len());
-        Some(i)
+        self.early.park(id, pkt, now)
     }
 
-    /// Notes what the fragment parked in slot `i` became on its own
-    /// (`pkt` going where `verdict` says): if its first, when it comes,
-    /// becomes the same, it went right and is not sent again.
+    /// Notes what the fragment kept in slot `i` became on its own (`pkt`
+    /// going where `verdict` says): if its first becomes the same, it went
+    /// right and is not sent again.
     pub fn went(&mut self, i: usize, verdict: Verdict, pkt: &Packet<'_>) {
-        if let Some(p) = self.parked.get_mut(i) {
-            p.went = way_of(verdict, pkt);
-        }
+        self.early.went(i, way_of(verdict, pkt));
     }
 
-    /// The first fragment of `id` was noted: its later fragments that wait
-    /// are made what it became, to be sent after it ([`Fragments::released`]).
-    /// Returns how many were.
-    pub fn release(&mut self, id: &Id, now: Instant) -> usize {
-        let Some(note) = self.notes[self.slot(id)].filter(|n| n.id == *id) else {
-            return 0;
-        };
-        let mut n = 0;
-        for p in self.parked.iter_mut() {
-            if p.id != Some(*id) || p.released.is_some() {
-                continue;
-            }
-            // Too late, or it went on its own the way its first went.
-            if now >= p.until || p.went == Some(note.way) {
-                p.id = None;
-                continue;
-            }
-            let mut pkt = Packet::new(&mut p.buf, p.start, p.end - p.start);
-            match apply(note.way, *id, &mut pkt) {
-                Ok(v) => {
-                    (p.start, p.end, p.released) = (pkt.start, pkt.end, Some(v));
-                    n += 1;
-                }
-                Err(_) => p.id = None,
-            }
-        }
-        self.any_released |= n > 0;
-        n
-    }
-
-    /// Whether released fragments wait to be sent.
+    /// Whether later fragments whose first has come wait to be sent.
     #[inline]
     pub fn has_released(&self) -> bool {
-        self.any_released
+        self.early.has_released()
     }
 
-    /// Hands each released fragment to `send` (where it goes, its bytes),
-    /// then frees its slot.
-    pub fn released(&mut self, mut send: impl FnMut(Verdict, &[u8])) {
-        if !std::mem::take(&mut self.any_released) {
-            return;
-        }
-        for p in self.parked.iter_mut() {
-            if let Some(v) = p.released.take() {
-                p.id = None;
-                send(v, &p.buf[p.start..p.end]);
-            }
-        }
+    /// Hands each later fragment whose first has come to `send` (where it
+    /// goes, its bytes), made what the first became.
+    pub fn released(&mut self, send: impl FnMut(Verdict, &[u8])) {
+        self.early.released(send);
     }
 
     /// Forgets the note of datagram `id`, if any: its first fragment (a

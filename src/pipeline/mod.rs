@@ -259,21 +259,29 @@ impl Pipeline {
                     // Kept as it came, in case its first is still to come.
                     let parked = self.fragments.park(id, pkt, now);
                     let verdict = self.dispatch(now, input, pkt);
-                    if let Some(i) = parked {
-                        bump(&self.counters.fragments_parked);
-                        if let Ok(v) = verdict {
-                            self.fragments.went(i, v, pkt);
+                    match (parked, verdict) {
+                        (None, v) => v,
+                        // To the host stack it waits for its first (see
+                        // `fragments`): a copy follows the first.
+                        (Some(_), Ok(Verdict::ToHost)) => {
+                            bump(&self.counters.fragments_parked);
+                            Err(DropReason::FragmentHeld)
+                        }
+                        (Some(i), v) => {
+                            bump(&self.counters.fragments_parked);
+                            if let Ok(v) = v {
+                                self.fragments.went(i, v, pkt);
+                            }
+                            v
                         }
                     }
-                    verdict
                 }
             },
             fragments::Part::First(id) => {
                 let verdict = self.dispatch(now, input, pkt);
                 match verdict {
                     Ok(v) if !pkt.plain || pkt.reflected => {
-                        self.fragments.note(id, v, pkt, now);
-                        let n = self.fragments.release(&id, now);
+                        let n = self.fragments.note(id, v, pkt, now);
                         counters::add(&self.counters.fragments_followed, n as u64);
                     }
                     _ => self.fragments.forget(&id),

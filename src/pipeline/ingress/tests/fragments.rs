@@ -106,7 +106,7 @@ fn answer() -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
-fn a_later_fragment_that_went_the_wrong_way_on_its_own_follows_its_first_too() {
+fn a_later_fragment_that_would_leave_as_egress_waits_for_its_first() {
     let (mut a, mut b) = (agent(HOST_A, true), agent(HOST_B, true));
     let now = Instant::now();
     // The client's query reaches the task through A: B learns the way back.
@@ -116,10 +116,10 @@ fn a_later_fragment_that_went_the_wrong_way_on_its_own_follows_its_first_too() {
         run_at(&mut b, underlay(HOST_A), &d, now);
     }
     // The answer's later fragment first: on its own, with no ports, it
-    // looks like egress and goes out of B's own host, untranslated.
+    // looks like egress, out of B's own host, untranslated. It is held.
     let (first, later) = answer();
     let (v, _) = run_at(&mut b, Input::Tap(1), &later, now);
-    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(v, Verdict::Drop(DropReason::FragmentHeld));
     // Its first goes back through A; a copy of the later one follows.
     let to_a = Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789));
     let (v, r1) = run_at(&mut b, Input::Tap(1), &first, now);
@@ -150,17 +150,23 @@ fn a_later_fragment_waits_only_so_long_and_only_so_many_wait() {
     let (v, _) = run_at(&mut a, Input::Host, &first, late);
     assert!(matches!(v, Verdict::ToUnderlay(_)));
     assert!(released(&mut a).is_empty());
-    // More datagrams' later fragments than there are slots: the slots
-    // fill (the expired one is taken again), the rest are not kept.
+    // More datagrams' later fragments than there are slots: the ones that
+    // waited longest give way, and the newest follow their firsts.
     let n = PARK_SLOTS as u16 + 3;
     for ident in 100..100 + n {
-        run_at(&mut a, Input::Host, &query(ident).1, late);
+        let at = late + std::time::Duration::from_micros(u64::from(ident));
+        run_at(&mut a, Input::Host, &query(ident).1, at);
     }
-    assert_eq!(counter(&a, |c| &c.fragments_parked), 1 + PARK_SLOTS as u64);
+    assert_eq!(counter(&a, |c| &c.fragments_parked), 1 + u64::from(n));
     for ident in 100..100 + n {
         run_at(&mut a, Input::Host, &query(ident).0, late);
     }
-    assert_eq!(released(&mut a).len(), PARK_SLOTS);
+    let mut idents: Vec<u16> = released(&mut a)
+        .iter()
+        .map(|(_, d)| u16::from_be_bytes([d[8 + 14 + 4], d[8 + 14 + 5]]))
+        .collect();
+    idents.sort();
+    assert_eq!(idents, (103..100 + n).collect::<Vec<_>>());
 }
 
 #[test]

@@ -279,6 +279,7 @@ impl<V: Zeroable> Table<V> {
             _ => (&self.slots, self.mask),
         };
         let home = h & mask;
+        const { assert!(std::mem::size_of::<Slot<V>>() * SLOTS_PER_LINE == 64) };
         if let Some(s) = slots.get(home) {
             prefetch(s);
         }

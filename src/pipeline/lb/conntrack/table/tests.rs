@@ -71,14 +71,12 @@ fn the_hash_spreads_structured_flows_as_well_as_random_ones() {
         }),
     ];
     for (name, key) in shapes {
-        let worst = (0..24)
-            .map(|_| mean_displacement(&Seeds::random(), n, slots, key))
-            .fold(0.0, f64::max);
-        // Random keys: 0.5 (half full); the bound leaves room for chance.
-        assert!(
-            worst < 0.8,
-            "{name}: mean displacement {worst:.2} for some seeds"
-        );
+        for _ in 0..24 {
+            let seeds = Seeds::random();
+            let d = mean_displacement(&seeds, n, slots, key);
+            // Random keys: 0.5 (half full); the bound leaves room for chance.
+            assert!(d < 0.8, "{name}: mean displacement {d:.2} with {seeds:?}");
+        }
     }
 }
 
