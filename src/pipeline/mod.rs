@@ -254,28 +254,7 @@ impl Pipeline {
                     bump(&self.counters.fragments_followed);
                     verdict
                 }
-                None => {
-                    bump(&self.counters.fragments_unmatched);
-                    // Kept as it came, in case its first is still to come.
-                    let parked = self.fragments.park(id, pkt, now);
-                    let verdict = self.dispatch(now, input, pkt);
-                    match (parked, verdict) {
-                        (None, v) => v,
-                        // To the host stack it waits for its first (see
-                        // `fragments`): a copy follows the first.
-                        (Some(_), Ok(Verdict::ToHost)) => {
-                            bump(&self.counters.fragments_parked);
-                            Err(DropReason::FragmentHeld)
-                        }
-                        (Some(i), v) => {
-                            bump(&self.counters.fragments_parked);
-                            if let Ok(v) = v {
-                                self.fragments.went(i, v, pkt);
-                            }
-                            v
-                        }
-                    }
-                }
+                None => self.unmatched_fragment(now, input, id, pkt),
             },
             fragments::Part::First(id) => {
                 let verdict = self.dispatch(now, input, pkt);
@@ -291,6 +270,33 @@ impl Pipeline {
             fragments::Part::Overlapping => Err(DropReason::Malformed),
         };
         self.count(verdict)
+    }
+
+    /// A later fragment with no note of its first: judged on its own, and
+    /// kept as it came in case its first is still to come (see `fragments`).
+    fn unmatched_fragment(
+        &mut self,
+        now: Instant,
+        input: Input,
+        id: fragments::Id,
+        pkt: &mut Packet<'_>,
+    ) -> Result<Verdict, DropReason> {
+        bump(&self.counters.fragments_unmatched);
+        let parked = self.fragments.park(id, pkt, now);
+        let verdict = self.dispatch(now, input, pkt);
+        let Some(i) = parked else {
+            return verdict;
+        };
+        bump(&self.counters.fragments_parked);
+        match verdict {
+            // To the host stack it waits for its first: a copy follows it.
+            Ok(Verdict::ToHost) => Err(DropReason::FragmentHeld),
+            Ok(v) => {
+                self.fragments.went(i, v, pkt);
+                Ok(v)
+            }
+            Err(r) => Err(r),
+        }
     }
 
     fn dispatch(

@@ -105,6 +105,20 @@ fn arp_request(src_mac: Mac, src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 }
 
 /// Runs `frame` through the pipeline, placed after the usual headroom.
+/// Runs `frame` at `now`, with room after it for a frame that grows.
+pub(crate) fn run_at(
+    p: &mut Pipeline,
+    input: Input,
+    frame: &[u8],
+    now: Instant,
+) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; HEADROOM + frame.len() + 100];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    let mut pkt = Packet::new(&mut buf, HEADROOM, frame.len());
+    let v = p.process(now, input, &mut pkt);
+    (v, pkt.bytes().to_vec())
+}
+
 fn run(p: &mut Pipeline, input: Input, frame: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; HEADROOM + frame.len()];
     buf[HEADROOM..].copy_from_slice(frame);

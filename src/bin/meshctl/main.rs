@@ -158,17 +158,10 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<(), String> {
             );
         }
         NetworkCmd::Inspect { name, format: _ } => {
-            let n: NetworkOut = c
-                .get(&format!("/v1/networks/{}", path_segment(&name)?))
-                .await?;
+            let n: NetworkOut = c.get(&one("networks", &name)?).await?;
             print_json(&n)?;
         }
-        NetworkCmd::Rm { name } => {
-            let _: serde_json::Value = c
-                .delete(&format!("/v1/networks/{}", path_segment(&name)?))
-                .await?;
-            println!("{name}");
-        }
+        NetworkCmd::Rm { name } => remove(c, "networks", &name).await?,
     }
     Ok(())
 }
@@ -241,9 +234,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<(), String> {
             );
         }
         ServiceCmd::Ps { name, format } => {
-            let s: ServiceOut = c
-                .get(&format!("/v1/services/{}", path_segment(&name)?))
-                .await?;
+            let s: ServiceOut = c.get(&one("services", &name)?).await?;
             if format == Format::Json {
                 return print_json(&s.tasks);
             }
@@ -265,17 +256,10 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<(), String> {
             table(&["NAME", "SERVICE", "NODE", "NETWORK", "IP", "STATE"], rows);
         }
         ServiceCmd::Inspect { name, format: _ } => {
-            let s: ServiceOut = c
-                .get(&format!("/v1/services/{}", path_segment(&name)?))
-                .await?;
+            let s: ServiceOut = c.get(&one("services", &name)?).await?;
             print_json(&s)?;
         }
-        ServiceCmd::Rm { name } => {
-            let _: serde_json::Value = c
-                .delete(&format!("/v1/services/{}", path_segment(&name)?))
-                .await?;
-            println!("{name}");
-        }
+        ServiceCmd::Rm { name } => remove(c, "services", &name).await?,
     }
     Ok(())
 }
@@ -343,6 +327,18 @@ async fn container(c: &Client, cmd: ContainerCmd) -> Result<(), String> {
             );
         }
     }
+    Ok(())
+}
+
+/// The API path of the network or service (`kind`) called `name`.
+fn one(kind: &str, name: &str) -> Result<String, String> {
+    Ok(format!("/v1/{kind}/{}", path_segment(name)?))
+}
+
+/// Removes the network or service (`kind`) called `name`; prints its name.
+async fn remove(c: &Client, kind: &str, name: &str) -> Result<(), String> {
+    let _: serde_json::Value = c.delete(&one(kind, name)?).await?;
+    println!("{name}");
     Ok(())
 }
 

@@ -6,8 +6,9 @@ use super::*;
 use crate::pipeline::lb::icmp::tests::{port_unreachable, udp_packet};
 use crate::pipeline::lb::Backend;
 use crate::pipeline::offload::pseudo_header_sum;
+use crate::pipeline::tests::run_at;
 use crate::pipeline::{Input, Pipeline, HEADROOM};
-use crate::tables::{Endpoint, Peer, Port, Published, VipTable};
+use crate::tables::{Endpoint, Peer, Port, PortId, Published, VipTable};
 use crate::wire::l4::tcp_flags::{ACK, SYN};
 use crate::wire::{checksum, checksum_fold, vxlan, vxlan::Vni};
 use proptest::prelude::*;
@@ -21,6 +22,20 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const VNI: u32 = 4096;
 const TCP: u8 = ipv4::protocol::TCP;
 
+/// Puts task `ip` of network `net` (VNI `vni`) in `t`, the tables of host
+/// `me`: local on B as port `port`, remote on A.
+fn add_task(t: &mut Tables, net: &mut NetworkTable, me: Ipv4Addr, port: PortId, ip: Ipv4Addr) {
+    let mac = Mac::for_ip(ip);
+    let location = if me == HOST_B {
+        let vni = net.vni;
+        t.ports.insert(port, Port { vni, ip, mac });
+        Location::Local(port)
+    } else {
+        Location::Remote(SocketAddrV4::new(HOST_B, 4789))
+    };
+    net.insert(Endpoint { ip, mac, location });
+}
+
 /// The tables of host `me`: the task is local on B (port 1), remote on A.
 /// `tasks` false: the service has no task at all.
 fn tables(me: Ipv4Addr, tasks: bool) -> Tables {
@@ -28,24 +43,7 @@ fn tables(me: Ipv4Addr, tasks: bool) -> Tables {
     let mut t = Tables::default();
     let mut net = NetworkTable::new(vni, GATEWAY);
     let other = if me == HOST_A { HOST_B } else { HOST_A };
-    let location = if me == HOST_B {
-        t.ports.insert(
-            1,
-            Port {
-                vni,
-                ip: TASK,
-                mac: Mac::for_ip(TASK),
-            },
-        );
-        Location::Local(1)
-    } else {
-        Location::Remote(SocketAddrV4::new(HOST_B, 4789))
-    };
-    net.insert(Endpoint {
-        ip: TASK,
-        mac: Mac::for_ip(TASK),
-        location,
-    });
+    add_task(&mut t, &mut net, me, 1, TASK);
     let backends = if tasks {
         vec![Backend {
             ip: TASK,
@@ -118,11 +116,7 @@ fn frame(dst: Mac, src: Mac, packet: &[u8]) -> Vec<u8> {
 }
 
 fn run(p: &mut Pipeline, input: Input, bytes: &[u8]) -> (Verdict, Vec<u8>) {
-    let mut buf = vec![0u8; HEADROOM + bytes.len() + 100];
-    buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
-    let mut pkt = Packet::new(&mut buf, HEADROOM, bytes.len());
-    let v = p.process(Instant::now(), input, &mut pkt);
-    (v, pkt.bytes().to_vec())
+    run_at(p, input, bytes, Instant::now())
 }
 
 /// Addresses and ports of the IPv4 packet in an Ethernet frame.

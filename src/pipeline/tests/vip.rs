@@ -358,15 +358,6 @@ fn a_later_fragment_to_a_vip_is_never_taken_for_an_echo_request() {
     assert_eq!(out, later, "left as it was");
 }
 
-/// Runs `frame` at `now`.
-fn run_at(p: &mut Pipeline, input: Input, frame: &[u8], now: Instant) -> (Verdict, Vec<u8>) {
-    let mut buf = vec![0u8; HEADROOM + frame.len() + 100];
-    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-    let mut pkt = Packet::new(&mut buf, HEADROOM, frame.len());
-    let v = p.process(now, input, &mut pkt);
-    (v, pkt.bytes().to_vec())
-}
-
 #[test]
 fn a_note_lives_a_second_and_a_dropped_first_fragment_leaves_none() {
     let data: Vec<u8> = (0..100).map(|i| i as u8).collect();

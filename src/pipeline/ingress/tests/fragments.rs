@@ -5,14 +5,6 @@ use super::*;
 use crate::pipeline::fragments::{PARK_LIFETIME, PARK_SLOTS};
 use crate::pipeline::tests::{fragment, reassemble};
 
-fn run_at(p: &mut Pipeline, input: Input, bytes: &[u8], now: Instant) -> (Verdict, Vec<u8>) {
-    let mut buf = vec![0u8; HEADROOM + bytes.len() + 100];
-    buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
-    let mut pkt = Packet::new(&mut buf, HEADROOM, bytes.len());
-    let v = p.process(now, input, &mut pkt);
-    (v, pkt.bytes().to_vec())
-}
-
 /// The frames `p` has released, with where each goes.
 fn released(p: &mut Pipeline) -> Vec<(Verdict, Vec<u8>)> {
     let mut out = Vec::new();

@@ -13,24 +13,7 @@ fn two_network_tables(me: Ipv4Addr) -> Tables {
     let mut t = tables(me, true);
     let vni2 = Vni::new(VNI2).unwrap();
     let mut net2 = NetworkTable::new(vni2, GATEWAY2);
-    let location = if me == HOST_B {
-        t.ports.insert(
-            2,
-            Port {
-                vni: vni2,
-                ip: TASK2,
-                mac: Mac::for_ip(TASK2),
-            },
-        );
-        Location::Local(2)
-    } else {
-        Location::Remote(SocketAddrV4::new(HOST_B, 4789))
-    };
-    net2.insert(Endpoint {
-        ip: TASK2,
-        mac: Mac::for_ip(TASK2),
-        location,
-    });
+    add_task(&mut t, &mut net2, me, 2, TASK2);
     let one = |ip| Backend { ip, weight: 1 };
     t.vips.push(VipTable::new(
         "web",
