@@ -125,6 +125,9 @@ fn bench(c: &mut Criterion) {
             let t = Instant::now();
             let _ = ct.insert(key(i), backend, now);
             let took = t.elapsed();
+            // The task's SYN-ACK opens the connection: the hits below are an
+            // established flow's packets, as nearly all packets are.
+            let _ = ct.touch(&key(i), 0x12, false, now);
             slowest = slowest.max(took);
             over += u32::from(took > Duration::from_micros(500));
             let t = Instant::now();
