@@ -47,6 +47,9 @@ else pass "  ... and no netns mt-nosuch was created"; fi
 expect_error "attach with --netns '' refused" mctl 118 container attach --netns "" --network demo
 expect_error "attach of a file that is no namespace (/etc/hostname) refused" \
     mctl 118 container attach --netns /etc/hostname --network demo --name dup
+expect_error "attach of the host's own namespace (mt-h118, by name) refused" \
+    mctl 118 container attach --netns mt-h118 --network demo --name dup --ifname m0
+check "  ... and the host has no interface m0" sh -c "! ip -n mt-h118 link show m0 2>/dev/null"
 expect_error "attach as c1 (the name of c1, on .116) refused" \
     mctl 118 container attach --netns mt-dup --network demo --name c1
 check "  ... mt-dup has no eth0" no_eth0 mt-dup

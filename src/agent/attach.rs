@@ -36,6 +36,14 @@ impl Agent {
                 path.display()
             ));
         }
+        // The host's own namespace would get an overlay address and take
+        // 127.0.0.11:53, and its routes to the network's containers would go.
+        if netns::identity(std::path::Path::new("/proc/self/ns/net")) == Some(ns_id) {
+            return Err(format!(
+                "{} is the host's own network namespace (the agent's): attach a container's",
+                path.display()
+            ));
+        }
         // A network or service made on another host a moment ago may still be
         // on its way here (gossip takes up to a second): wait for it a little.
         let view = self

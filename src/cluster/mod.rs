@@ -372,6 +372,15 @@ impl Cluster {
         }
         let mut reservations = self.reservations.lock().await;
         let view = self.view().await;
+        // Asked by another agent whose view names us leader while ours
+        // names someone else (leadership moving): deciding here too could
+        // promise one address twice.
+        if let Some(l) = view.leader().filter(|l| l.id != self.self_id) {
+            return Err(format!(
+                "this agent is not the cluster leader ({} is, in its view); try again in a second",
+                l.record.address
+            ));
+        }
         let now = Instant::now();
         reservations.prune(&view, now);
         let wall = SystemTime::now()
@@ -381,6 +390,13 @@ impl Cluster {
         let version = wall.max(view.max_version() + 1);
         let taken = reservations.taken();
         let plan = registry::plan(&view, &taken, &m, version, &token::new_id())?;
+        let chitchat = self.chitchat.chitchat();
+        let mut guard = chitchat.lock().await;
+        for (key, obj) in &plan.writes {
+            let v = serde_json::to_string(obj).map_err(|e| e.to_string())?;
+            guard.self_node_state().set(key.clone(), v);
+        }
+        // After the last wait: a decide dropped at its limit holds nothing.
         match (&plan.outcome, &m) {
             (Outcome::Ip { network_id, ip }, Mutation::ReserveIp { owner, .. }) => {
                 reservations.hold(network_id, *ip, owner, now);
@@ -392,12 +408,6 @@ impl Cluster {
             }
             _ => {}
         }
-        let chitchat = self.chitchat.chitchat();
-        let mut guard = chitchat.lock().await;
-        for (key, obj) in &plan.writes {
-            let v = serde_json::to_string(obj).map_err(|e| e.to_string())?;
-            guard.self_node_state().set(key.clone(), v);
-        }
         tracing::info!(?m, "cluster change decided");
         Ok(plan.outcome)
     }
@@ -408,9 +418,18 @@ impl Cluster {
         match req {
             Request::Join { token } if check(&token) => Response::Joined,
             Request::Mutate { token, mutation } if check(&token) => {
-                match self.decide(mutation).await {
-                    Ok(outcome) => Response::Done { outcome },
-                    Err(error) => Response::Refused { error },
+                // Past the limit, decide is dropped before it wrote anything
+                // (its writes follow its last wait), so "nothing changed" holds.
+                match tokio::time::timeout(rpc::DECIDE_LIMIT, self.decide(mutation)).await {
+                    Ok(Ok(outcome)) => Response::Done { outcome },
+                    Ok(Err(error)) => Response::Refused { error },
+                    Err(_) => Response::Refused {
+                        error: format!(
+                            "the cluster leader could not decide within {:?} (it is still \
+                             catching up with the cluster); nothing was changed, try again",
+                            rpc::DECIDE_LIMIT
+                        ),
+                    },
                 }
             }
             Request::Join { .. } | Request::Mutate { .. } => {

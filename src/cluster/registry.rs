@@ -9,7 +9,8 @@
 
 use super::ipam::{self, Subnet};
 use super::model::{
-    EndpointMode, Network, Object, PortSpec, Service, StaticEndpoint, Versioned, View,
+    EndpointMode, Network, NodeRecord, Object, PortSpec, Protocol, Service, StaticEndpoint,
+    Versioned, View,
 };
 use crate::wire::Mac;
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,28 @@ pub fn plan(
             if attached > 0 {
                 return Err(format!(
                     "network {} has {attached} attached container(s): detach them first",
+                    net.name
+                ));
+            }
+            // An attach under way (its address promised, its container not
+            // in the view yet) would end on a network that is gone, and a
+            // container on a Down host would come back to one: neither
+            // could be detached by the network's name any more.
+            if reserved.iter().any(|(n, _)| *n == net.id) {
+                return Err(format!(
+                    "network {} has an attach under way: try again when it has finished",
+                    net.name
+                ));
+            }
+            let away = view
+                .down_containers
+                .iter()
+                .filter(|c| c.network_id == net.id)
+                .count();
+            if away > 0 {
+                return Err(format!(
+                    "network {} has {away} container(s) on hosts that are Down: bring the hosts \
+                     back and detach them first",
                     net.name
                 ));
             }
@@ -384,6 +407,18 @@ fn create_service(
                 p.published, other.name
             ));
         }
+        // Every host serves every published port: none may be a port an
+        // agent listens on, on any host (the asking agent checked its own).
+        let agents_own = |r: &NodeRecord| match p.protocol {
+            Protocol::Tcp => p.published == r.gossip_port,
+            Protocol::Udp => p.published == r.gossip_port || p.published == r.vxlan_port,
+        };
+        if let Some(n) = view.nodes.iter().find(|n| agents_own(&n.record)) {
+            return Err(format!(
+                "port {}/{proto} is mesh-agent's own on host {} (gossip {}, VXLAN {}): publish another",
+                p.published, n.record.hostname, n.record.gossip_port, n.record.vxlan_port
+            ));
+        }
     }
     let mut vips = std::collections::BTreeMap::new();
     if endpoint_mode == EndpointMode::Vip {
@@ -443,7 +478,19 @@ fn create_network(
     if gateway.is_some() && subnet.is_none() {
         return Err("--gateway needs --subnet (the gateway is an address of that subnet)".into());
     }
-    let taken: Vec<Subnet> = view.networks.values().map(|n| n.subnet).collect();
+    // The hosts' own addresses count as taken: a subnet holding one would
+    // hand it (or its neighbours on the underlay) to containers.
+    let hosts = view
+        .nodes
+        .iter()
+        .map(|n| (n.record.address, &n.record.hostname));
+    let mut taken: Vec<Subnet> = view.networks.values().map(|n| n.subnet).collect();
+    // (As the /30 around each: the smallest subnet there is.)
+    taken.extend(
+        hosts
+            .clone()
+            .filter_map(|(a, _)| Subnet::new(Ipv4Addr::from(u32::from(a) & !3), 30).ok()),
+    );
     let subnet = match subnet {
         Some(s) => {
             let s: Subnet = s.parse()?;
@@ -459,6 +506,12 @@ fn create_network(
                 return Err(format!(
                     "subnet {s} overlaps {} of network {}",
                     other.subnet, other.name
+                ));
+            }
+            if let Some((a, host)) = hosts.clone().find(|(a, _)| s.contains(*a)) {
+                return Err(format!(
+                    "subnet {s} holds {a}, the address of host {host}: an overlay subnet must \
+                     not overlap the hosts' network"
                 ));
             }
             s

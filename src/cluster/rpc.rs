@@ -10,8 +10,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// How long one request may take, connect to answer.
+/// How long one request may take, connect to answer, beside the leader's
+/// own work on a change.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leader works on a change before it refuses it (it may wait
+/// to catch up with gossip, or for a detach on its way). The asker waits
+/// this long more than [`TIMEOUT`]: an asker that gave up first would
+/// report a failure for a change that was made.
+pub const DECIDE_LIMIT: Duration = Duration::from_secs(5);
 /// The largest request or answer line accepted.
 const MAX_LINE: u64 = 1 << 20;
 
@@ -43,9 +49,13 @@ pub enum RpcError {
 
 /// Sends one request and reads the answer.
 pub async fn call(addr: SocketAddr, req: &Request) -> Result<Response, RpcError> {
-    tokio::time::timeout(TIMEOUT, call_inner(addr, req))
+    let limit = match req {
+        Request::Join { .. } => TIMEOUT,
+        Request::Mutate { .. } => TIMEOUT + DECIDE_LIMIT,
+    };
+    tokio::time::timeout(limit, call_inner(addr, req))
         .await
-        .map_err(|_| RpcError::Timeout(addr, TIMEOUT))?
+        .map_err(|_| RpcError::Timeout(addr, limit))?
 }
 
 async fn call_inner(addr: SocketAddr, req: &Request) -> Result<Response, RpcError> {
@@ -89,7 +99,10 @@ where
         out.push(b'\n');
         w.write_all(&out).await.ok()
     };
-    if tokio::time::timeout(TIMEOUT * 2, work).await.is_err() {
+    if tokio::time::timeout(TIMEOUT + DECIDE_LIMIT, work)
+        .await
+        .is_err()
+    {
         tracing::debug!(?peer, "cluster request timed out");
     }
 }

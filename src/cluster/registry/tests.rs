@@ -379,15 +379,92 @@ fn a_network_with_containers_is_not_removed() {
         weight: 1,
         draining: false,
     });
+    let rm = Mutation::RemoveNetwork {
+        name: "demo".into(),
+    };
+    let e = plan(&v, &HashSet::new(), &rm, 2, "").unwrap_err();
+    assert!(e.contains("detach them first"));
+    // Nor with an attach under way (an address promised), nor with a
+    // container on a Down host; with neither, it goes.
+    let c = v.containers.remove(0);
+    let pending = HashSet::from([("n".to_string(), Ipv4Addr::new(10, 0, 0, 3))]);
+    let e = plan(&v, &pending, &rm, 2, "").unwrap_err();
+    assert!(e.contains("attach under way"), "{e}");
+    v.down_containers.push(c);
+    let e = plan(&v, &HashSet::new(), &rm, 2, "").unwrap_err();
+    assert!(e.contains("1 container(s) on hosts that are Down"), "{e}");
+    v.down_containers.clear();
+    let p = plan(&v, &HashSet::new(), &rm, 2, "").unwrap();
+    assert!(matches!(p.outcome, Outcome::Removed { .. }));
+}
+
+/// A view of two hosts: .116 with the default ports, .117 with its own.
+fn two_hosts() -> View {
+    let mut v = View::default();
+    for (id, last, gossip, vxlan) in [("a", 116, 7946, 4789), ("b", 117, 7950, 4790)] {
+        v.nodes.push(super::super::model::NodeView {
+            id: id.into(),
+            record: NodeRecord {
+                hostname: format!("h{last}"),
+                address: Ipv4Addr::new(192, 168, 100, last),
+                vxlan_port: vxlan,
+                gossip_port: gossip,
+                synced: true,
+            },
+            ready: true,
+        });
+    }
+    v
+}
+
+#[test]
+fn a_subnet_never_holds_a_hosts_address() {
+    let mut v = two_hosts();
     let e = plan(
         &v,
         &HashSet::new(),
-        &Mutation::RemoveNetwork {
-            name: "demo".into(),
-        },
-        2,
-        "",
+        &create("u", Some("192.168.0.0/16")),
+        1,
+        "u",
     )
     .unwrap_err();
-    assert!(e.contains("detach them first"));
+    assert!(
+        e.contains("holds 192.168.100.116, the address of host h116"),
+        "{e}"
+    );
+    // The default pool steps over a host in it.
+    v.nodes[1].record.address = Ipv4Addr::new(10, 0, 0, 7);
+    let p = plan(&v, &HashSet::new(), &create("d", None), 1, "d").unwrap();
+    let Outcome::Network(n) = p.outcome else {
+        panic!("not a network")
+    };
+    assert_eq!(n.subnet.to_string(), "10.0.1.0/24");
+}
+
+#[test]
+fn no_host_s_agent_port_is_published() {
+    let mut v = two_hosts();
+    let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+    apply(&mut v, &p);
+    let publish = |published, protocol| Mutation::CreateService {
+        name: "web".into(),
+        networks: vec!["demo".into()],
+        ports: vec![PortSpec {
+            published,
+            target: 80,
+            protocol,
+        }],
+        endpoint_mode: EndpointMode::Vip,
+        scheduler: "rr".into(),
+    };
+    for (port, protocol) in [
+        (7950, Protocol::Tcp),
+        (4790, Protocol::Udp),
+        (7946, Protocol::Udp),
+    ] {
+        let e = plan(&v, &HashSet::new(), &publish(port, protocol), 2, "s").unwrap_err();
+        assert!(e.contains("mesh-agent's own on host"), "{port}: {e}");
+    }
+    // VXLAN is UDP: the same number over TCP is free.
+    assert!(plan(&v, &HashSet::new(), &publish(4790, Protocol::Tcp), 2, "s").is_ok());
 }
