@@ -20,6 +20,11 @@ pub fn answer(net: &NetworkTable, frame: &mut [u8]) -> Result<usize, DropReason>
         return Err(DropReason::ArpIgnored);
     }
     let target_mac = net.mac_of(target_ip).ok_or(DropReason::ArpIgnored)?;
+    // A duplicate-address probe (RFC 5227: sender 0.0.0.0) for the asker's
+    // own address: an answer with its own MAC would read as a conflict.
+    if target_mac == req.sender_mac() {
+        return Err(DropReason::ArpIgnored);
+    }
     let reply = arp::Repr {
         operation: arp::OP_REPLY,
         sender_mac: target_mac,

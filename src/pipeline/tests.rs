@@ -214,6 +214,18 @@ fn arp_for_the_gateway_and_for_strangers() {
     );
     assert_eq!(v, Verdict::Drop(DropReason::ArpIgnored));
     assert_eq!(p.counters().dropped(DropReason::ArpIgnored), 1);
+    // Duplicate-address probes (sender 0.0.0.0, RFC 5227): one for the
+    // asker's own address is no conflict and gets no answer; one for an
+    // address in use elsewhere is answered, so the asker sees the conflict.
+    let probe = |target| arp_request(Mac::for_ip(ip(2)), Ipv4Addr::UNSPECIFIED, target);
+    let (v, _) = run(&mut p, Input::Tap(1), &probe(ip(2)));
+    assert_eq!(v, Verdict::Drop(DropReason::ArpIgnored));
+    let (v, out) = run(&mut p, Input::Tap(1), &probe(ip(4)));
+    assert_eq!(v, Verdict::ToTap(1));
+    assert_eq!(
+        ethernet::Frame::new_checked(&out).unwrap().src(),
+        Mac::for_ip(ip(4))
+    );
 }
 
 #[test]

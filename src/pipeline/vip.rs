@@ -160,6 +160,9 @@ impl Balancer {
                     bump(&vip.stats.refused_no_task);
                     return self.refuse(pkt, DropReason::NoBackend);
                 };
+                let Some(i) = not_the_sender(&vip.backends, i, &flow) else {
+                    return self.refuse(pkt, DropReason::Hairpin);
+                };
                 let backend = vip.backends[i].ip;
                 if self
                     .conntrack
@@ -303,6 +306,28 @@ fn pick(
         active.extend(backends.iter().map(|b| open_flows(b.ip)));
     }
     schedulers.get_mut(idx)?.pick(backends, flow, active)
+}
+
+/// The backend a task's own connection to its service's VIP goes to: the
+/// pick `i`, unless that is the task itself. The frame cannot be handed
+/// back to its sender (from and to one address, its kernel drops it, and
+/// the answer would not pass the balancer), so another task takes it,
+/// chosen by the flow's hash (a retransmitted SYN finds its entry anyway);
+/// with no other task, `None`: it is refused at once, not left to hang.
+fn not_the_sender(
+    backends: &[crate::pipeline::lb::Backend],
+    i: usize,
+    flow: &FlowKey,
+) -> Option<usize> {
+    let n = backends.len();
+    if backends.get(i)?.ip != flow.src {
+        return Some(i);
+    }
+    if n < 2 {
+        return None;
+    }
+    let skip = crate::pipeline::lb::flow_hash(flow) % (n as u64 - 1);
+    Some((i + 1 + skip as usize) % n)
 }
 
 /// Turns the frame into the answer that refuses it and counts `reason` (a

@@ -529,8 +529,13 @@ fn advance(e: &mut Tracked, protocol: u8, flags: u8, from_client: bool, now: u64
         return;
     }
     // A client reusing its port after a close opens a new connection: it
-    // starts over (else it would stay Closed and expire in seconds).
-    if from_client && flags & (SYN | ACK) == SYN && e.state == TcpState::Closed {
+    // starts over (else it would stay Closed and expire in seconds). So
+    // after a half close (one FIN seen: a client that vanished, or a FIN
+    // that went another way), or the new connection would stay Closing.
+    if from_client
+        && flags & (SYN | ACK) == SYN
+        && matches!(e.state, TcpState::Closed | TcpState::Closing)
+    {
         e.fins = 0;
         e.state = TcpState::SynSent;
         return;

@@ -5,7 +5,7 @@
 //! the error the address the client knows, outside and inside, so that the
 //! client's stack matches it to its socket (and no task address leaks).
 
-use super::nat::{replace16, replace32, Side};
+use super::nat::{replace16, replace32, stored_l4, Side};
 use crate::pipeline::flow::Flow;
 use crate::wire::{be16, checksum, ethernet, ipv4, l4};
 use std::net::Ipv4Addr;
@@ -35,6 +35,11 @@ fn layout(frame: &[u8]) -> Option<Layout> {
     let inner_l4 = inner + ihl;
     let kind = *frame.get(icmp)?;
     if !ERRORS.contains(&kind) || first >> 4 != 4 || ihl < 20 || inner_l4 + 8 > end {
+        return None;
+    }
+    // A quoted later fragment holds payload where the ports would be.
+    let quoted_offset = u16::from_be_bytes([frame[inner + 6], frame[inner + 7]]) & 0x1fff;
+    if quoted_offset != 0 {
         return None;
     }
     let proto = frame[inner + 9];
@@ -117,7 +122,11 @@ fn translate(frame: &mut [u8], outer: Side, to: Ipv4Addr, port: u16) -> bool {
         let udp_off = frame[l.inner + 9] == ipv4::protocol::UDP && field == 0;
         if !udp_off {
             let c = replace32(field, old_addr, to, false);
-            let c = replace16(c, old_port, port, false);
+            let c = stored_l4(
+                frame[l.inner + 9],
+                replace16(c, old_port, port, false),
+                false,
+            );
             frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         }
     }
@@ -225,6 +234,15 @@ pub(crate) mod tests {
         assert!(quoted(&echo).is_none());
         let short = unreachable(TASK, CLIENT, &got[..24]);
         assert!(quoted(&short).is_none());
+        // A quoted later fragment: its first bytes are payload, not ports
+        // (the quote's IPv4 checksum is not checked, so it need not change).
+        let mut later = got.clone();
+        later[6..8].copy_from_slice(&185u16.to_be_bytes());
+        let mut f = unreachable(TASK, CLIENT, &later);
+        assert!(quoted(&f).is_none());
+        let before = f.clone();
+        assert!(!translate_back(&mut f, PUBLISHED, 9001));
+        assert_eq!(f, before);
         let mut copy = short.clone();
         assert!(!translate_back(&mut copy, PUBLISHED, 1));
         assert_eq!(copy, short);

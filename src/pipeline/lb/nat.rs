@@ -9,6 +9,17 @@
 use crate::wire::{checksum_fold, ethernet, ipv4, l4, Mac};
 use std::net::Ipv4Addr;
 
+/// A TCP or UDP checksum `c` as it is stored after an update. In UDP, 0
+/// means that none was computed (RFC 768), so a full checksum that comes
+/// to 0 goes as its ones'-complement equal 0xffff, as a sender would put it.
+pub(super) fn stored_l4(proto: u8, c: u16, partial: bool) -> u16 {
+    if c == 0 && proto == ipv4::protocol::UDP && !partial {
+        0xffff
+    } else {
+        c
+    }
+}
+
 /// Replaces one 16-bit word `old` by `new` inside a checksummed area.
 pub(super) fn replace16(field: u16, old: u16, new: u16, partial: bool) -> u16 {
     let sum = |x: u16| checksum_fold(u32::from(x) + u32::from(!old) + u32::from(new), &[]) as u16;
@@ -87,7 +98,8 @@ pub fn rewrite(frame: &mut [u8], side: Side, ip: Ipv4Addr, mac: Mac, partial: bo
     if proto == ipv4::protocol::UDP && field == 0 && !partial {
         return;
     }
-    set16(frame, csum_at, replace32(field, old, ip, partial));
+    let c = replace32(field, old, ip, partial);
+    set16(frame, csum_at, stored_l4(proto, c, partial));
 }
 
 /// Rewrites the source or destination port of a TCP or UDP frame, fixing
@@ -124,7 +136,8 @@ pub fn rewrite_port(frame: &mut [u8], side: Side, port: u16, partial: bool) {
     if partial || (proto == ipv4::protocol::UDP && field == 0) {
         return;
     }
-    set16(frame, csum_at, replace16(field, old, port, false));
+    let c = replace16(field, old, port, false);
+    set16(frame, csum_at, stored_l4(proto, c, false));
 }
 
 /// Turns an ICMP echo request into its reply, in place: addresses and MACs
@@ -271,6 +284,47 @@ mod tests {
     use crate::pipeline::offload::tests::{checksums_ok, tcp_frame};
     use crate::pipeline::offload::{complete_checksum, pseudo_header_sum};
     use crate::wire::checksum;
+
+    #[test]
+    fn a_udp_checksum_that_comes_to_zero_is_stored_as_all_ones() {
+        use crate::pipeline::lb::icmp::tests::udp_packet;
+        use crate::wire::checksum_fold;
+        let (client, vip, task) = (
+            Ipv4Addr::new(10, 0, 0, 9),
+            Ipv4Addr::new(10, 0, 0, 3),
+            Ipv4Addr::new(10, 0, 0, 77),
+        );
+        // The datagram (with a right checksum) whose checksum after the
+        // DNAT to the task comes to 0: one payload word in 65536.
+        let (mut hits, mut seen) = (0, 0);
+        for w in 0..=u16::MAX {
+            let mut p = udp_packet((client, 40000), (vip, 53));
+            p[28..30].copy_from_slice(&w.to_be_bytes());
+            p[26..28].fill(0);
+            let c = !(checksum_fold(pseudo_header_sum(&p[..20], 17, 12), &p[20..]) as u16);
+            p[26..28].copy_from_slice(&stored_l4(17, c, false).to_be_bytes());
+            let mut f = vec![0u8; 14];
+            f.extend_from_slice(&p);
+            rewrite(&mut f, Side::Destination, task, Mac::for_ip(task), false);
+            let stored = get16(&f, 14 + 26);
+            assert_ne!(
+                stored, 0,
+                "payload word {w:#06x}: a computed checksum stored as none"
+            );
+            let sum = checksum_fold(pseudo_header_sum(&f[14..34], 17, 12), &f[34..]) as u16;
+            assert_eq!(
+                sum, 0xffff,
+                "payload word {w:#06x}: checksum does not verify"
+            );
+            seen += 1;
+            hits += usize::from(stored == 0xffff);
+        }
+        assert_eq!(seen, 65536);
+        assert!(
+            hits >= 1,
+            "no payload made the updated checksum 0: the test tests nothing"
+        );
+    }
 
     #[test]
     fn port_rewrites_keep_full_and_partial_checksums_right() {

@@ -168,6 +168,47 @@ fn new_flows_are_spread_and_translated_and_replies_come_from_the_vip() {
 }
 
 #[test]
+fn a_task_reaching_its_own_service_gets_another_task_or_a_refusal() {
+    let mut p = pipeline();
+    // c2 (.3, Tap 2) is a task of the VIP: its connections go to .4 only,
+    // whatever rr's turn (before, every other one came back to c2 and was
+    // dropped as a hairpin, and the SYN retried into the same entry).
+    for port in 42000..42006 {
+        let syn = l4_frame((ip(3), port), (VIP, 80), Mac::for_ip(VIP), 6, SYN);
+        let (v, out, _) = run_plain(&mut p, Input::Tap(2), &syn);
+        assert_eq!(
+            v,
+            Verdict::ToUnderlay(SocketAddrV4::new(HOST2, 4789)),
+            "port {port}"
+        );
+        assert_eq!(dst_ip(&out[8..]), ip(4));
+    }
+    // Alone behind its VIP, it is refused at once and nothing is tracked.
+    let mut t = (*p.tables).clone();
+    let vni = Vni::new(VNI_A).unwrap();
+    t.vips[0] = VipTable::new(
+        "web",
+        VIP,
+        vni,
+        "rr",
+        vec![Backend {
+            ip: ip(3),
+            weight: 1,
+        }],
+    );
+    p.set_tables(Arc::new(t));
+    let flows = p.tracked_flows();
+    let syn = l4_frame((ip(3), 42100), (VIP, 80), Mac::for_ip(VIP), 6, SYN);
+    let (v, out, _) = run_plain(&mut p, Input::Tap(2), &syn);
+    assert_eq!(v, Verdict::ToTap(2));
+    let t = tcp_layout(&out, 0).unwrap();
+    assert_eq!(out[t.tcp + 13] & RST, RST);
+    assert_eq!((src_ip(&out), dst_ip(&out)), (VIP, ip(3)));
+    assert_eq!(p.tracked_flows(), flows);
+    assert_eq!(p.counters().dropped(DropReason::Hairpin), 1);
+}
+
+#[test]
 fn round_robin_keeps_its_place_when_unrelated_tables_change() {
     let mut p = pipeline();
     let syn = |port| l4_frame((ip(2), port), (VIP, 80), Mac::for_ip(VIP), 6, SYN);

@@ -95,6 +95,16 @@ fn tcp_states_follow_the_flags() {
     assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::SynSent);
     ct.update(&k2, SYN | ACK, false, now);
     assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Established);
+    // So is one after a half close: it opens and stays open until both
+    // of its own FINs (not one, as the old FIN would have made it).
+    ct.update(&k2, FIN | ACK, true, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Closing);
+    ct.update(&k2, SYN, true, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::SynSent);
+    ct.update(&k2, SYN | ACK, false, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Established);
+    ct.update(&k2, FIN | ACK, false, now);
+    assert_eq!(ct.get(&k2, now).unwrap().state, TcpState::Closing);
     // A client's bare ACK before any SYN-ACK does not open the connection
     // (it would hold the entry a day); the task's SYN-ACK does.
     let k3 = key(3);
