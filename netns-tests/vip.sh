@@ -68,6 +68,13 @@ check "... and 2+ per task, 3 tasks ($(task_conns))" sh -c "set -- $(task_conns)
 src_ok() { ip netns exec mt-client curl -s -m 3 -o /dev/null -w '%{remote_ip}' "http://$VIP:8000/" | grep -qx "$VIP"; }
 check "the reply comes from the VIP" src_ok
 
+# A task reaching its own service: never handed back to itself (its kernel
+# would drop it), so every request is answered, by another task.
+own=$(for i in 1 2 3 4; do ip netns exec mt-w1 curl -s -m 3 "http://whoami:8000/"; echo; done)
+note "4 requests from w1 to whoami: $(echo $own)"
+check "a task's 4 requests to its own service's VIP are all answered, by the other tasks" \
+    test "$(grep -c '^w[23]$' <<<"$own")" = 4
+
 udp_ok() { echo hi | ip netns exec mt-client timeout 3 nc -u -w 1 "$VIP" 9000 2>/dev/null | grep -q '^w[123]$'; }
 check "UDP to VIP:9000 reaches a task, the answer comes back" wait_until 5 udp_ok
 # No task listens on UDP 9999: the task's port unreachable comes back from
