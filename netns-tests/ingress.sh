@@ -105,6 +105,13 @@ out=$(for _ in 1 2; do get mt-h116 "http://$UNDERLAY.116:8000/"; done)
 check "curl ADVERTISE_ADDR:8000 on .116 answers" grep -q "^w[12] " <<<"$out"
 check "the host's own connections to port 8000 elsewhere are not captured" \
     bash -c "ip netns exec mt-h116 curl -sf -m 3 http://$UNDERLAY.10:8000/ | grep -qx outside"
+# The host's own traffic to a container at its overlay address comes from
+# the host's TUN address (169.254.X.Y); the answers come back to its stack,
+# also from a task on another host, and for ping (which no flow notes).
+host_curls_task() { get "mt-h$1" "http://$TASK_IP:80/" | grep -q "^w1 169.254.100.$1:"; }
+check "the host .116 reaches w1 on .117 at $TASK_IP (curl; w1 sees .116's TUN address)" host_curls_task 116
+check "... and its ping to $TASK_IP is answered" ip netns exec mt-h116 ping -n -c 2 -i 0.2 -W 2 "$TASK_IP"
+check "the host .117 reaches its own task w1 likewise" host_curls_task 117
 
 # ---- every address of the host ---------------------------------------------
 # As Swarm publishes on 0.0.0.0: an address given to .116 later serves the

@@ -126,12 +126,12 @@ impl Agent {
             self.cluster.config.vxlan_port,
             &self.lb_stats,
         );
-        tables.egress = self
-            .host_routing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(HostRouting::egress);
+        let routing = self.host_routing.lock().unwrap_or_else(|p| p.into_inner());
+        tables.egress = routing.as_ref().is_some_and(HostRouting::egress);
+        tables.own_door = routing
+            .is_some()
+            .then(|| host::ingress_address(self.cluster.config.advertise));
+        drop(routing);
         self.dataplane.tables.publish(tables);
         self.apply_host_plan(view);
         let mut scopes: HashMap<String, Vec<String>> = HashMap::new();

@@ -32,12 +32,11 @@ pub fn build_tables(
         t.networks.insert(vni, NetworkTable::new(vni, net.gateway));
     }
     for node in view.nodes.iter().filter(|n| n.ready && n.id != self_id) {
-        t.peers.insert(
-            node.record.address,
-            Peer {
-                port: node.record.vxlan_port,
-                agent: true,
-            },
+        let (address, port) = (node.record.address, node.record.vxlan_port);
+        t.peers.insert(address, Peer { port, agent: true });
+        t.host_doors.insert(
+            super::host::ingress_address(address),
+            SocketAddrV4::new(address, port),
         );
     }
     for c in &view.containers {

@@ -156,6 +156,15 @@ impl Ingress {
         }
         let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
             .map_err(|_| DropReason::Malformed)?;
+        // An answer to a host's own traffic (from its TUN address): to
+        // that host's stack, whatever the protocol (ping too).
+        if tables.own_door == Some(ip.dst()) {
+            return Ok(Verdict::ToHost);
+        }
+        if let Some(&door) = tables.host_doors.get(&ip.dst()) {
+            encap::encap(pkt, net.vni)?;
+            return Ok(Verdict::ToUnderlay(door));
+        }
         // Networks are isolated from each other, as in Swarm: the host
         // stack would only send it back here.
         if tables.routed.contains_key(&ip.dst()) || !tables.egress {
@@ -166,8 +175,9 @@ impl Ingress {
     }
 
     /// A frame another agent routed to us (to our gateway MAC): a task's
-    /// reply to a flow that entered here. Anything else is dropped: handed
-    /// to the host it would leave with the task's address.
+    /// reply to a flow that entered here, or a container's answer to this
+    /// host's own traffic. Anything else is dropped: handed to the host it
+    /// would leave with the task's address.
     pub(super) fn on_underlay(
         &mut self,
         now: Instant,
@@ -175,14 +185,19 @@ impl Ingress {
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
         require_ipv4(pkt)?;
+        let to_door = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
+            .is_ok_and(|ip| tables.own_door == Some(ip.dst()));
         if let Some(q) = icmp::quoted(pkt.bytes()) {
             return match self.translate_error(now, &q, pkt) {
                 Some(true) => Ok(Verdict::ToHost),
+                None if to_door => Ok(Verdict::ToHost),
                 _ => Err(DropReason::NoRoute),
             };
         }
         match flow_of(pkt.bytes())? {
             Some(f) if self.reverse(now, tables, &f, pkt) => Ok(Verdict::ToHost),
+            // A container's answer to this host's own traffic.
+            _ if to_door => Ok(Verdict::ToHost),
             _ => Err(DropReason::NoRoute),
         }
     }

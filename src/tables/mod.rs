@@ -222,6 +222,12 @@ pub struct Tables {
     /// Whether the host masquerades containers' egress (else it is dropped:
     /// it would leave with overlay addresses).
     pub egress: bool,
+    /// Every other agent host's ingress (TUN) address -> its VXLAN address.
+    /// The host's own traffic to a container comes from that address, so a
+    /// container's packets to one (its answers) go straight to that host.
+    pub host_doors: FastMap<Ipv4Addr, SocketAddrV4>,
+    /// This host's own ingress address, while its TUN is up.
+    pub own_door: Option<Ipv4Addr>,
 }
 
 /// The published snapshot plus a generation counter for cheap change checks.

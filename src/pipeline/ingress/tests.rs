@@ -186,6 +186,69 @@ fn a_client_reaches_a_task_on_another_host_and_the_reply_returns_through_the_sam
     assert_eq!(ends(&d[vxlan::HEADER_LEN..]).1, (TASK, 80));
 }
 
+/// An ICMP echo reply `src` -> `dst` (IPv4, no Ethernet header).
+fn echo_reply(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 8];
+    ipv4::Repr {
+        src,
+        dst,
+        protocol: ipv4::protocol::ICMP,
+        ttl: 64,
+        ident: 8,
+        dont_fragment: true,
+        payload_len: 8,
+    }
+    .emit(&mut p)
+    .unwrap();
+    p[24..28].copy_from_slice(&[0, 7, 0, 1]);
+    let c = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[test]
+fn the_hosts_own_traffic_to_a_task_on_another_host_is_answered() {
+    // A's stack reaches the task from A's TUN address, its door.
+    let door = Ipv4Addr::new(169, 254, 100, 116);
+    let mut ta = tables(HOST_A, true);
+    ta.own_door = Some(door);
+    let mut tb = tables(HOST_B, true);
+    tb.host_doors.insert(door, SocketAddrV4::new(HOST_A, 4789));
+    let counters = || Arc::new(Counters::default());
+    let mut a = Pipeline::new(Arc::new(ta), counters());
+    let mut b = Pipeline::new(Arc::new(tb), counters());
+    let syn = tcp_packet((door, 50000), (TASK, 80), SYN);
+    let (v, d) = run(&mut a, Input::Host, &syn);
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+    assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
+    // The task's answers go back to A's stack: a TCP one, and an echo
+    // reply, which no flow table notes.
+    for answer in [
+        tcp_packet((TASK, 80), (door, 50000), SYN | ACK),
+        echo_reply(TASK, door),
+    ] {
+        let f = frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &answer);
+        let (v, d) = run(&mut b, Input::Tap(1), &f);
+        assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
+        let (v, f) = run(&mut a, underlay(HOST_B), &d);
+        assert_eq!(v, Verdict::ToHost);
+        assert_eq!(&f[14..], &answer[..], "as the task sent it");
+    }
+    // Another host's door is not A's: dropped there, not handed to its stack.
+    let stray = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &echo_reply(TASK, Ipv4Addr::new(169, 254, 100, 118)),
+    );
+    let mut d = vec![0u8; 8];
+    vxlan::emit(&mut d, Vni::new(VNI).unwrap()).unwrap();
+    d.extend_from_slice(&stray);
+    assert_eq!(
+        run(&mut a, underlay(HOST_B), &d).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+}
+
 #[test]
 fn a_task_on_the_ingress_host_is_reached_directly() {
     let mut b = agent(HOST_B, true);
