@@ -51,10 +51,8 @@
 
 use super::NetnsError;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// The routing table whose default route is the ingress TUN.
 pub const TABLE: u32 = 4_789_000;
@@ -169,19 +167,8 @@ fn run_script(
     script: &str,
     what: &str,
 ) -> Result<String, NetnsError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let out = super::command::run(program, args, Some(script), super::command::LIMIT)
         .map_err(|e| NetnsError::Config(format!("cannot run `{program}` for {what}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetnsError::Config(format!("`{program}` for {what} failed: {e}")))?;
     if !out.status.success() {
         return Err(NetnsError::Config(format!(
             "{what}: {}",
@@ -193,12 +180,15 @@ fn run_script(
 
 /// Runs `program args` quietly; true if it ran and exited 0.
 fn succeeds(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    output(program, args).is_some()
+}
+
+/// What `program args` printed, if it ran and exited 0 (in time).
+fn output(program: &str, args: &[&str]) -> Option<Vec<u8>> {
+    super::command::run(program, args, None, super::command::LIMIT)
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| o.stdout)
 }
 
 /// Runs `ip` commands in one `ip -force -batch` (each is tried).
@@ -312,8 +302,8 @@ impl HostRouting {
             tracing::warn!(
                 "`nft` not found: containers get no egress to outside addresses (install nftables)"
             );
-        } else if let Ok(out) = Command::new("nft").args(["-j", "list", "chains"]).output() {
-            for chain in forward_drops(&String::from_utf8_lossy(&out.stdout)) {
+        } else if let Some(out) = output("nft", &["-j", "list", "chains"]) {
+            for chain in forward_drops(&String::from_utf8_lossy(&out)) {
                 tracing::warn!(
                     "nftables chain {chain} drops forwarded packets by default: clients of published \
                      ports from other hosts and containers' egress are forwarded through {tun}; \

@@ -9,6 +9,7 @@
 //! inside the namespace: for one interface with one address and one default
 //! route that is all the kernel needs, and it spares us a netlink stack.
 
+mod command;
 pub mod ingress;
 mod ioctl;
 pub mod sockets;

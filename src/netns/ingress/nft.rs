@@ -5,7 +5,6 @@
 //! NAT that relies on forwarding).
 
 use super::{HostPlan, ERROR_MARK, NFT_TABLE};
-use std::process::Command;
 
 /// The objects of kind `kind` ("chain", "rule") in `nft -j list ...`
 /// output that belong to other tables than the agent's own.
@@ -65,8 +64,8 @@ pub fn nat_elsewhere(json: &str) -> Option<String> {
 /// nat table. Docker or libvirt started after the agent found forwarding
 /// already on and did not turn it on themselves.
 pub fn other_forwarder() -> Option<String> {
-    if let Ok(out) = Command::new("nft").args(["-j", "list", "ruleset"]).output() {
-        if let Some(chain) = nat_elsewhere(&String::from_utf8_lossy(&out.stdout)) {
+    if let Some(out) = super::output("nft", &["-j", "list", "ruleset"]) {
+        if let Some(chain) = nat_elsewhere(&String::from_utf8_lossy(&out)) {
             return Some(format!("nftables chain {chain}"));
         }
     }
@@ -76,11 +75,8 @@ pub fn other_forwarder() -> Option<String> {
     if !legacy.lines().any(|t| t == "nat") {
         return None;
     }
-    match Command::new("iptables-legacy")
-        .args(["-t", "nat", "-S"])
-        .output()
-    {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+    match super::output("iptables-legacy", &["-t", "nat", "-S"]) {
+        Some(out) => String::from_utf8_lossy(&out)
             .lines()
             .find(|l| {
                 ["-j MASQUERADE", "-j SNAT", "-j DNAT"]
