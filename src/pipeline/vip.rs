@@ -117,6 +117,9 @@ impl Balancer {
         let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
             .map_err(|_| DropReason::Malformed)?;
         if ip.protocol() == ipv4::protocol::ICMP {
+            if let Some(q) = super::lb::icmp::quoted(pkt.bytes()) {
+                return self.icmp_error_to_task(now, net, &q, pkt);
+            }
             return if nat::echo_reply(pkt.bytes_mut()) {
                 pkt.reflected = true;
                 Ok(self.replied(pkt))
@@ -249,6 +252,29 @@ impl Balancer {
         }
         frame[6..12].copy_from_slice(&Mac::for_ip(key.vip).0);
         true
+    }
+
+    /// An ICMP error a client sent to the VIP about a task's reply (`q`,
+    /// quoted as the client got it: from the VIP): to that task, quoting
+    /// the reply as the task sent it, so its socket learns of it.
+    fn icmp_error_to_task(
+        &mut self,
+        now: Instant,
+        net: &NetworkTable,
+        q: &Flow,
+        pkt: &mut Packet<'_>,
+    ) -> Result<VipOutcome, DropReason> {
+        let e = self
+            .conntrack
+            .get(&q.reversed().key(), now)
+            .ok_or(DropReason::UntrackedFlow)?;
+        let ep = net.by_ip.get(&e.backend).ok_or(DropReason::NoBackend)?;
+        let frame = pkt.bytes_mut();
+        if !super::lb::icmp::translate_to_task(frame, e.backend, e.backend_port) {
+            return Err(DropReason::Malformed);
+        }
+        frame[0..6].copy_from_slice(&ep.mac.0);
+        Ok(VipOutcome::Forward(ep.location))
     }
 
     /// Answers the sender at once: TCP RST, or ICMP port unreachable for UDP.

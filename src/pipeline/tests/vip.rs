@@ -261,6 +261,50 @@ fn empty_vips_and_untracked_segments_are_refused_at_once() {
 }
 
 #[test]
+fn a_clients_icmp_error_about_a_reply_reaches_the_task() {
+    use crate::pipeline::lb::icmp::tests::{port_unreachable, udp_packet};
+    let mut p = pipeline();
+    // c1 (.2) talks UDP to the VIP; rr gives the flow to c2 (.3, Tap 2).
+    let dgram = l4_frame((ip(2), 40000), (VIP, 53), Mac::for_ip(VIP), 17, 0);
+    assert_eq!(
+        run_plain(&mut p, Input::Tap(1), &dgram).0,
+        Verdict::ToTap(2)
+    );
+    // c1's socket is gone: its port unreachable about the reply (which it
+    // got from the VIP) goes to the VIP. c2 must get it, about its own reply.
+    let got = udp_packet((VIP, 53), (ip(2), 40000));
+    let mut err = vec![0u8; 14];
+    ethernet::emit(
+        &mut err,
+        Mac::for_ip(VIP),
+        Mac::for_ip(ip(2)),
+        ethernet::ethertype::IPV4,
+    )
+    .unwrap();
+    err.extend_from_slice(&port_unreachable(ip(2), VIP, &got));
+    let (v, out, _) = run_plain(&mut p, Input::Tap(1), &err);
+    assert_eq!(v, Verdict::ToTap(2));
+    let sent = udp_packet((ip(3), 53), (ip(2), 40000));
+    assert_eq!(&out[14..], &port_unreachable(ip(2), ip(3), &sent)[..]);
+    assert_eq!(&out[0..6], &Mac::for_ip(ip(3)).0);
+    // About a flow nobody tracks: dropped, not echoed or passed on.
+    let stray = udp_packet((VIP, 53), (ip(2), 40999));
+    let mut err = vec![0u8; 14];
+    ethernet::emit(
+        &mut err,
+        Mac::for_ip(VIP),
+        Mac::for_ip(ip(2)),
+        ethernet::ethertype::IPV4,
+    )
+    .unwrap();
+    err.extend_from_slice(&port_unreachable(ip(2), VIP, &stray));
+    assert_eq!(
+        run_plain(&mut p, Input::Tap(1), &err).0,
+        Verdict::Drop(DropReason::UntrackedFlow)
+    );
+}
+
+#[test]
 fn vips_answer_ping_and_arp() {
     let mut p = pipeline();
     let (v, out) = run(
