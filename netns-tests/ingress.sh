@@ -112,6 +112,12 @@ host_curls_task() { get "mt-h$1" "http://$TASK_IP:80/" | grep -q "^w1 169.254.10
 check "the host .116 reaches w1 on .117 at $TASK_IP (curl; w1 sees .116's TUN address)" host_curls_task 116
 check "... and its ping to $TASK_IP is answered" ip netns exec mt-h116 ping -n -c 2 -i 0.2 -W 2 "$TASK_IP"
 check "the host .117 reaches its own task w1 likewise" host_curls_task 117
+# A door lets in answers only: a container opens nothing on a host's stack
+# through one (the hosts answer pings on these addresses).
+check_not "w1 (on .117) cannot ping .116's stack at its door 169.254.100.116" \
+    ip netns exec mt-w1 ping -n -c 1 -W 1 169.254.100.116
+check_not "  ... nor its own host's, at 169.254.100.117" \
+    ip netns exec mt-w1 ping -n -c 1 -W 1 169.254.100.117
 
 # ---- every address of the host ---------------------------------------------
 # As Swarm publishes on 0.0.0.0: an address given to .116 later serves the

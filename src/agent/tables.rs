@@ -31,13 +31,20 @@ pub fn build_tables(
         vni_of.insert(net.id.as_str(), vni);
         t.networks.insert(vni, NetworkTable::new(vni, net.gateway));
     }
+    // Hosts whose addresses end alike share a door (it keeps the last two
+    // octets): such a door leads to none of them.
+    let door = |n: &crate::cluster::model::NodeView| super::host::ingress_address(n.record.address);
+    let mut doors: HashMap<std::net::Ipv4Addr, usize> = HashMap::new();
+    for node in view.nodes.iter().filter(|n| n.ready) {
+        *doors.entry(door(node)).or_default() += 1;
+    }
     for node in view.nodes.iter().filter(|n| n.ready && n.id != self_id) {
         let (address, port) = (node.record.address, node.record.vxlan_port);
         t.peers.insert(address, Peer { port, agent: true });
-        t.host_doors.insert(
-            super::host::ingress_address(address),
-            SocketAddrV4::new(address, port),
-        );
+        if doors.get(&door(node)) == Some(&1) {
+            t.host_doors
+                .insert(door(node), SocketAddrV4::new(address, port));
+        }
     }
     for c in &view.containers {
         let Some(vni) = vni_of.get(c.network_id.as_str()) else {
@@ -325,6 +332,19 @@ mod tests {
             "a Down node is no peer"
         );
         assert_eq!(t.ports[&1].vni.get(), 4096);
+        // The other Ready host's door leads to it; ours is not a peer's.
+        let door = |last| Ipv4Addr::new(169, 254, 100, last);
+        assert_eq!(
+            t.host_doors.get(&door(117)),
+            Some(&"192.168.100.117:4789".parse().unwrap())
+        );
+        assert_eq!(t.host_doors.len(), 1);
+        // A host whose address ends as another's shares its door: that
+        // door leads nowhere.
+        view.nodes[2].record.address = Ipv4Addr::new(10, 9, 100, 117);
+        view.nodes[2].ready = true;
+        let t = build_tables(&view, &local, "a", 4789, &StatsRegistry::default());
+        assert!(t.host_doors.is_empty(), "{:?}", t.host_doors);
     }
 
     fn net(id: &str, vni: u32, third: u8) -> Network {

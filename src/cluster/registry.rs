@@ -165,24 +165,13 @@ pub fn plan(
                 ));
             }
             // An attach under way (its address promised, its container not
-            // in the view yet) would end on a network that is gone, and a
-            // container on a Down host would come back to one: neither
-            // could be detached by the network's name any more.
+            // in the view yet) would end on a network that is gone, and
+            // could not be detached by the network's name any more. (A Down
+            // host's containers do not hold the network: the host may never
+            // come back, and the cluster forgets it only after an hour.)
             if reserved.iter().any(|(n, _)| *n == net.id) {
                 return Err(format!(
                     "network {} has an attach under way: try again when it has finished",
-                    net.name
-                ));
-            }
-            let away = view
-                .down_containers
-                .iter()
-                .filter(|c| c.network_id == net.id)
-                .count();
-            if away > 0 {
-                return Err(format!(
-                    "network {} has {away} container(s) on hosts that are Down: bring the hosts \
-                     back and detach them first",
                     net.name
                 ));
             }

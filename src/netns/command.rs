@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// How long one run of a tool may take before it is killed.
@@ -62,28 +61,28 @@ pub fn run(
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(limit) {
-        Ok(status) => status?,
-        Err(_) => {
-            // Not reaped yet (the waiter has not returned), so the pid is
-            // still the child's.
-            // SAFETY: sends a signal; no memory is involved.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            let _ = waiter.join();
-            // The pipe threads end when the pipes close; not waited for (a
-            // grandchild could hold them open).
+    // Polled, not waited on: a tool stuck where SIGKILL cannot reach it at
+    // once (deep in the kernel) must not hold us past the limit, and the
+    // child is only killed while we still own it (never a reused pid).
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_micros(200);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            // Reaped whenever it does go; the pipe threads end with it.
+            std::thread::spawn(move || child.wait());
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("`{program}` did not finish within {limit:?} and was stopped"),
             ));
         }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     };
-    let _ = (writer.join(), waiter.join());
+    let _ = writer.join();
     Ok(Output {
         status,
         stdout: out.join().unwrap_or_default(),

@@ -41,6 +41,9 @@ pub struct Ingress {
     /// flow as it reaches the task (client -> task); the entry's backend is
     /// the VTEP of the host it came through.
     pub returns: Conntrack,
+    /// Flows this host's stack opened to containers from its door (see
+    /// `doors`), keyed as they left it.
+    host_flows: Conntrack,
     counters: Arc<Counters>,
 }
 
@@ -49,6 +52,7 @@ impl Ingress {
         Ingress {
             flows: Conntrack::new(config.conntrack_max, config.timeouts),
             returns: Conntrack::keyed_only(config.conntrack_max, config.timeouts),
+            host_flows: Conntrack::keyed_only(config.conntrack_max, config.timeouts),
             counters,
         }
     }
@@ -71,6 +75,9 @@ impl Ingress {
         if let Some(vni) = tables.routed.get(&dst) {
             let net = tables.networks.get(vni).ok_or(DropReason::UnknownVni)?;
             let ep = net.by_ip.get(&dst).ok_or(DropReason::UnknownDestination)?;
+            if tables.own_door == Some(ip.src()) {
+                self.note_host_flow(now, pkt.bytes());
+            }
             set_macs(pkt, ep.mac, net.gateway_mac);
             return deliver(pkt, net, ep.location);
         }
@@ -156,10 +163,10 @@ impl Ingress {
         }
         let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
             .map_err(|_| DropReason::Malformed)?;
-        // An answer to a host's own traffic (from its TUN address): to
-        // that host's stack, whatever the protocol (ping too).
+        // To a host's door: an answer to its stack's own traffic, if that
+        // host (this one, or the door's) finds the flow it opened.
         if tables.own_door == Some(ip.dst()) {
-            return Ok(Verdict::ToHost);
+            return self.at_own_door(now, pkt);
         }
         if let Some(&door) = tables.host_doors.get(&ip.dst()) {
             encap::encap(pkt, net.vni)?;
@@ -185,20 +192,37 @@ impl Ingress {
         pkt: &mut Packet<'_>,
     ) -> Result<Verdict, DropReason> {
         require_ipv4(pkt)?;
-        let to_door = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
-            .is_ok_and(|ip| tables.own_door == Some(ip.dst()));
-        if let Some(q) = icmp::quoted(pkt.bytes()) {
-            return match self.translate_error(now, &q, pkt) {
-                Some(true) => Ok(Verdict::ToHost),
-                None if to_door => Ok(Verdict::ToHost),
-                _ => Err(DropReason::NoRoute),
-            };
+        // A published port's client may be this host itself, from its door
+        // (`curl 127.0.0.1:8000`): those flows' replies are looked for first.
+        let translated = match icmp::quoted(pkt.bytes()) {
+            Some(q) => self.translate_error(now, &q, pkt),
+            None => match flow_of(pkt.bytes())? {
+                Some(f) => self.reverse(now, tables, &f, pkt).then_some(true),
+                None => None,
+            },
+        };
+        match translated {
+            Some(true) => Ok(Verdict::ToHost),
+            Some(false) => Err(DropReason::NoRoute),
+            None => {
+                let ip = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
+                    .map_err(|_| DropReason::Malformed)?;
+                if tables.own_door == Some(ip.dst()) {
+                    self.at_own_door(now, pkt)
+                } else {
+                    Err(DropReason::NoRoute)
+                }
+            }
         }
-        match flow_of(pkt.bytes())? {
-            Some(f) if self.reverse(now, tables, &f, pkt) => Ok(Verdict::ToHost),
-            // A container's answer to this host's own traffic.
-            _ if to_door => Ok(Verdict::ToHost),
-            _ => Err(DropReason::NoRoute),
+    }
+
+    /// A container's packet to this host's door: to the host's stack if it
+    /// answers a flow that stack opened, else dropped.
+    fn at_own_door(&mut self, now: Instant, pkt: &Packet<'_>) -> Result<Verdict, DropReason> {
+        if self.answers_host(now, pkt.bytes()) {
+            Ok(Verdict::ToHost)
+        } else {
+            Err(DropReason::UntrackedFlow)
         }
     }
 
@@ -321,6 +345,7 @@ impl Ingress {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.flows.expire(now);
         self.returns.expire(now);
+        self.host_flows.expire(now);
     }
 }
 
@@ -372,5 +397,6 @@ fn require_ipv4(pkt: &Packet<'_>) -> Result<(), DropReason> {
     }
 }
 
+mod doors;
 #[cfg(test)]
 mod tests;

@@ -264,6 +264,15 @@ impl Balancer {
         q: &Flow,
         pkt: &mut Packet<'_>,
     ) -> Result<VipOutcome, DropReason> {
+        // Only the client itself speaks for its flow (no router sits
+        // between it and the VIP): another container's error about it is
+        // a forgery.
+        let from = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
+            .map_err(|_| DropReason::Malformed)?
+            .src();
+        if from != q.dst {
+            return Err(DropReason::Spoofed);
+        }
         let e = self
             .conntrack
             .get(&q.reversed().key(), now)

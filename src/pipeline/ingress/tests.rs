@@ -186,8 +186,9 @@ fn a_client_reaches_a_task_on_another_host_and_the_reply_returns_through_the_sam
     assert_eq!(ends(&d[vxlan::HEADER_LEN..]).1, (TASK, 80));
 }
 
-/// An ICMP echo reply `src` -> `dst` (IPv4, no Ethernet header).
-fn echo_reply(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+/// An ICMP echo request (`kind` 8) or reply (0) `src` -> `dst` (IPv4, no
+/// Ethernet header), identifier 7.
+fn echo(kind: u8, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let mut p = vec![0u8; 20 + 8];
     ipv4::Repr {
         src,
@@ -200,32 +201,44 @@ fn echo_reply(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     }
     .emit(&mut p)
     .unwrap();
+    p[20] = kind;
     p[24..28].copy_from_slice(&[0, 7, 0, 1]);
     let c = checksum(&p[20..]);
     p[22..24].copy_from_slice(&c.to_be_bytes());
     p
 }
 
-#[test]
-fn the_hosts_own_traffic_to_a_task_on_another_host_is_answered() {
-    // A's stack reaches the task from A's TUN address, its door.
-    let door = Ipv4Addr::new(169, 254, 100, 116);
+/// The pipelines of A and B, where A's stack sends from its door `door`.
+fn with_doors(door: Ipv4Addr) -> (Pipeline, Pipeline) {
     let mut ta = tables(HOST_A, true);
     ta.own_door = Some(door);
     let mut tb = tables(HOST_B, true);
     tb.host_doors.insert(door, SocketAddrV4::new(HOST_A, 4789));
+    tb.own_door = Some(Ipv4Addr::new(169, 254, 100, 117));
     let counters = || Arc::new(Counters::default());
-    let mut a = Pipeline::new(Arc::new(ta), counters());
-    let mut b = Pipeline::new(Arc::new(tb), counters());
-    let syn = tcp_packet((door, 50000), (TASK, 80), SYN);
-    let (v, d) = run(&mut a, Input::Host, &syn);
-    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
-    assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
-    // The task's answers go back to A's stack: a TCP one, and an echo
-    // reply, which no flow table notes.
+    (
+        Pipeline::new(Arc::new(ta), counters()),
+        Pipeline::new(Arc::new(tb), counters()),
+    )
+}
+
+#[test]
+fn the_hosts_own_traffic_to_a_task_on_another_host_is_answered() {
+    // A's stack reaches the task from A's TUN address, its door.
+    let door = Ipv4Addr::new(169, 254, 100, 116);
+    let (mut a, mut b) = with_doors(door);
+    for sent in [
+        tcp_packet((door, 50000), (TASK, 80), SYN),
+        echo(8, door, TASK),
+    ] {
+        let (v, d) = run(&mut a, Input::Host, &sent);
+        assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+        assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
+    }
+    // The task's answers go back to A's stack.
     for answer in [
         tcp_packet((TASK, 80), (door, 50000), SYN | ACK),
-        echo_reply(TASK, door),
+        echo(0, TASK, door),
     ] {
         let f = frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &answer);
         let (v, d) = run(&mut b, Input::Tap(1), &f);
@@ -234,15 +247,80 @@ fn the_hosts_own_traffic_to_a_task_on_another_host_is_answered() {
         assert_eq!(v, Verdict::ToHost);
         assert_eq!(&f[14..], &answer[..], "as the task sent it");
     }
-    // Another host's door is not A's: dropped there, not handed to its stack.
-    let stray = frame(
+    // The host as a client of its own published port (`curl 127.0.0.1:8000`
+    // comes from the door too): the reply is the published port's, not a
+    // door answer, and is translated back.
+    let (v, d) = run(
+        &mut a,
+        Input::Host,
+        &tcp_packet((door, 50001), (HOST_A, 8000), SYN),
+    );
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
+    assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
+    let f = frame(
         Mac::for_gateway(GATEWAY),
         Mac::for_ip(TASK),
-        &echo_reply(TASK, Ipv4Addr::new(169, 254, 100, 118)),
+        &tcp_packet((TASK, 80), (door, 50001), SYN | ACK),
     );
+    let (v, d) = run(&mut b, Input::Tap(1), &f);
+    assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
+    let (v, f) = run(&mut a, underlay(HOST_B), &d);
+    assert_eq!(v, Verdict::ToHost);
+    assert_eq!(ends(&f), ((HOST_A, 8000), (door, 50001)));
+}
+
+#[test]
+fn a_door_lets_in_answers_only() {
+    let door = Ipv4Addr::new(169, 254, 100, 116);
+    let (mut a, mut b) = with_doors(door);
+    // Nothing A's stack opened: a container's SYN or echo request to A's
+    // door, or a reply to a port A never used, goes no further than A.
+    for opening in [
+        tcp_packet((TASK, 40000), (door, 22), SYN),
+        tcp_packet((TASK, 80), (door, 50000), SYN | ACK),
+        echo(8, TASK, door),
+        echo(0, TASK, door),
+    ] {
+        let f = frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &opening);
+        let (v, d) = run(&mut b, Input::Tap(1), &f);
+        assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
+        assert_eq!(
+            run(&mut a, underlay(HOST_B), &d).0,
+            Verdict::Drop(DropReason::UntrackedFlow)
+        );
+    }
+    // Nor on the container's own host, to that host's door.
+    let own = Ipv4Addr::new(169, 254, 100, 117);
+    let f = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 40000), (own, 22), SYN),
+    );
+    assert_eq!(
+        run(&mut b, Input::Tap(1), &f).0,
+        Verdict::Drop(DropReason::UntrackedFlow)
+    );
+    // Its own host's stack opened one: that answer is let in.
+    let (v, _) = run(
+        &mut b,
+        Input::Host,
+        &tcp_packet((own, 51000), (TASK, 80), SYN),
+    );
+    assert_eq!(v, Verdict::ToTap(1));
+    let f = frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &tcp_packet((TASK, 80), (own, 51000), SYN | ACK),
+    );
+    assert_eq!(run(&mut b, Input::Tap(1), &f).0, Verdict::ToHost);
+    // A door that is no host's own is not let in anywhere.
     let mut d = vec![0u8; 8];
     vxlan::emit(&mut d, Vni::new(VNI).unwrap()).unwrap();
-    d.extend_from_slice(&stray);
+    d.extend_from_slice(&frame(
+        Mac::for_gateway(GATEWAY),
+        Mac::for_ip(TASK),
+        &echo(0, TASK, Ipv4Addr::new(169, 254, 100, 118)),
+    ));
     assert_eq!(
         run(&mut a, underlay(HOST_B), &d).0,
         Verdict::Drop(DropReason::NoRoute)

@@ -287,6 +287,20 @@ fn a_clients_icmp_error_about_a_reply_reaches_the_task() {
     let sent = udp_packet((ip(3), 53), (ip(2), 40000));
     assert_eq!(&out[14..], &port_unreachable(ip(2), ip(3), &sent)[..]);
     assert_eq!(&out[0..6], &Mac::for_ip(ip(3)).0);
+    // The same error from another container (.5): a forgery, dropped.
+    let mut err = vec![0u8; 14];
+    ethernet::emit(
+        &mut err,
+        Mac::for_ip(VIP),
+        Mac::for_ip(ip(2)),
+        ethernet::ethertype::IPV4,
+    )
+    .unwrap();
+    err.extend_from_slice(&port_unreachable(ip(5), VIP, &got));
+    assert_eq!(
+        run_plain(&mut p, Input::Tap(1), &err).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
     // About a flow nobody tracks: dropped, not echoed or passed on.
     let stray = udp_packet((VIP, 53), (ip(2), 40999));
     let mut err = vec![0u8; 14];
