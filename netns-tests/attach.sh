@@ -34,8 +34,10 @@ unchanged() { local id; for id in 116 117 118; do [ "$(listing "$id")" = "$BEFOR
 mk_container dup
 expect_error "attach on .118 with c1's IP $C1 (same network, other host) refused" \
     attach 118 dup demo --ip "$C1"
+check "  ... because the address is in use (whoever leads while the lead moves)" grep -q "already in use" "$TMP/err.txt"
 check "  ... mt-dup has no eth0" no_eth0 mt-dup
 expect_error "attach on .116 with c1's IP $C1 (same host) refused" attach 116 dup demo --ip "$C1"
+check "  ... because the address is in use" grep -q "already in use" "$TMP/err.txt"
 check "  ... mt-dup has no eth0" no_eth0 mt-dup
 expect_error "attach to an unknown network refused" attach 118 dup no-such-net
 check "  ... mt-dup has no eth0" no_eth0 mt-dup

@@ -37,6 +37,9 @@ use token::Token;
 /// How often gossip rounds run: fast enough that a change is everywhere
 /// within a second on a small cluster.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
+/// How a node refuses a change it was asked to decide while its own view
+/// names another leader (the asker then asks again).
+const NOT_LEADER: &str = "this agent is not the cluster leader";
 
 /// How this node takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -276,37 +279,16 @@ impl Cluster {
     /// Asks the leader to make a cluster-wide change, then waits (bounded)
     /// until this node's view shows it, so the next command here sees it too.
     pub async fn mutate(&self, m: Mutation) -> Result<Outcome, String> {
-        let mut view = self.view().await;
-        if view.leader().is_none() && !self.synced() {
-            // Just started: the others are not in the view yet.
-            self.wait_caught_up().await?;
-            view = self.view().await;
-        }
-        let leader = view
-            .leader()
-            .ok_or("no Ready node to decide the change; is the cluster up?")?;
-        let outcome = if leader.id == self.self_id {
-            self.decide(m.clone()).await?
-        } else {
-            // The leader's own port (0: a record that does not say; ours).
-            let port = match leader.record.gossip_port {
-                0 => self.config.gossip_port,
-                p => p,
-            };
-            let addr = SocketAddr::new(IpAddr::V4(leader.record.address), port);
-            let req = Request::Mutate {
-                token: self.token.to_string(),
-                mutation: m.clone(),
-            };
-            match rpc::call(addr, &req)
-                .await
-                .map_err(|e| format!("the cluster leader did not answer: {e}"))?
-            {
-                Response::Done { outcome } => outcome,
-                Response::Refused { error } => return Err(error),
-                Response::Joined => {
-                    return Err(format!("the leader at {addr} sent an unexpected answer"))
+        // While the lead moves (a node has just caught up), the one asked
+        // may already see the new leader: ask again, as gossip settles.
+        let lead_moves = Instant::now() + Duration::from_secs(3);
+        let outcome = loop {
+            match self.ask_leader(&m).await {
+                Err(e) if e.starts_with(NOT_LEADER) && Instant::now() < lead_moves => {
+                    tracing::debug!(error = %e, "asking the new leader");
+                    tokio::time::sleep(GOSSIP_INTERVAL * 2).await;
                 }
+                r => break r?,
             }
         };
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -327,6 +309,41 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(outcome)
+    }
+
+    /// Has the leader in this node's view decide `m` (this node itself, or
+    /// another over [`rpc`]).
+    async fn ask_leader(&self, m: &Mutation) -> Result<Outcome, String> {
+        let mut view = self.view().await;
+        if view.leader().is_none() && !self.synced() {
+            // Just started: the others are not in the view yet.
+            self.wait_caught_up().await?;
+            view = self.view().await;
+        }
+        let leader = view
+            .leader()
+            .ok_or("no Ready node to decide the change; is the cluster up?")?;
+        if leader.id == self.self_id {
+            return self.decide(m.clone()).await;
+        }
+        // The leader's own port (0: a record that does not say; ours).
+        let port = match leader.record.gossip_port {
+            0 => self.config.gossip_port,
+            p => p,
+        };
+        let addr = SocketAddr::new(IpAddr::V4(leader.record.address), port);
+        let req = Request::Mutate {
+            token: self.token.to_string(),
+            mutation: m.clone(),
+        };
+        match rpc::call(addr, &req)
+            .await
+            .map_err(|e| format!("the cluster leader did not answer: {e}"))?
+        {
+            Response::Done { outcome } => Ok(outcome),
+            Response::Refused { error } => Err(error),
+            Response::Joined => Err(format!("the leader at {addr} sent an unexpected answer")),
+        }
     }
 
     /// The leader's side of [`Cluster::mutate`]: one change at a time.
@@ -377,7 +394,7 @@ impl Cluster {
         // promise one address twice.
         if let Some(l) = view.leader().filter(|l| l.id != self.self_id) {
             return Err(format!(
-                "this agent is not the cluster leader ({} is, in its view); try again in a second",
+                "{NOT_LEADER} ({} is, in its view); try again in a second",
                 l.record.address
             ));
         }
