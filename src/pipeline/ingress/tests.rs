@@ -115,6 +115,11 @@ fn frame(dst: Mac, src: Mac, packet: &[u8]) -> Vec<u8> {
     f
 }
 
+/// `packet` as the task sends it: to its gateway's MAC.
+fn from_task(packet: &[u8]) -> Vec<u8> {
+    frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), packet)
+}
+
 fn run(p: &mut Pipeline, input: Input, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     run_at(p, input, bytes, Instant::now())
 }
@@ -161,11 +166,7 @@ fn a_client_reaches_a_task_on_another_host_and_the_reply_returns_through_the_sam
     assert_eq!(v, Verdict::ToTap(1));
     assert_eq!(f, inner);
     // 3. The task answers the client through its gateway: B sends it back to A.
-    let synack = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 80), (CLIENT, 5555), SYN | ACK),
-    );
+    let synack = from_task(&tcp_packet((TASK, 80), (CLIENT, 5555), SYN | ACK));
     let (v, d) = run(&mut b, Input::Tap(1), &synack);
     assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
     assert_eq!(
@@ -240,7 +241,7 @@ fn the_hosts_own_traffic_to_a_task_on_another_host_is_answered() {
         tcp_packet((TASK, 80), (door, 50000), SYN | ACK),
         echo(0, TASK, door),
     ] {
-        let f = frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &answer);
+        let f = from_task(&answer);
         let (v, d) = run(&mut b, Input::Tap(1), &f);
         assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
         let (v, f) = run(&mut a, underlay(HOST_B), &d);
@@ -257,11 +258,7 @@ fn the_hosts_own_traffic_to_a_task_on_another_host_is_answered() {
     );
     assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_B, 4789)));
     assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
-    let f = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 80), (door, 50001), SYN | ACK),
-    );
+    let f = from_task(&tcp_packet((TASK, 80), (door, 50001), SYN | ACK));
     let (v, d) = run(&mut b, Input::Tap(1), &f);
     assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
     let (v, f) = run(&mut a, underlay(HOST_B), &d);
@@ -281,7 +278,7 @@ fn a_door_lets_in_answers_only() {
         echo(8, TASK, door),
         echo(0, TASK, door),
     ] {
-        let f = frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &opening);
+        let f = from_task(&opening);
         let (v, d) = run(&mut b, Input::Tap(1), &f);
         assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
         assert_eq!(
@@ -291,11 +288,7 @@ fn a_door_lets_in_answers_only() {
     }
     // Nor on the container's own host, to that host's door.
     let own = Ipv4Addr::new(169, 254, 100, 117);
-    let f = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 40000), (own, 22), SYN),
-    );
+    let f = from_task(&tcp_packet((TASK, 40000), (own, 22), SYN));
     assert_eq!(
         run(&mut b, Input::Tap(1), &f).0,
         Verdict::Drop(DropReason::UntrackedFlow)
@@ -307,20 +300,16 @@ fn a_door_lets_in_answers_only() {
         &tcp_packet((own, 51000), (TASK, 80), SYN),
     );
     assert_eq!(v, Verdict::ToTap(1));
-    let f = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 80), (own, 51000), SYN | ACK),
-    );
+    let f = from_task(&tcp_packet((TASK, 80), (own, 51000), SYN | ACK));
     assert_eq!(run(&mut b, Input::Tap(1), &f).0, Verdict::ToHost);
     // A door that is no host's own is not let in anywhere.
     let mut d = vec![0u8; 8];
     vxlan::emit(&mut d, Vni::new(VNI).unwrap()).unwrap();
-    d.extend_from_slice(&frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &echo(0, TASK, Ipv4Addr::new(169, 254, 100, 118)),
-    ));
+    d.extend_from_slice(&from_task(&echo(
+        0,
+        TASK,
+        Ipv4Addr::new(169, 254, 100, 118),
+    )));
     assert_eq!(
         run(&mut a, underlay(HOST_B), &d).0,
         Verdict::Drop(DropReason::NoRoute)
@@ -334,11 +323,7 @@ fn a_task_on_the_ingress_host_is_reached_directly() {
     let (v, f) = run(&mut b, Input::Host, &syn);
     assert_eq!(v, Verdict::ToTap(1));
     assert_eq!(ends(&f), ((CLIENT, 6000), (TASK, 80)));
-    let reply = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 80), (CLIENT, 6000), SYN | ACK),
-    );
+    let reply = from_task(&tcp_packet((TASK, 80), (CLIENT, 6000), SYN | ACK));
     let (v, f) = run(&mut b, Input::Tap(1), &reply);
     assert_eq!(v, Verdict::ToHost);
     assert_eq!(ends(&f), ((Ipv4Addr::LOCALHOST, 8000), (CLIENT, 6000)));
@@ -348,11 +333,7 @@ fn a_task_on_the_ingress_host_is_reached_directly() {
 #[test]
 fn egress_goes_to_the_host_and_other_networks_stay_closed() {
     let mut b = agent(HOST_B, true);
-    let out = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 40000), (CLIENT, 80), SYN),
-    );
+    let out = from_task(&tcp_packet((TASK, 40000), (CLIENT, 80), SYN));
     let (v, f) = run(&mut b, Input::Tap(1), &out);
     assert_eq!(v, Verdict::ToHost);
     assert_eq!(f, out, "egress is masqueraded by the host, not here");
@@ -363,11 +344,7 @@ fn egress_goes_to_the_host_and_other_networks_stay_closed() {
         1
     );
     // To an overlay address through the gateway: never via the host.
-    let routed = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 40000), (TASK, 80), SYN),
-    );
+    let routed = from_task(&tcp_packet((TASK, 40000), (TASK, 80), SYN));
     assert_eq!(
         run(&mut b, Input::Tap(1), &routed).0,
         Verdict::Drop(DropReason::NoRoute)
@@ -418,11 +395,7 @@ fn a_tasks_icmp_error_returns_through_the_ingress_host_translated() {
     let (v, got) = run(&mut b, underlay(HOST_A), &d);
     assert_eq!(v, Verdict::ToTap(1));
     // Nothing listens on the task's port 9000: it answers port unreachable.
-    let error = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &port_unreachable(TASK, CLIENT, &got[14..]),
-    );
+    let error = from_task(&port_unreachable(TASK, CLIENT, &got[14..]));
     let (v, d) = run(&mut b, Input::Tap(1), &error);
     assert_eq!(
         v,
@@ -445,11 +418,7 @@ fn an_icmp_error_about_a_reply_reaches_the_task_translated() {
     assert_eq!(v, Verdict::ToTap(1));
     // The task's reply leaves through .116 as .116:9001.
     let reply = udp_packet((TASK, 9000), (CLIENT, 5555));
-    let (v, d) = run(
-        &mut b,
-        Input::Tap(1),
-        &frame(Mac::for_gateway(GATEWAY), Mac::for_ip(TASK), &reply),
-    );
+    let (v, d) = run(&mut b, Input::Tap(1), &from_task(&reply));
     assert_eq!(v, Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)));
     let (v, left) = run(&mut a, underlay(HOST_B), &d);
     assert_eq!(v, Verdict::ToHost);
@@ -516,11 +485,7 @@ fn every_flow_of_a_burst_from_the_ingress_host_learns_its_way_back() {
         assert_eq!(run(&mut b, underlay(HOST_A), &d).0, Verdict::ToTap(1));
     }
     for port in ports {
-        let synack = frame(
-            Mac::for_gateway(GATEWAY),
-            Mac::for_ip(TASK),
-            &tcp_packet((TASK, 80), (CLIENT, port), SYN | ACK),
-        );
+        let synack = from_task(&tcp_packet((TASK, 80), (CLIENT, port), SYN | ACK));
         assert_eq!(
             run(&mut b, Input::Tap(1), &synack).0,
             Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789)),
@@ -586,11 +551,7 @@ fn a_fragmented_datagram_to_a_published_port_and_its_fragmented_answer() {
     assert_eq!(v, Verdict::ToTap(1));
     assert!(checksums_ok(&reassemble(&f1, &f2)));
     // 3. The task's answer, in two fragments, goes back through A.
-    let answer = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &udp_datagram((TASK, 9000), (CLIENT, 4000), 300),
-    );
+    let answer = from_task(&udp_datagram((TASK, 9000), (CLIENT, 4000), 300));
     let (first, later) = fragment(&answer, 200);
     let to_a = Verdict::ToUnderlay(SocketAddrV4::new(HOST_A, 4789));
     let (v, r1) = run(&mut b, Input::Tap(1), &first);
@@ -614,11 +575,7 @@ fn only_ipv4_is_routed_through_the_gateway() {
     assert_eq!(run(&mut b, Input::Host, &syn).0, Verdict::ToTap(1));
     // The task's reply, but marked as IPv6: not parsed as IPv4 whatever
     // its bytes look like, neither from the task nor from another agent.
-    let mut reply = frame(
-        Mac::for_gateway(GATEWAY),
-        Mac::for_ip(TASK),
-        &tcp_packet((TASK, 80), (CLIENT, 6001), SYN | ACK),
-    );
+    let mut reply = from_task(&tcp_packet((TASK, 80), (CLIENT, 6001), SYN | ACK));
     reply[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     assert_eq!(
         run(&mut b, Input::Tap(1), &reply).0,

@@ -264,6 +264,14 @@ fn empty_vips_and_untracked_segments_are_refused_at_once() {
 fn a_clients_icmp_error_about_a_reply_reaches_the_task() {
     use crate::pipeline::lb::icmp::tests::{port_unreachable, udp_packet};
     let mut p = pipeline();
+    // The port unreachable `from` sends the VIP about `quoted`, from c1's MAC.
+    let error = |from, quoted: &[u8]| {
+        let mut f = vec![0u8; 14];
+        let (vip, c1) = (Mac::for_ip(VIP), Mac::for_ip(ip(2)));
+        ethernet::emit(&mut f, vip, c1, ethernet::ethertype::IPV4).unwrap();
+        f.extend_from_slice(&port_unreachable(from, VIP, quoted));
+        f
+    };
     // c1 (.2) talks UDP to the VIP; rr gives the flow to c2 (.3, Tap 2).
     let dgram = l4_frame((ip(2), 40000), (VIP, 53), Mac::for_ip(VIP), 17, 0);
     assert_eq!(
@@ -273,47 +281,20 @@ fn a_clients_icmp_error_about_a_reply_reaches_the_task() {
     // c1's socket is gone: its port unreachable about the reply (which it
     // got from the VIP) goes to the VIP. c2 must get it, about its own reply.
     let got = udp_packet((VIP, 53), (ip(2), 40000));
-    let mut err = vec![0u8; 14];
-    ethernet::emit(
-        &mut err,
-        Mac::for_ip(VIP),
-        Mac::for_ip(ip(2)),
-        ethernet::ethertype::IPV4,
-    )
-    .unwrap();
-    err.extend_from_slice(&port_unreachable(ip(2), VIP, &got));
-    let (v, out, _) = run_plain(&mut p, Input::Tap(1), &err);
+    let (v, out, _) = run_plain(&mut p, Input::Tap(1), &error(ip(2), &got));
     assert_eq!(v, Verdict::ToTap(2));
     let sent = udp_packet((ip(3), 53), (ip(2), 40000));
     assert_eq!(&out[14..], &port_unreachable(ip(2), ip(3), &sent)[..]);
     assert_eq!(&out[0..6], &Mac::for_ip(ip(3)).0);
     // The same error from another container (.5): a forgery, dropped.
-    let mut err = vec![0u8; 14];
-    ethernet::emit(
-        &mut err,
-        Mac::for_ip(VIP),
-        Mac::for_ip(ip(2)),
-        ethernet::ethertype::IPV4,
-    )
-    .unwrap();
-    err.extend_from_slice(&port_unreachable(ip(5), VIP, &got));
     assert_eq!(
-        run_plain(&mut p, Input::Tap(1), &err).0,
+        run_plain(&mut p, Input::Tap(1), &error(ip(5), &got)).0,
         Verdict::Drop(DropReason::Spoofed)
     );
     // About a flow nobody tracks: dropped, not echoed or passed on.
     let stray = udp_packet((VIP, 53), (ip(2), 40999));
-    let mut err = vec![0u8; 14];
-    ethernet::emit(
-        &mut err,
-        Mac::for_ip(VIP),
-        Mac::for_ip(ip(2)),
-        ethernet::ethertype::IPV4,
-    )
-    .unwrap();
-    err.extend_from_slice(&port_unreachable(ip(2), VIP, &stray));
     assert_eq!(
-        run_plain(&mut p, Input::Tap(1), &err).0,
+        run_plain(&mut p, Input::Tap(1), &error(ip(2), &stray)).0,
         Verdict::Drop(DropReason::UntrackedFlow)
     );
 }
