@@ -78,6 +78,9 @@ expect_error "bad CIDR 10.300.0.0/16 refused" mctl 116 network create --subnet 1
 expect_error "bad CIDR 10.50.0.0/33 refused" mctl 116 network create --subnet 10.50.0.0/33 n5
 expect_error "bad CIDR 'nonsense' refused" mctl 116 network create --subnet nonsense n5
 expect_error "gateway outside the subnet refused" mctl 116 network create --subnet 10.60.0.0/24 --gateway 10.61.0.1 n5
+expect_error "a subnet in the hosts' own network (192.168.100.0/26: no host address, but their /24) refused" \
+    mctl 117 network create --subnet 192.168.100.0/26 n5
+check "  ... saying whose network it overlaps" grep -q "overlaps 192.168.100.0/24, the network of host" "$TMP/err.txt"
 sleep 1
 check "refused creates left nothing behind (network ls unchanged on all hosts)" \
     test "$(names 116)$(names 117)$(names 118)" = "$before$before$before"

@@ -272,6 +272,7 @@ mod tests {
                     vxlan_port: 4789,
                     gossip_port: 7946,
                     synced: true,
+                    underlay_prefix: 24,
                 },
                 ready,
             });
@@ -404,6 +405,7 @@ mod tests {
                     vxlan_port: 4789,
                     gossip_port: 7946,
                     synced: true,
+                    underlay_prefix: 24,
                 },
                 ready: true,
             });

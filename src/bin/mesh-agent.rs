@@ -310,6 +310,7 @@ async fn run(args: Args) -> Result<(), String> {
         joins: args.join.clone(),
         join_token: args.join_token.clone(),
         state_dir: args.state_dir.clone(),
+        underlay_prefix: mesh::netns::prefix_of_address(args.advertise_addr).unwrap_or(0),
     };
     let timeouts = mesh::pipeline::lb::conntrack::Timeouts {
         tcp_established: std::time::Duration::from_secs(args.conntrack_tcp_timeout),

@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub joins: Vec<String>,
     pub join_token: Option<String>,
     pub state_dir: PathBuf,
+    /// The prefix length of `advertise`'s network (0: unknown).
+    pub underlay_prefix: u8,
 }
 
 /// Errors founding or joining a cluster.
@@ -127,6 +129,7 @@ impl Cluster {
             vxlan_port: config.vxlan_port,
             gossip_port: config.gossip_port,
             synced: founding,
+            underlay_prefix: config.underlay_prefix,
         };
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)

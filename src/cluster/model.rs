@@ -36,6 +36,10 @@ pub struct NodeRecord {
     /// has not knows too little to decide anything, so it does not lead yet.
     #[serde(default = "yes")]
     pub synced: bool,
+    /// The prefix length of its address's network (the underlay: overlay
+    /// subnets stay out of it); 0 in a record that does not say.
+    #[serde(default)]
+    pub underlay_prefix: u8,
 }
 
 fn yes() -> bool {
@@ -423,6 +427,7 @@ mod tests {
             vxlan_port: 4789,
             gossip_port: 7946,
             synced: true,
+            underlay_prefix: 24,
         })
         .unwrap()
     }
@@ -522,6 +527,7 @@ mod tests {
                 vxlan_port: 4789,
                 gossip_port: 7950,
                 synced,
+                underlay_prefix: 24,
             })
             .unwrap()
         };

@@ -444,6 +444,17 @@ fn create_service(
     })
 }
 
+/// The network host `r` is on, as far as its record says: its address's
+/// network (a prefix of 8 to 30 bits), else the /30 around its address.
+fn underlay_of(r: &NodeRecord) -> Option<Subnet> {
+    let bits = match r.underlay_prefix {
+        p @ 8..=30 => p,
+        _ => 30,
+    };
+    let mask = u32::MAX << (32 - u32::from(bits));
+    Subnet::new(Ipv4Addr::from(u32::from(r.address) & mask), bits).ok()
+}
+
 fn create_network(
     view: &View,
     name: &str,
@@ -467,19 +478,15 @@ fn create_network(
     if gateway.is_some() && subnet.is_none() {
         return Err("--gateway needs --subnet (the gateway is an address of that subnet)".into());
     }
-    // The hosts' own addresses count as taken: a subnet holding one would
-    // hand it (or its neighbours on the underlay) to containers.
+    // The hosts' own networks (the underlay) count as taken: containers
+    // would get the addresses of hosts and their neighbours, and the routes
+    // to the subnet would cut the hosts off from them.
     let hosts = view
         .nodes
         .iter()
-        .map(|n| (n.record.address, &n.record.hostname));
+        .filter_map(|n| Some((underlay_of(&n.record)?, &n.record)));
     let mut taken: Vec<Subnet> = view.networks.values().map(|n| n.subnet).collect();
-    // (As the /30 around each: the smallest subnet there is.)
-    taken.extend(
-        hosts
-            .clone()
-            .filter_map(|(a, _)| Subnet::new(Ipv4Addr::from(u32::from(a) & !3), 30).ok()),
-    );
+    taken.extend(hosts.clone().map(|(u, _)| u));
     let subnet = match subnet {
         Some(s) => {
             let s: Subnet = s.parse()?;
@@ -497,10 +504,11 @@ fn create_network(
                     other.subnet, other.name
                 ));
             }
-            if let Some((a, host)) = hosts.clone().find(|(a, _)| s.contains(*a)) {
+            if let Some((u, host)) = hosts.clone().find(|(u, _)| u.overlaps(&s)) {
                 return Err(format!(
-                    "subnet {s} holds {a}, the address of host {host}: an overlay subnet must \
-                     not overlap the hosts' network"
+                    "subnet {s} overlaps {u}, the network of host {} ({}): an overlay subnet \
+                     must stay out of the hosts' network",
+                    host.hostname, host.address
                 ));
             }
             s

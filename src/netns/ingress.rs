@@ -109,38 +109,17 @@ impl HostPlan {
 /// whose address is its own business), 127.0.0.1 among them. `None` if the
 /// kernel cannot list them now (logged).
 pub fn host_addresses(except: &str) -> Option<BTreeSet<Ipv4Addr>> {
-    let mut found = BTreeSet::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+    let Some(all) = super::ipv4_addresses() else {
         tracing::warn!(error = %std::io::Error::last_os_error(),
             "cannot list the host's addresses; published ports keep the ones they had");
         return None;
-    }
-    let mut at = list;
-    while !at.is_null() {
-        // SAFETY: a node of the list getifaddrs made, alive until freeifaddrs.
-        let ifa = unsafe { &*at };
-        at = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: a non-null sockaddr of the node; its family says its type.
-        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: a NUL-terminated interface name owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() == except.as_bytes() {
-            continue;
-        }
-        // SAFETY: an AF_INET address is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        found.insert(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-    }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(list) };
-    Some(found)
+    };
+    Some(
+        all.into_iter()
+            .filter(|a| a.interface != except)
+            .map(|a| a.address)
+            .collect(),
+    )
 }
 
 /// The host side of ingress, as set up in the agent's namespace.

@@ -203,38 +203,74 @@ pub fn route_add_default(name: &str, gateway: Ipv4Addr) -> Result<(), NetnsError
     )
 }
 
-/// The MTU of the interface that holds `ip` in this namespace, if any.
-pub fn mtu_of_address(ip: Ipv4Addr) -> Option<u32> {
+/// One IPv4 address of an interface of this namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    /// The length of its network prefix (32 when the kernel gives no mask).
+    pub prefix_len: u8,
+}
+
+/// Every IPv4 address of this namespace's interfaces; `None` if the kernel
+/// cannot list them now.
+pub fn ipv4_addresses() -> Option<Vec<InterfaceAddress>> {
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below.
     if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
         return None;
     }
-    let mut name = None;
+    let v4 = |sa: *mut libc::sockaddr| {
+        // SAFETY: a non-null sockaddr of a node of the list; its family
+        // says whether it is a sockaddr_in.
+        (!sa.is_null() && i32::from(unsafe { (*sa).sa_family }) == libc::AF_INET).then(|| {
+            // SAFETY: as above, an AF_INET sockaddr is a sockaddr_in.
+            let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
+            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+        })
+    };
+    let mut found = Vec::new();
     let mut cur = ifap;
     while !cur.is_null() {
         // SAFETY: cur is a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null()
-            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
-        {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip {
-                // SAFETY: ifa_name is a NUL-terminated string.
-                name = Some(
-                    unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-                break;
-            }
-        }
         cur = ifa.ifa_next;
+        let Some(address) = v4(ifa.ifa_addr) else {
+            continue;
+        };
+        if ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let interface = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        let prefix_len = v4(ifa.ifa_netmask).map_or(32, |m| u32::from(m).count_ones() as u8);
+        found.push(InterfaceAddress {
+            interface,
+            address,
+            prefix_len,
+        });
     }
-    // SAFETY: freeing the list we got.
+    // SAFETY: freeing the list we got, once.
     unsafe { libc::freeifaddrs(ifap) };
-    let name = name?;
+    Some(found)
+}
+
+/// The prefix length of `ip`'s network on the interface that holds it.
+pub fn prefix_of_address(ip: Ipv4Addr) -> Option<u8> {
+    ipv4_addresses()?
+        .into_iter()
+        .find(|a| a.address == ip)
+        .map(|a| a.prefix_len)
+}
+
+/// The MTU of the interface that holds `ip` in this namespace, if any.
+pub fn mtu_of_address(ip: Ipv4Addr) -> Option<u32> {
+    let name = ipv4_addresses()?
+        .into_iter()
+        .find(|a| a.address == ip)?
+        .interface;
     let sock = control_socket().ok()?;
     let mut req = ifreq_for(&name).ok()?;
     ioctl(

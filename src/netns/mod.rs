@@ -15,8 +15,8 @@ mod ioctl;
 pub mod sockets;
 
 pub use ioctl::{
-    addr_add, check_ifname, link_exists, link_set_mac, link_set_mtu, link_set_up, mtu_of_address,
-    route_add_default,
+    addr_add, check_ifname, ipv4_addresses, link_exists, link_set_mac, link_set_mtu, link_set_up,
+    mtu_of_address, prefix_of_address, route_add_default, InterfaceAddress,
 };
 
 use std::fs::File;
@@ -143,6 +143,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_is_listed_with_its_prefix_and_mtu() {
+        use std::net::Ipv4Addr;
+        let lo = Ipv4Addr::LOCALHOST;
+        let all = ipv4_addresses().expect("the kernel lists addresses");
+        assert!(
+            all.iter().any(|a| a.address == lo && a.interface == "lo"),
+            "{all:?}"
+        );
+        assert_eq!(prefix_of_address(lo), Some(8));
+        assert!(mtu_of_address(lo).is_some_and(|m| m >= 1500));
+        assert_eq!(prefix_of_address(Ipv4Addr::new(192, 0, 2, 77)), None);
+    }
 
     #[test]
     fn only_namespace_files_are_namespaces() {

@@ -407,6 +407,7 @@ fn two_hosts() -> View {
                 vxlan_port: vxlan,
                 gossip_port: gossip,
                 synced: true,
+                underlay_prefix: 24,
             },
             ready: true,
         });
@@ -415,27 +416,31 @@ fn two_hosts() -> View {
 }
 
 #[test]
-fn a_subnet_never_holds_a_hosts_address() {
+fn a_subnet_stays_out_of_the_hosts_network() {
     let mut v = two_hosts();
-    let e = plan(
-        &v,
-        &HashSet::new(),
-        &create("u", Some("192.168.0.0/16")),
-        1,
-        "u",
-    )
-    .unwrap_err();
-    assert!(
-        e.contains("holds 192.168.100.116, the address of host h116"),
-        "{e}"
-    );
-    // The default pool steps over a host in it.
-    v.nodes[1].record.address = Ipv4Addr::new(10, 0, 0, 7);
-    let p = plan(&v, &HashSet::new(), &create("d", None), 1, "d").unwrap();
-    let Outcome::Network(n) = p.outcome else {
-        panic!("not a network")
+    // Holding a host's address, or only its neighbours' (.0-.63 of the /24).
+    for subnet in ["192.168.0.0/16", "192.168.100.0/26"] {
+        let e = plan(&v, &HashSet::new(), &create("u", Some(subnet)), 1, "u").unwrap_err();
+        assert!(
+            e.contains("overlaps 192.168.100.0/24, the network of host h116 (192.168.100.116)"),
+            "{subnet}: {e}"
+        );
+    }
+    let subnet = |v: &View| {
+        let p = plan(v, &HashSet::new(), &create("d", None), 1, "d").unwrap();
+        let Outcome::Network(n) = p.outcome else {
+            panic!("not a network")
+        };
+        n.subnet.to_string()
     };
-    assert_eq!(n.subnet.to_string(), "10.0.1.0/24");
+    // The default pool steps over a host's network in it: a /16 of a
+    // cloud's VPC, or the /30 around a host whose record gives none.
+    v.nodes[1].record.address = Ipv4Addr::new(10, 0, 3, 7);
+    v.nodes[1].record.underlay_prefix = 16;
+    assert_eq!(subnet(&v), "10.1.0.0/24");
+    v.nodes[1].record.underlay_prefix = 0;
+    v.nodes[1].record.address = Ipv4Addr::new(10, 0, 0, 7);
+    assert_eq!(subnet(&v), "10.0.1.0/24");
 }
 
 #[test]
