@@ -73,9 +73,24 @@ mk_container next
 check "  ... and $FREE is free for the next attach right away" test "$(attach 118 next demo --ip "$FREE")" = "$FREE"
 check "  ... (detached again)" mctl 118 container detach --netns mt-next --network demo
 
+# Two attaches of one name at once, from two hosts: each host's own check
+# sees neither, the leader takes one and refuses the other.
+mk_container twin1; mk_container twin2
+for t in 1 2; do
+    mctl $((116 + t)) container attach --netns "mt-twin$t" --network demo --name twin \
+        >"$TMP/twin$t.out" 2>&1 &
+    TWIN[t]=$!
+done
+wait "${TWIN[1]}"; RC1=$?; wait "${TWIN[2]}"; RC2=$?
+note "attaches of twin on .117 and .118: exit $RC1 and $RC2; $(cat "$TMP/twin1.out" "$TMP/twin2.out" | tr '\n' ' ')"
+check "two attaches of the name twin at once, from .117 and .118: exactly one succeeds" \
+    test "$((RC1 == 0)) $((RC2 == 0))" = "1 0" -o "$((RC1 == 0)) $((RC2 == 0))" = "0 1"
+check "  ... the other says the name is taken" grep -q "name twin is" "$TMP/twin1.out" "$TMP/twin2.out"
+for t in 1 2; do mctl $((116 + t)) container detach --netns "mt-twin$t" --network demo >/dev/null 2>&1; done
+
 # --- a leader that does not answer holds up only the attach that waits for it ------
 # TCP to .118's cluster port is dropped: it stays Ready (gossip is UDP), but an
-# attach on .117 waits for it (3 s) and fails. Other changes on .117 go on.
+# attach on .117 waits for it (8 s) and fails. Other changes on .117 go on.
 mk_container s1
 attach 117 s1 demo >/dev/null || die "setup: attach s1 on .117"
 nsx mt-h118 nft -f - <<'NFT' || die "setup: nft in mt-h118"

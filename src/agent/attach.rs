@@ -136,6 +136,8 @@ impl Agent {
                 network: net.id.clone(),
                 ip: req.ip,
                 owner: owner.clone(),
+                name: Some(name.clone()),
+                node: Some(self.cluster.self_id.clone()),
             })
             .await?
         {

@@ -408,6 +408,24 @@ impl Cluster {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let version = wall.max(view.max_version() + 1);
+        // Two attaches of one name at once, on two hosts: each host's own
+        // check saw neither; the second to get here is refused.
+        if let Mutation::ReserveIp {
+            network,
+            name: Some(name),
+            owner,
+            ..
+        } = &m
+        {
+            if let Some(net) = view.find_network(network) {
+                if reservations.name_held(&net.id, name, owner) {
+                    return Err(format!(
+                        "name {name} is being taken on network {} by another attach: pass another --name",
+                        net.name
+                    ));
+                }
+            }
+        }
         let taken = reservations.taken();
         let plan = registry::plan(&view, &taken, &m, version, &token::new_id())?;
         let chitchat = self.chitchat.chitchat();
@@ -418,8 +436,8 @@ impl Cluster {
         }
         // After the last wait: a decide dropped at its limit holds nothing.
         match (&plan.outcome, &m) {
-            (Outcome::Ip { network_id, ip }, Mutation::ReserveIp { owner, .. }) => {
-                reservations.hold(network_id, *ip, owner, now);
+            (Outcome::Ip { network_id, ip }, Mutation::ReserveIp { owner, name, .. }) => {
+                reservations.hold(network_id, *ip, owner, name.as_deref(), now);
             }
             (Outcome::Released { network_id, ip }, Mutation::ReleaseIp { owner, .. })
                 if !reservations.release(network_id, *ip, owner) =>

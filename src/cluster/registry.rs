@@ -37,6 +37,14 @@ pub enum Mutation {
         /// Who asks (a random word per attach): only it can give the address back.
         #[serde(default)]
         owner: String,
+        /// The container's name on the network, and the node attaching it:
+        /// a name another host's container holds, or another attach under
+        /// way, is refused (the asking host checked its own, in a view that
+        /// may be a second old).
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        node: Option<String>,
     },
     /// Gives back an address reserved for an attach that then failed.
     ReleaseIp {
@@ -198,10 +206,32 @@ pub fn plan(
                 writes,
             })
         }
-        Mutation::ReserveIp { network, ip, .. } => {
+        Mutation::ReserveIp {
+            network,
+            ip,
+            name,
+            node,
+            ..
+        } => {
             let net = view
                 .find_network(network)
                 .ok_or_else(|| not_found("network", network))?;
+            if let (Some(name), Some(node)) = (name, node) {
+                let clash = view.containers.iter().find(|c| {
+                    c.network_id == net.id
+                        && c.node_id != *node
+                        && c.name.eq_ignore_ascii_case(name)
+                });
+                if let Some(c) = clash {
+                    let host = view
+                        .node(&c.node_id)
+                        .map_or_else(|| c.node_id.clone(), |n| n.record.address.to_string());
+                    return Err(format!(
+                        "name {name} is taken on network {} by container {} on {host}: pass another --name",
+                        net.name, c.netns
+                    ));
+                }
+            }
             let taken = taken_ips(view, reserved, &net.id);
             let ip = match ip {
                 Some(ip) => {

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 /// How long an address stays promised if the container never shows up.
 pub const TTL: Duration = Duration::from_secs(30);
 
-/// One promise: when, and to whom.
+/// One promise: when, to whom, and for which container name.
 #[derive(Debug)]
 struct Held {
     at: Instant,
     owner: String,
+    name: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -47,10 +48,32 @@ impl Reservations {
         self.held.keys().cloned().collect()
     }
 
-    pub fn hold(&mut self, network_id: &str, ip: Ipv4Addr, owner: &str, now: Instant) {
-        let owner = owner.to_string();
-        self.held
-            .insert((network_id.to_string(), ip), Held { at: now, owner });
+    pub fn hold(
+        &mut self,
+        network_id: &str,
+        ip: Ipv4Addr,
+        owner: &str,
+        name: Option<&str>,
+        now: Instant,
+    ) {
+        let held = Held {
+            at: now,
+            owner: owner.to_string(),
+            name: name.map(str::to_string),
+        };
+        self.held.insert((network_id.to_string(), ip), held);
+    }
+
+    /// Whether another attach under way (not `owner`'s) was promised an
+    /// address on `network_id` for a container named `name`.
+    pub fn name_held(&self, network_id: &str, name: &str, owner: &str) -> bool {
+        self.held.iter().any(|((net, _), h)| {
+            net == network_id
+                && h.owner != owner
+                && h.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
     }
 
     /// Gives back `owner`'s promise of `ip`; false if it holds none.
@@ -72,12 +95,18 @@ mod tests {
     fn only_the_owner_gives_a_promise_back() {
         let (view, t0, ip) = (View::default(), Instant::now(), Ipv4Addr::new(10, 0, 0, 5));
         let mut r = Reservations::default();
-        r.hold("n1", ip, "attach-a", t0);
+        r.hold("n1", ip, "attach-a", Some("web"), t0);
         assert!(r.taken().contains(&("n1".to_string(), ip)));
         // A's attach stalls past the TTL: its promise lapses, B gets the address.
         r.prune(&view, t0 + TTL + Duration::from_secs(1));
         assert!(r.taken().is_empty());
-        r.hold("n1", ip, "attach-b", t0 + TTL + Duration::from_secs(1));
+        r.hold(
+            "n1",
+            ip,
+            "attach-b",
+            None,
+            t0 + TTL + Duration::from_secs(1),
+        );
         // A fails and gives back "its" address: B's promise stays.
         assert!(!r.release("n1", ip, "attach-a"));
         assert!(r.taken().contains(&("n1".to_string(), ip)));
@@ -87,13 +116,32 @@ mod tests {
     }
 
     #[test]
+    fn a_name_promised_to_one_attach_is_held_from_the_others() {
+        let (t0, ip) = (Instant::now(), Ipv4Addr::new(10, 0, 0, 5));
+        let mut r = Reservations::default();
+        r.hold("n1", ip, "attach-a", Some("web"), t0);
+        assert!(
+            r.name_held("n1", "WEB", "attach-b"),
+            "names are case-insensitive"
+        );
+        assert!(
+            !r.name_held("n1", "web", "attach-a"),
+            "not from its own attach"
+        );
+        assert!(!r.name_held("n2", "web", "attach-b"), "per network");
+        assert!(!r.name_held("n1", "db", "attach-b"));
+        assert!(r.release("n1", ip, "attach-a"));
+        assert!(!r.name_held("n1", "web", "attach-b"));
+    }
+
+    #[test]
     fn a_promise_ends_when_its_container_shows() {
         use super::super::model::ContainerEndpoint;
         use crate::wire::Mac;
         let (t0, ip) = (Instant::now(), Ipv4Addr::new(10, 0, 0, 5));
         let mut r = Reservations::default();
-        r.hold("n1", ip, "a", t0);
-        r.hold("n1", Ipv4Addr::new(10, 0, 0, 6), "b", t0);
+        r.hold("n1", ip, "a", None, t0);
+        r.hold("n1", Ipv4Addr::new(10, 0, 0, 6), "b", None, t0);
         let mut view = View::default();
         r.prune(&view, t0 + Duration::from_secs(1));
         assert_eq!(r.taken().len(), 2);

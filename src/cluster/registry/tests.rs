@@ -110,6 +110,8 @@ fn refusals_change_nothing() {
                 network: "demo".into(),
                 ip: Some(Ipv4Addr::new(10, 21, 0, 1)),
                 owner: String::new(),
+                name: None,
+                node: None,
             },
             "not a host address",
         ),
@@ -118,6 +120,8 @@ fn refusals_change_nothing() {
                 network: "demo".into(),
                 ip: Some(Ipv4Addr::new(10, 20, 0, 1)),
                 owner: String::new(),
+                name: None,
+                node: None,
             },
             "gateway",
         ),
@@ -155,6 +159,8 @@ fn a_down_nodes_addresses_are_not_handed_out_again() {
         network: "demo".into(),
         ip,
         owner: String::new(),
+        name: None,
+        node: None,
     };
     let p = plan(&v, &HashSet::new(), &reserve(None), 2, "").unwrap();
     assert!(matches!(p.outcome, Outcome::Ip { ip, .. } if ip == Ipv4Addr::new(10, 0, 0, 3)));
@@ -176,6 +182,8 @@ fn reserved_and_attached_ips_are_not_handed_out_twice() {
                 network: "demo".into(),
                 ip: None,
                 owner: String::new(),
+                name: None,
+                node: None,
             },
             2,
             "",
@@ -194,6 +202,8 @@ fn reserved_and_attached_ips_are_not_handed_out_twice() {
             network: "demo".into(),
             ip: Some(Ipv4Addr::new(10, 0, 0, 3)),
             owner: String::new(),
+            name: None,
+            node: None,
         },
         2,
         "",
@@ -253,6 +263,8 @@ fn services_get_a_vip_per_network_never_given_to_a_container() {
             network: "front".into(),
             ip: None,
             owner: String::new(),
+            name: None,
+            node: None,
         },
         3,
         "",
@@ -272,6 +284,8 @@ fn services_get_a_vip_per_network_never_given_to_a_container() {
             network: "front".into(),
             ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
             owner: String::new(),
+            name: None,
+            node: None,
         },
         3,
         "",
@@ -469,4 +483,37 @@ fn no_host_s_agent_port_is_published() {
     }
     // VXLAN is UDP: the same number over TCP is free.
     assert!(plan(&v, &HashSet::new(), &publish(4790, Protocol::Tcp), 2, "s").is_ok());
+}
+
+#[test]
+fn a_name_held_on_another_host_is_refused_by_the_leader() {
+    let mut v = View::default();
+    let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
+    apply(&mut v, &p);
+    v.containers.push(super::super::model::ContainerEndpoint {
+        network_id: "n".into(),
+        ip: Ipv4Addr::new(10, 0, 0, 2),
+        mac: Mac::ZERO,
+        name: "db".into(),
+        netns: "mt-db".into(),
+        node_id: "a".into(),
+        service: None,
+        weight: 1,
+        draining: false,
+    });
+    let reserve = |name: &str, node: &str| Mutation::ReserveIp {
+        network: "demo".into(),
+        ip: None,
+        owner: "x".into(),
+        name: Some(name.into()),
+        node: Some(node.into()),
+    };
+    let e = plan(&v, &HashSet::new(), &reserve("DB", "b"), 2, "").unwrap_err();
+    assert!(
+        e.contains("name DB is taken on network demo by container mt-db"),
+        "{e}"
+    );
+    // Its own host knows more (a namespace gone, not reaped yet): its call.
+    assert!(plan(&v, &HashSet::new(), &reserve("db", "a"), 2, "").is_ok());
+    assert!(plan(&v, &HashSet::new(), &reserve("web", "b"), 2, "").is_ok());
 }
