@@ -88,6 +88,15 @@ check "two attaches of the name twin at once, from .117 and .118: exactly one su
 check "  ... the other says the name is taken" grep -q "name twin is" "$TMP/twin1.out" "$TMP/twin2.out"
 for t in 1 2; do mctl $((116 + t)) container detach --netns "mt-twin$t" --network demo >/dev/null 2>&1; done
 
+# A namespace deleted and made again under its name is attached again at once
+# (its old attachment goes first), not refused as attached already.
+mk_container again
+attach 118 again demo >/dev/null || die "setup: attach again"
+ip netns del mt-again && ip netns add mt-again || die "setup: re-create mt-again"
+check "a re-created namespace is attached again at once" attach 118 again demo
+check "  ... and listed once" test "$(mctl 116 container ls --format json | jq '[.[] | select(.name == "again")] | length')" = 1
+mctl 118 container detach --netns mt-again --network demo >/dev/null 2>&1
+
 # --- a leader that does not answer holds up only the attach that waits for it ------
 # TCP to .118's cluster port is dropped: it stays Ready (gossip is UDP), but an
 # attach on .117 waits for it (8 s) and fails. Other changes on .117 go on.

@@ -81,6 +81,25 @@ impl Agent {
             return Err("--weight is a task's share of its service: it needs --service".into());
         }
         check_name_free(&view, &net, &name, &req.netns, &self.cluster.self_id)?;
+        // A namespace deleted and made again under its name: its old
+        // attachments go first, as the reaper would within a second (else
+        // this attach would be told it is attached already).
+        let stale: Vec<DetachRequest> = self
+            .local
+            .lock()
+            .await
+            .values()
+            .filter(|a| a.netns == req.netns && a.ns_id.is_some_and(|old| old != ns_id))
+            .map(|a| DetachRequest {
+                netns: a.netns.clone(),
+                network: a.network_id.clone(),
+            })
+            .collect();
+        for old in stale {
+            if let Err(e) = self.detach_with(old, false).await {
+                tracing::debug!(error = %e, "detach of a re-created namespace's old attachment");
+            }
+        }
         // One attach or detach of a namespace at a time; the agent's locks
         // are not held while the leader is asked or the namespace is set up.
         let _claim = self.claim(&req.netns).await;

@@ -413,12 +413,12 @@ impl Cluster {
         if let Mutation::ReserveIp {
             network,
             name: Some(name),
-            owner,
+            node: Some(node),
             ..
         } = &m
         {
             if let Some(net) = view.find_network(network) {
-                if reservations.name_held(&net.id, name, owner) {
+                if reservations.name_held(&net.id, name, node, now) {
                     return Err(format!(
                         "name {name} is being taken on network {} by another attach: pass another --name",
                         net.name
@@ -436,8 +436,14 @@ impl Cluster {
         }
         // After the last wait: a decide dropped at its limit holds nothing.
         match (&plan.outcome, &m) {
-            (Outcome::Ip { network_id, ip }, Mutation::ReserveIp { owner, name, .. }) => {
-                reservations.hold(network_id, *ip, owner, name.as_deref(), now);
+            (
+                Outcome::Ip { network_id, ip },
+                Mutation::ReserveIp {
+                    owner, name, node, ..
+                },
+            ) => {
+                let named = name.as_deref().zip(node.as_deref());
+                reservations.hold(network_id, *ip, owner, named, now);
             }
             (Outcome::Released { network_id, ip }, Mutation::ReleaseIp { owner, .. })
                 if !reservations.release(network_id, *ip, owner) =>

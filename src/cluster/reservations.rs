@@ -17,12 +17,18 @@ use std::time::{Duration, Instant};
 /// How long an address stays promised if the container never shows up.
 pub const TTL: Duration = Duration::from_secs(30);
 
-/// One promise: when, to whom, and for which container name.
+/// How long a promise holds its container's name: an attach gets from
+/// its promise to its container in the view well within this. Past it, the
+/// view speaks for the name (a container attached and detached again at
+/// once would otherwise hold it for the whole [`TTL`]).
+pub const NAME_HOLD: Duration = Duration::from_secs(2);
+
+/// One promise: when, to whom, and for which container (name, node).
 #[derive(Debug)]
 struct Held {
     at: Instant,
     owner: String,
-    name: Option<String>,
+    name: Option<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -48,31 +54,34 @@ impl Reservations {
         self.held.keys().cloned().collect()
     }
 
+    /// Promises `ip` on `network_id` to `owner`'s attach, of the container
+    /// `named` (its name, and the node attaching it) if given.
     pub fn hold(
         &mut self,
         network_id: &str,
         ip: Ipv4Addr,
         owner: &str,
-        name: Option<&str>,
+        named: Option<(&str, &str)>,
         now: Instant,
     ) {
         let held = Held {
             at: now,
             owner: owner.to_string(),
-            name: name.map(str::to_string),
+            name: named.map(|(n, node)| (n.to_string(), node.to_string())),
         };
         self.held.insert((network_id.to_string(), ip), held);
     }
 
-    /// Whether another attach under way (not `owner`'s) was promised an
-    /// address on `network_id` for a container named `name`.
-    pub fn name_held(&self, network_id: &str, name: &str, owner: &str) -> bool {
+    /// Whether an attach on another node than `node`, under way, was
+    /// promised an address on `network_id` for a container named `name`
+    /// (within [`NAME_HOLD`]). A node's own attaches are its own to order.
+    pub fn name_held(&self, network_id: &str, name: &str, node: &str, now: Instant) -> bool {
         self.held.iter().any(|((net, _), h)| {
             net == network_id
-                && h.owner != owner
+                && now.saturating_duration_since(h.at) < NAME_HOLD
                 && h.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                    .as_ref()
+                    .is_some_and(|(n, by)| by != node && n.eq_ignore_ascii_case(name))
         })
     }
 
@@ -95,7 +104,7 @@ mod tests {
     fn only_the_owner_gives_a_promise_back() {
         let (view, t0, ip) = (View::default(), Instant::now(), Ipv4Addr::new(10, 0, 0, 5));
         let mut r = Reservations::default();
-        r.hold("n1", ip, "attach-a", Some("web"), t0);
+        r.hold("n1", ip, "attach-a", Some(("web", "node-a")), t0);
         assert!(r.taken().contains(&("n1".to_string(), ip)));
         // A's attach stalls past the TTL: its promise lapses, B gets the address.
         r.prune(&view, t0 + TTL + Duration::from_secs(1));
@@ -116,22 +125,26 @@ mod tests {
     }
 
     #[test]
-    fn a_name_promised_to_one_attach_is_held_from_the_others() {
+    fn a_name_promised_to_one_attach_is_held_from_other_nodes_a_while() {
         let (t0, ip) = (Instant::now(), Ipv4Addr::new(10, 0, 0, 5));
         let mut r = Reservations::default();
-        r.hold("n1", ip, "attach-a", Some("web"), t0);
+        r.hold("n1", ip, "attach-a", Some(("web", "node-a")), t0);
         assert!(
-            r.name_held("n1", "WEB", "attach-b"),
+            r.name_held("n1", "WEB", "node-b", t0),
             "names are case-insensitive"
         );
         assert!(
-            !r.name_held("n1", "web", "attach-a"),
-            "not from its own attach"
+            !r.name_held("n1", "web", "node-a", t0),
+            "not from its own node"
         );
-        assert!(!r.name_held("n2", "web", "attach-b"), "per network");
-        assert!(!r.name_held("n1", "db", "attach-b"));
+        assert!(!r.name_held("n2", "web", "node-b", t0), "per network");
+        assert!(!r.name_held("n1", "db", "node-b", t0));
+        assert!(
+            !r.name_held("n1", "web", "node-b", t0 + NAME_HOLD),
+            "past the hold"
+        );
         assert!(r.release("n1", ip, "attach-a"));
-        assert!(!r.name_held("n1", "web", "attach-b"));
+        assert!(!r.name_held("n1", "web", "node-b", t0));
     }
 
     #[test]
