@@ -94,7 +94,8 @@ mk_container again
 attach 118 again demo >/dev/null || die "setup: attach again"
 ip netns del mt-again && ip netns add mt-again || die "setup: re-create mt-again"
 check "a re-created namespace is attached again at once" attach 118 again demo
-check "  ... and listed once" test "$(mctl 116 container ls --format json | jq '[.[] | select(.name == "again")] | length')" = 1
+once_listed() { [ "$(mctl 116 container ls --format json | jq '[.[] | select(.name == "again")] | length')" = 1 ]; }
+check "  ... and listed once" wait_until 2 once_listed
 mctl 118 container detach --netns mt-again --network demo >/dev/null 2>&1
 
 # --- a leader that does not answer holds up only the attach that waits for it ------
