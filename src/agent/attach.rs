@@ -4,7 +4,7 @@
 
 use super::{Agent, Attachment};
 use crate::api::types::{AttachOut, AttachRequest, DetachRequest};
-use crate::cluster::model::{ContainerEndpoint, Network, View};
+use crate::cluster::model::ContainerEndpoint;
 use crate::cluster::registry::{self, Mutation, Outcome};
 use crate::dns;
 use crate::io::tap;
@@ -80,7 +80,15 @@ impl Agent {
         if req.weight.is_some() && service.is_none() {
             return Err("--weight is a task's share of its service: it needs --service".into());
         }
-        check_name_free(&view, &net, &name, &req.netns, &self.cluster.self_id)?;
+        // The same namespace moving to another host is not another
+        // container, and neither is one on this host whose namespace is gone
+        // (it died without a detach; its restart may take its name again).
+        // A task may be named as its service (`--name db --service db`).
+        let here = &self.cluster.self_id;
+        registry::check_name_free(&view, &net, &name, |c| {
+            c.netns != req.netns
+                && (c.node_id != *here || netns::is_netns(&netns::resolve(&c.netns)))
+        })?;
         // A namespace deleted and made again under its name: its old
         // attachments go first, as the reaper would within a second (else
         // this attach would be told it is attached already).
@@ -461,37 +469,6 @@ impl Agent {
 
 /// How long a draining task must see no traffic to count as drained.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(1000);
-
-/// A container's name answers in DNS on its networks, so two containers
-/// on one network do not share it (any case: DNS names are
-/// case-insensitive). The same namespace moving to another host is not
-/// another container, and neither is one on this host whose namespace is
-/// gone (it died without a detach; its restart may take its name again).
-/// A task may be named as its service (`--name db --service db`).
-fn check_name_free(
-    view: &View,
-    net: &Network,
-    name: &str,
-    netns: &str,
-    here: &str,
-) -> Result<(), String> {
-    let clash = view.containers.iter().find(|c| {
-        c.network_id == net.id
-            && c.netns != netns
-            && c.name.eq_ignore_ascii_case(name)
-            && (c.node_id != here || netns::is_netns(&netns::resolve(&c.netns)))
-    });
-    if let Some(c) = clash {
-        let host = view
-            .node(&c.node_id)
-            .map_or_else(|| c.node_id.clone(), |n| n.record.address.to_string());
-        return Err(format!(
-            "name {name} is taken on network {} by container {} on {host}: pass another --name",
-            net.name, c.netns
-        ));
-    }
-    Ok(())
-}
 
 /// The name of a container attached without `--name`: its namespace's name,
 /// or for a process's namespace (`/proc/PID/ns/net`) `pid-PID`, so that two

@@ -4,7 +4,7 @@
 //! networks.
 
 use super::Agent;
-use crate::cluster::model::{PortSpec, Protocol, View};
+use crate::cluster::model::{PortSpec, View};
 use crate::netns::ingress::{HostPlan, HostRouting, PublishedPort};
 use std::net::Ipv4Addr;
 
@@ -44,11 +44,7 @@ impl Agent {
     /// Why `port` cannot be published: it is one this agent listens on.
     pub fn reserved_port(&self, p: &PortSpec) -> Option<String> {
         let c = &self.cluster.config;
-        let clash = match p.protocol {
-            Protocol::Tcp => p.published == c.gossip_port,
-            Protocol::Udp => p.published == c.gossip_port || p.published == c.vxlan_port,
-        };
-        clash.then(|| {
+        p.is_agents(c.gossip_port, c.vxlan_port).then(|| {
             format!(
                 "port {}/{} is mesh-agent's own (gossip {}, VXLAN {}): publish another",
                 p.published,

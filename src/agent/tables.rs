@@ -41,9 +41,9 @@ pub fn build_tables(
     for node in view.nodes.iter().filter(|n| n.ready && n.id != self_id) {
         let (address, port) = (node.record.address, node.record.vxlan_port);
         t.peers.insert(address, Peer { port, agent: true });
-        if doors.get(&door(node)) == Some(&1) {
-            t.host_doors
-                .insert(door(node), SocketAddrV4::new(address, port));
+        let door = door(node);
+        if doors.get(&door) == Some(&1) {
+            t.host_doors.insert(door, SocketAddrV4::new(address, port));
         }
     }
     for c in &view.containers {

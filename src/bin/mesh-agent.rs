@@ -290,12 +290,16 @@ async fn run(args: Args) -> Result<(), String> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
-    let underlay_mtu = mesh::netns::mtu_of_address(args.advertise_addr).ok_or_else(|| {
-        format!(
-            "no interface here has the address {} (--advertise-addr must be this host's)",
-            args.advertise_addr
-        )
-    })?;
+    // The underlay's interface: its MTU, and its network's prefix (which
+    // overlay subnets stay out of).
+    let (underlay_mtu, underlay_prefix) = mesh::netns::address(args.advertise_addr)
+        .and_then(|a| Some((mesh::netns::mtu_of(&a.interface)?, a.prefix_len)))
+        .ok_or_else(|| {
+            format!(
+                "no interface here has the address {} (--advertise-addr must be this host's)",
+                args.advertise_addr
+            )
+        })?;
     let underlay = Underlay::bind(SocketAddrV4::new(args.advertise_addr, args.vxlan_port))
         .map_err(|e| {
             format!(
@@ -310,7 +314,7 @@ async fn run(args: Args) -> Result<(), String> {
         joins: args.join.clone(),
         join_token: args.join_token.clone(),
         state_dir: args.state_dir.clone(),
-        underlay_prefix: mesh::netns::prefix_of_address(args.advertise_addr).unwrap_or(0),
+        underlay_prefix,
     };
     let timeouts = mesh::pipeline::lb::conntrack::Timeouts {
         tcp_established: std::time::Duration::from_secs(args.conntrack_tcp_timeout),

@@ -99,6 +99,17 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
+impl PortSpec {
+    /// Whether publishing this would take a port of an agent listening on
+    /// `gossip` (TCP and UDP) and `vxlan` (UDP).
+    pub fn is_agents(&self, gossip: u16, vxlan: u16) -> bool {
+        match self.protocol {
+            Protocol::Tcp => self.published == gossip,
+            Protocol::Udp => self.published == gossip || self.published == vxlan,
+        }
+    }
+}
+
 /// A transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,8 +9,7 @@
 
 use super::ipam::{self, Subnet};
 use super::model::{
-    EndpointMode, Network, NodeRecord, Object, PortSpec, Protocol, Service, StaticEndpoint,
-    Versioned, View,
+    EndpointMode, Network, NodeRecord, Object, PortSpec, Service, StaticEndpoint, Versioned, View,
 };
 use crate::wire::Mac;
 use serde::{Deserialize, Serialize};
@@ -217,20 +216,7 @@ pub fn plan(
                 .find_network(network)
                 .ok_or_else(|| not_found("network", network))?;
             if let (Some(name), Some(node)) = (name, node) {
-                let clash = view.containers.iter().find(|c| {
-                    c.network_id == net.id
-                        && c.node_id != *node
-                        && c.name.eq_ignore_ascii_case(name)
-                });
-                if let Some(c) = clash {
-                    let host = view
-                        .node(&c.node_id)
-                        .map_or_else(|| c.node_id.clone(), |n| n.record.address.to_string());
-                    return Err(format!(
-                        "name {name} is taken on network {} by container {} on {host}: pass another --name",
-                        net.name, c.netns
-                    ));
-                }
+                check_name_free(view, net, name, |c| c.node_id != *node)?;
             }
             let taken = taken_ips(view, reserved, &net.id);
             let ip = match ip {
@@ -428,11 +414,8 @@ fn create_service(
         }
         // Every host serves every published port: none may be a port an
         // agent listens on, on any host (the asking agent checked its own).
-        let agents_own = |r: &NodeRecord| match p.protocol {
-            Protocol::Tcp => p.published == r.gossip_port,
-            Protocol::Udp => p.published == r.gossip_port || p.published == r.vxlan_port,
-        };
-        if let Some(n) = view.nodes.iter().find(|n| agents_own(&n.record)) {
+        let agents = |r: &NodeRecord| p.is_agents(r.gossip_port, r.vxlan_port);
+        if let Some(n) = view.nodes.iter().find(|n| agents(&n.record)) {
             return Err(format!(
                 "port {}/{proto} is mesh-agent's own on host {} (gossip {}, VXLAN {}): publish another",
                 p.published, n.record.hostname, n.record.gossip_port, n.record.vxlan_port
@@ -580,7 +563,7 @@ fn create_network(
 
 mod checks;
 use checks::{check_host_ip, check_vtep, same_name, taken_ips, SPECIAL_RANGES};
-pub use checks::{check_name, not_found};
+pub use checks::{check_name, check_name_free, not_found};
 
 #[cfg(test)]
 mod tests;

@@ -257,22 +257,15 @@ pub fn ipv4_addresses() -> Option<Vec<InterfaceAddress>> {
     Some(found)
 }
 
-/// The prefix length of `ip`'s network on the interface that holds it.
-pub fn prefix_of_address(ip: Ipv4Addr) -> Option<u8> {
-    ipv4_addresses()?
-        .into_iter()
-        .find(|a| a.address == ip)
-        .map(|a| a.prefix_len)
+/// The interface address `ip`, if an interface of this namespace holds it.
+pub fn address(ip: Ipv4Addr) -> Option<InterfaceAddress> {
+    ipv4_addresses()?.into_iter().find(|a| a.address == ip)
 }
 
-/// The MTU of the interface that holds `ip` in this namespace, if any.
-pub fn mtu_of_address(ip: Ipv4Addr) -> Option<u32> {
-    let name = ipv4_addresses()?
-        .into_iter()
-        .find(|a| a.address == ip)?
-        .interface;
+/// The MTU of interface `name`.
+pub fn mtu_of(name: &str) -> Option<u32> {
     let sock = control_socket().ok()?;
-    let mut req = ifreq_for(&name).ok()?;
+    let mut req = ifreq_for(name).ok()?;
     ioctl(
         &sock,
         libc::SIOCGIFMTU,

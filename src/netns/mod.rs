@@ -15,8 +15,8 @@ mod ioctl;
 pub mod sockets;
 
 pub use ioctl::{
-    addr_add, check_ifname, ipv4_addresses, link_exists, link_set_mac, link_set_mtu, link_set_up,
-    mtu_of_address, prefix_of_address, route_add_default, InterfaceAddress,
+    addr_add, address, check_ifname, ipv4_addresses, link_exists, link_set_mac, link_set_mtu,
+    link_set_up, mtu_of, route_add_default, InterfaceAddress,
 };
 
 use std::fs::File;
@@ -153,9 +153,10 @@ mod tests {
             all.iter().any(|a| a.address == lo && a.interface == "lo"),
             "{all:?}"
         );
-        assert_eq!(prefix_of_address(lo), Some(8));
-        assert!(mtu_of_address(lo).is_some_and(|m| m >= 1500));
-        assert_eq!(prefix_of_address(Ipv4Addr::new(192, 0, 2, 77)), None);
+        let a = address(lo).expect("loopback's address");
+        assert_eq!((a.interface.as_str(), a.prefix_len), ("lo", 8));
+        assert!(mtu_of(&a.interface).is_some_and(|m| m >= 1500));
+        assert_eq!(address(Ipv4Addr::new(192, 0, 2, 77)), None);
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl Balancer {
             .map_err(|_| DropReason::Malformed)?;
         if ip.protocol() == ipv4::protocol::ICMP {
             if let Some(q) = super::lb::icmp::quoted(pkt.bytes()) {
-                return self.icmp_error_to_task(now, net, &q, pkt);
+                let from = ip.src();
+                return self.icmp_error_to_task(now, net, from, &q, pkt);
             }
             return if nat::echo_reply(pkt.bytes_mut()) {
                 pkt.reflected = true;
@@ -254,22 +255,20 @@ impl Balancer {
         true
     }
 
-    /// An ICMP error a client sent to the VIP about a task's reply (`q`,
-    /// quoted as the client got it: from the VIP): to that task, quoting
-    /// the reply as the task sent it, so its socket learns of it.
+    /// An ICMP error a client (`from`) sent to the VIP about a task's reply
+    /// (`q`, quoted as the client got it: from the VIP): to that task,
+    /// quoting the reply as the task sent it, so its socket learns of it.
     fn icmp_error_to_task(
         &mut self,
         now: Instant,
         net: &NetworkTable,
+        from: std::net::Ipv4Addr,
         q: &Flow,
         pkt: &mut Packet<'_>,
     ) -> Result<VipOutcome, DropReason> {
         // Only the client itself speaks for its flow (no router sits
         // between it and the VIP): another container's error about it is
         // a forgery.
-        let from = ipv4::Packet::new_checked(&pkt.bytes()[ethernet::HEADER_LEN..])
-            .map_err(|_| DropReason::Malformed)?
-            .src();
         if from != q.dst {
             return Err(DropReason::Spoofed);
         }

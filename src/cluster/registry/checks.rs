@@ -1,7 +1,7 @@
 //! The leader's checks of a request against the view: names, addresses,
 //! the ranges a subnet may not take, and the addresses already taken.
 
-use super::super::model::{Network, View};
+use super::super::model::{ContainerEndpoint, Network, View};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
@@ -113,4 +113,30 @@ pub(super) fn same_name<'a>(
 /// `service`, whose `ls` lists them.
 pub fn not_found(what: &str, name: &str) -> String {
     format!("{what} {name} not found (see meshctl {what} ls)")
+}
+
+/// Refuses `name` on network `net` if a container there has it (any case:
+/// DNS names are case-insensitive) and `counts` says that container is
+/// another one. The asking host knows its own namespaces; the leader knows
+/// only which node each container is on.
+pub fn check_name_free(
+    view: &View,
+    net: &Network,
+    name: &str,
+    counts: impl Fn(&ContainerEndpoint) -> bool,
+) -> Result<(), String> {
+    let clash = view
+        .containers
+        .iter()
+        .find(|c| c.network_id == net.id && c.name.eq_ignore_ascii_case(name) && counts(c));
+    if let Some(c) = clash {
+        let host = view
+            .node(&c.node_id)
+            .map_or_else(|| c.node_id.clone(), |n| n.record.address.to_string());
+        return Err(format!(
+            "name {name} is taken on network {} by container {} on {host}: pass another --name",
+            net.name, c.netns
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The leader's decisions against hand-made views.
 
 use super::*;
+use crate::cluster::model::{ContainerEndpoint, Protocol};
 
 fn apply(view: &mut View, p: &Plan) {
     for (k, v) in &p.writes {
@@ -29,6 +30,23 @@ fn create(name: &str, subnet: Option<&str>) -> Mutation {
         driver: "overlay".into(),
         subnet: subnet.map(Into::into),
         gateway: None,
+    }
+}
+
+/// Container `name` (namespace `netns`) at 10.0.0.`last` on network `net`,
+/// attached on node `node`: not a task.
+fn container(net: &str, last: u8, name: &str, netns: &str, node: &str) -> ContainerEndpoint {
+    let ip = Ipv4Addr::new(10, 0, 0, last);
+    ContainerEndpoint {
+        network_id: net.into(),
+        ip,
+        mac: Mac::for_ip(ip),
+        name: name.into(),
+        netns: netns.into(),
+        node_id: node.into(),
+        service: None,
+        weight: 1,
+        draining: false,
     }
 }
 
@@ -144,17 +162,7 @@ fn a_down_nodes_addresses_are_not_handed_out_again() {
     let net = v.networks.values().next().unwrap().id.clone();
     let ip2 = Ipv4Addr::new(10, 0, 0, 2);
     v.down_containers
-        .push(crate::cluster::model::ContainerEndpoint {
-            network_id: net,
-            ip: ip2,
-            mac: crate::wire::Mac::for_ip(ip2),
-            name: "away".into(),
-            netns: "away".into(),
-            node_id: "paused".into(),
-            service: None,
-            weight: 1,
-            draining: false,
-        });
+        .push(container(&net, 2, "away", "away", "paused"));
     let reserve = |ip| Mutation::ReserveIp {
         network: "demo".into(),
         ip,
@@ -355,16 +363,9 @@ fn service_refusals() {
         let e = plan(&v, &HashSet::new(), &m, 3, "x").unwrap_err();
         assert!(e.contains(want), "{e} should say {want}");
     }
-    v.containers.push(super::super::model::ContainerEndpoint {
-        network_id: "n".into(),
-        ip: Ipv4Addr::new(10, 0, 0, 3),
-        mac: Mac::ZERO,
-        name: "web.1".into(),
-        netns: "t".into(),
-        node_id: "a".into(),
+    v.containers.push(ContainerEndpoint {
         service: Some("s".into()),
-        weight: 1,
-        draining: false,
+        ..container("n", 3, "web.1", "t", "a")
     });
     let e = plan(
         &v,
@@ -382,17 +383,7 @@ fn a_network_with_containers_is_not_removed() {
     let mut v = View::default();
     let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
     apply(&mut v, &p);
-    v.containers.push(super::super::model::ContainerEndpoint {
-        network_id: "n".into(),
-        ip: Ipv4Addr::new(10, 0, 0, 2),
-        mac: Mac::ZERO,
-        name: "c".into(),
-        netns: "c".into(),
-        node_id: "a".into(),
-        service: None,
-        weight: 1,
-        draining: false,
-    });
+    v.containers.push(container("n", 2, "c", "c", "a"));
     let rm = Mutation::RemoveNetwork {
         name: "demo".into(),
     };
@@ -490,17 +481,7 @@ fn a_name_held_on_another_host_is_refused_by_the_leader() {
     let mut v = View::default();
     let p = plan(&v, &HashSet::new(), &create("demo", None), 1, "n").unwrap();
     apply(&mut v, &p);
-    v.containers.push(super::super::model::ContainerEndpoint {
-        network_id: "n".into(),
-        ip: Ipv4Addr::new(10, 0, 0, 2),
-        mac: Mac::ZERO,
-        name: "db".into(),
-        netns: "mt-db".into(),
-        node_id: "a".into(),
-        service: None,
-        weight: 1,
-        draining: false,
-    });
+    v.containers.push(container("n", 2, "db", "mt-db", "a"));
     let reserve = |name: &str, node: &str| Mutation::ReserveIp {
         network: "demo".into(),
         ip: None,

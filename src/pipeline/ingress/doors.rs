@@ -10,21 +10,19 @@ use super::Ingress;
 use crate::pipeline::flow::flow_of;
 use crate::pipeline::lb::conntrack::Key;
 use crate::pipeline::lb::icmp;
+use crate::wire::l4::IcmpHeader;
 use crate::wire::{ethernet, ipv4};
 use std::time::Instant;
-
-const ECHO_REPLY: u8 = 0;
-const ECHO_REQUEST: u8 = 8;
 
 /// The ICMP echo of `frame` (type `kind`) as a flow key, the host's side
 /// (`door`) as the client and the echo identifier as its port.
 fn echo_key(frame: &[u8], kind: u8, door_is_src: bool) -> Option<Key> {
     let ip = ipv4::Packet::new_checked(frame.get(ethernet::HEADER_LEN..)?).ok()?;
     let icmp = ip.payload();
-    if ip.protocol() != ipv4::protocol::ICMP || !ip.is_first_fragment() || icmp.len() < 8 {
-        return None;
-    }
-    if icmp[0] != kind {
+    let is_echo = ip.protocol() == ipv4::protocol::ICMP
+        && ip.is_first_fragment()
+        && IcmpHeader::parse(icmp).is_ok_and(|h| h.kind == kind);
+    if !is_echo {
         return None;
     }
     let (door, container) = if door_is_src {
@@ -47,7 +45,7 @@ impl Ingress {
     pub(super) fn note_host_flow(&mut self, now: Instant, frame: &[u8]) {
         let (key, flags) = match flow_of(frame) {
             Ok(Some(f)) => (f.key(), f.flags),
-            _ => match echo_key(frame, ECHO_REQUEST, true) {
+            _ => match echo_key(frame, IcmpHeader::ECHO_REQUEST, true) {
                 Some(k) => (k, 0),
                 None => return,
             },
@@ -70,7 +68,7 @@ impl Ingress {
                 .host_flows
                 .touch(&f.reversed().key(), f.flags, false, now)
                 .is_some(),
-            Ok(None) => echo_key(frame, ECHO_REPLY, false)
+            Ok(None) => echo_key(frame, IcmpHeader::ECHO_REPLY, false)
                 .is_some_and(|k| self.host_flows.touch(&k, 0, false, now).is_some()),
             Err(_) => false,
         }
