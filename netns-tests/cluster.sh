@@ -122,6 +122,7 @@ flag_refused "--vxlan-port 0 refused" --vxlan-port "${A119[@]}" --vxlan-port 0
 flag_refused "--gossip-port equal to --vxlan-port refused" --gossip-port "${A119[@]}" --gossip-port 4789
 flag_refused "--conntrack-tcp-timeout 0 refused" --conntrack-tcp-timeout "${A119[@]}" --conntrack-tcp-timeout 0
 flag_refused "--drain-timeout 10^19 refused" --drain-timeout "${A119[@]}" --drain-timeout 10000000000000000000
+flag_refused "--busy-poll over 1 s refused" --busy-poll "${A119[@]}" --busy-poll 1000001
 flag_refused "--dns-upstream 1.2.3 refused" --dns-upstream "${A119[@]}" --dns-upstream 1.2.3
 flag_refused "--advertise-addr 127.0.0.1 refused" --advertise-addr --advertise-addr 127.0.0.1 --api "$TMP/h119f.sock"
 flag_refused "no --advertise-addr: one line" advertise-addr --api "$TMP/h119f.sock"

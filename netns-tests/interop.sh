@@ -14,11 +14,18 @@
 #  +-------------------------------------------------------------------+
 #
 #   meshctl endpoint add --network demo --ip <kc> --mac <kc mac> --vtep .120
+#
+#   The agents here run with --busy-poll 0 (their dataplanes sleep as soon as
+#   they run out of work; every other suite runs the default poll), so that
+#   way of waiting carries the same traffic checks.
 
 . "$(dirname "$0")/lib.sh"
 need_bins
 testbed_up 116 117 118 120
+AGENT_ARGS="--busy-poll 0"
 start_cluster
+polls_none() { tr '\0' ' ' <"/proc/${AGENT_PID[$1]}/cmdline" | grep -q -- '--busy-poll 0 '; }
+check "the agents run with --busy-poll 0" polls_none 116
 
 mctl 116 network create demo >/dev/null || die "setup: network create demo"
 wait_until 1 network_seen 117 demo || die "setup: demo not seen on .117"

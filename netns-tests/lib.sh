@@ -187,13 +187,16 @@ mctl() { local id=$1; shift; timeout 10 "$BIN/meshctl" --api "$TMP/h$id.sock" "$
 api_up() { mctl "$1" node ls >/dev/null 2>&1; }
 
 # start_agent ID [ARGS...]: mesh-agent in mt-hID, log in $TMP/hID.log; waits
-# (10 s at most) until its API answers.
+# (10 s at most) until its API answers. AGENT_ARGS (words) go to every agent
+# after ARGS (a script sets it to run all its agents so, e.g. --busy-poll 0).
+AGENT_ARGS=${AGENT_ARGS:-}
 start_agent() {
-    local id=$1; shift
+    local id=$1 extra; shift
     need_bins
+    read -ra extra <<<"$AGENT_ARGS"
     mkdir -p "$TMP/h$id"
     ip netns exec "mt-h$id" "$BIN/mesh-agent" --advertise-addr "$UNDERLAY.$id" \
-        --api "$TMP/h$id.sock" --state-dir "$TMP/h$id" "$@" 2>>"$TMP/h$id.log" </dev/null &
+        --api "$TMP/h$id.sock" --state-dir "$TMP/h$id" "$@" "${extra[@]}" 2>>"$TMP/h$id.log" </dev/null &
     AGENT_PID[$id]=$!; track $!
     wait_until 10 api_up "$id" || die "setup: agent on .$id: API not up within 10 s"
 }

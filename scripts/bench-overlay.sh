@@ -27,21 +27,28 @@
 #     RESULT case=1x-fwd kernel=GBPS mesh=GBPS ratio=R cpu=S
 #     RESULT case=rtt kernel=MS mesh=MS ratio=R
 #
-# Usage: scripts/bench-overlay.sh [--smoke] [--kernel-only]
+# Usage: scripts/bench-overlay.sh [--smoke] [--kernel-only] [--busy-poll US]
 #   DURATION=10 (seconds per iperf3 run); --smoke: 2 s runs, to keep the script working;
-#   --kernel-only: (a) and (b) only, no mesh binaries needed (mesh columns n/a).
+#   --kernel-only: (a) and (b) only, no mesh binaries needed (mesh columns n/a);
+#   --busy-poll US: the agents run with `--busy-poll US` (default: the agent's own,
+#   200 us), to see what polling longer buys in RTT and costs in CPU (the ping
+#   row's CPU column: both agents' CPU seconds during the 1 s of pings).
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
 DURATION=${DURATION:-10}
 CLK_TCK=$(getconf CLK_TCK)
 MESH=1
-for arg in "$@"; do
-    case $arg in
+BUSY_POLL=default
+usage() { echo "usage: $0 [--smoke] [--kernel-only] [--busy-poll US]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case $1 in
         --smoke) DURATION=2 ;;
         --kernel-only) MESH= ;;
-        *) echo "usage: $0 [--smoke] [--kernel-only]" >&2; exit 2 ;;
+        --busy-poll) [[ ${2:-} =~ ^[0-9]+$ ]] || usage; BUSY_POLL=$2; AGENT_ARGS="--busy-poll $2"; shift ;;
+        *) usage ;;
     esac
+    shift
 done
 [ -n "$MESH" ] && need_bins
 
@@ -141,7 +148,7 @@ row() { printf '  %-24s %-15s %-15s %-7s %s\n' "$@"; }
 
 echo
 echo "overlay across two hosts: iperf3 TCP -t $DURATION (receiver sum), ping RTT (average"
-echo "of 20 echoes 50 ms apart); ratio = mesh / kernel vxlan"
+echo "of 20 echoes 50 ms apart); ratio = mesh / kernel vxlan; agents' --busy-poll: $BUSY_POLL"
 printf '  %-24s %s\n' "bare underlay .116->.117" "$(with_unit "$BARE" Gbit/s)   (1 stream, no overlay)"
 row case "kernel vxlan" mesh ratio "mesh agents CPU s"
 for c in "${CASES[@]}"; do

@@ -56,6 +56,13 @@ struct Args {
     /// TTL in seconds of the embedded DNS's answers.
     #[arg(long, value_name = "SECONDS", default_value_t = mesh::dns::DEFAULT_TTL)]
     dns_ttl: u32,
+    /// Microseconds the dataplane goes on polling after its last packet
+    /// before it sleeps: a packet that comes meanwhile is handled without a
+    /// thread wake-up (tens of microseconds in a VM), for the CPU the
+    /// polling takes (it yields to any thread that wants the core). 0
+    /// sleeps at once; at most 1000000.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = mesh::io::driver::DEFAULT_BUSY_POLL.as_micros() as u64)]
+    busy_poll: u64,
 }
 
 fn main() {
@@ -247,6 +254,13 @@ fn check_args(a: &Args) -> Result<(), String> {
             7 * DAY
         ));
     }
+    let most = mesh::io::driver::MAX_BUSY_POLL.as_micros();
+    if u128::from(a.busy_poll) > most {
+        return Err(format!(
+            "--busy-poll {}: at most {most} microseconds",
+            a.busy_poll
+        ));
+    }
     if a.conntrack_max == 0 {
         return Err("--conntrack-max must be at least 1".into());
     }
@@ -340,6 +354,7 @@ async fn run(args: Args) -> Result<(), String> {
         underlay,
         Arc::new(TablesCell::new(Tables::default())),
         balancer,
+        std::time::Duration::from_micros(args.busy_poll),
     )
     .map_err(|e| e.to_string())?;
     let drain = std::time::Duration::from_secs(args.drain_timeout);

@@ -30,8 +30,11 @@ const BUF_LEN: usize = HEADROOM + 65536;
 /// of 512 bytes) of at most 8 + 14 + 60 + 60 header bytes each. A super-frame
 /// with more segments is cut and sent in several pieces.
 const SEGMENT_HEADERS_LEN: usize = 128 * 142;
-/// How long the thread keeps polling after its last work before it sleeps.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+/// How long the thread keeps polling after its last work before it sleeps,
+/// unless the agent is told otherwise (`mesh-agent --busy-poll`).
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+/// The longest busy poll the agent accepts.
+pub const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Ports whose activity is tracked (port IDs are small, reused integers).
 const MAX_PORTS: usize = 4096;
 /// Flows coalesced at once per batch.
@@ -93,11 +96,13 @@ impl Drop for EndSignal {
 }
 
 impl Dataplane {
-    /// Starts the dataplane thread over `underlay`.
+    /// Starts the dataplane thread over `underlay`. After its last work it
+    /// polls for `busy_poll` before it sleeps (see [`DEFAULT_BUSY_POLL`]).
     pub fn spawn(
         underlay: udp::Underlay,
         tables: Arc<TablesCell>,
         balancer: crate::pipeline::vip::BalancerConfig,
+        busy_poll: std::time::Duration,
     ) -> Result<Dataplane, DataplaneError> {
         // SAFETY: plain syscalls; fds owned right away.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -133,6 +138,7 @@ impl Dataplane {
             pending: Vec::with_capacity(BATCH),
             segment_headers: vec![0u8; SEGMENT_HEADERS_LEN],
             coalescer: Coalescer::new(COALESCE_SLOTS),
+            busy_poll: busy_poll.min(MAX_BUSY_POLL),
         };
         let ended = tokio_util::sync::CancellationToken::new();
         let signal = EndSignal(ended.clone());
@@ -249,6 +255,8 @@ struct DriverThread {
     /// The headers of a super-frame's segments, back to back.
     segment_headers: Vec<u8>,
     coalescer: Coalescer,
+    /// How long to poll after the last work before sleeping.
+    busy_poll: std::time::Duration,
 }
 
 impl DriverThread {
@@ -259,8 +267,10 @@ impl DriverThread {
         loop {
             // Right after work, poll without sleeping for a moment: a reply
             // usually follows within it, and a sleeping thread takes tens of
-            // microseconds to wake. Yielding lets others on this core run.
-            let spinning = last_work.elapsed() < SPIN;
+            // microseconds to wake (the two wake-ups of a ping's way through
+            // two agents cost more than the kernel's whole round trip in a
+            // VM). Yielding lets others on this core run.
+            let spinning = last_work.elapsed() < self.busy_poll;
             let timeout = if spinning { 0 } else { 1000 };
             // SAFETY: events has room for 64 entries.
             let n =
