@@ -24,8 +24,14 @@ need_bins
 testbed_up 116 117 118 120
 AGENT_ARGS="--busy-poll 0"
 start_cluster
-polls_none() { tr '\0' ' ' <"/proc/${AGENT_PID[$1]}/cmdline" | grep -q -- '--busy-poll 0 '; }
-check "the agents run with --busy-poll 0" polls_none 116
+# polls_none ID...: each of these hosts' agents was started with --busy-poll 0.
+polls_none() {
+    local id
+    for id in "$@"; do
+        tr '\0' ' ' <"/proc/${AGENT_PID[$id]}/cmdline" | grep -q -- '--busy-poll 0 ' || return 1
+    done
+}
+check "the agents run with --busy-poll 0" polls_none 116 117 118
 
 mctl 116 network create demo >/dev/null || die "setup: network create demo"
 wait_until 1 network_seen 117 demo || die "setup: demo not seen on .117"
