@@ -33,7 +33,7 @@ const SEGMENT_HEADERS_LEN: usize = 128 * 142;
 /// How long the thread keeps polling after its last work before it sleeps,
 /// unless the agent is told otherwise (`mesh-agent --busy-poll`).
 pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
-/// The longest busy poll the agent accepts.
+/// The longest busy poll the agent accepts (`mesh-agent` refuses more).
 pub const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Ports whose activity is tracked (port IDs are small, reused integers).
 const MAX_PORTS: usize = 4096;
@@ -138,7 +138,7 @@ impl Dataplane {
             pending: Vec::with_capacity(BATCH),
             segment_headers: vec![0u8; SEGMENT_HEADERS_LEN],
             coalescer: Coalescer::new(COALESCE_SLOTS),
-            busy_poll: busy_poll.min(MAX_BUSY_POLL),
+            busy_poll,
         };
         let ended = tokio_util::sync::CancellationToken::new();
         let signal = EndSignal(ended.clone());
