@@ -29,7 +29,7 @@ use slots::Zeroable;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use table::{Table, Words};
+use table::{Fill, Table, Words};
 
 /// A flow as the client sent it: protocol, client, VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,8 +260,8 @@ impl Conntrack {
         // Callers may pass instants taken a moment before the table was made.
         let epoch = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         Conntrack {
-            flows: Table::new(),
-            replies: replies.then(Table::new),
+            flows: Table::new(Fill::Quarter),
+            replies: replies.then(|| Table::new(Fill::Half)),
             // Room for this many tasks from the start: a flow to a task
             // seen for the first time does not allocate on the packet path.
             open: HashMap::with_capacity(1024),

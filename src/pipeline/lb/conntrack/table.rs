@@ -1,23 +1,36 @@
 //! The open-addressing table under connection tracking: fixed-size slots in
 //! one flat array, linear probing, deletion by backward shift (no
-//! tombstones, so probe lengths never creep up), at most half full.
+//! tombstones, so probe lengths never creep up), at most half full or a
+//! quarter full ([`Fill`]).
 //!
 //! Why not a general hash map: a hit is the per-packet operation, and at a
 //! million flows every lookup is a cache miss. Here a key is two words
 //! compared in place, a flow's whole entry is in the 32-byte slot next to
-//! its key (two to a cache line: a hit on its home slot costs one miss, a
-//! probe that runs on to the next slot one more at most), and the array
-//! ([`Slots`]) is on huge pages so the miss is not also a TLB miss.
+//! its key, and the array ([`Slots`]) is on huge pages so the miss is not
+//! also a TLB miss.
+//!
+//! A key's home is a whole cache line (two slots): a lookup reads both and
+//! picks the key's without a branch between them (which of the two holds
+//! it is a coin toss that no predictor learns), and the batch prefetch asks
+//! for that one line. A key that lies past its home line costs a second
+//! memory access that nothing prefetched, a whole miss waited for in full:
+//! about one key in nine at half full, one in thirty at a quarter. So the
+//! flow table, looked up for every packet, is kept at most a quarter full
+//! ([`Fill::Quarter`]: at a million flows it has 4M slots, 128 MB; a hit
+//! costs about a quarter less than at half full). The reply index, looked
+//! up for replies only, stays at most half full ([`Fill::Half`]): a
+//! million flows take 192 MB in all.
 //!
 //! Growing never stalls: a full-size rehash of a million flows held the
-//! dataplane ~200 ms. When the table is half full it gets an array twice
+//! dataplane ~200 ms. When the table is as full as it may be it gets an array twice
 //! the size, and the keys move over a little at a time ([`MIGRATE_STEP`]
 //! slots per insert, more per expiry turn), whole probe runs at once, in
 //! order from a free slot. So the old array is split in two at a free
 //! slot: runs before the split have moved, runs after it have not, and a
 //! key is looked for in the old array exactly when its home there is
 //! after the split (and, if not found, in the new one: new keys always go
-//! to the new array). The moves end long before the new array is half full.
+//! to the new array). The moves end long before the new array is as full
+//! as the old one was.
 //!
 //! Keys come from the wire, so slots are found by a keyed hash
 //! ([`Seeds`]): a folded 64x64->128 multiply of the two key words xored
@@ -103,10 +116,127 @@ pub(super) const MIGRATE_STEP: usize = 8;
 /// asks again.
 const RETRY_GROW: u32 = 4096;
 
+/// How full a table may get before it grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// At most half full.
+    Half,
+    /// At most a quarter full (see the module doc).
+    Quarter,
+}
+
+/// One array of slots.
+struct Array<V: Zeroable> {
+    slots: Slots<Slot<V>>,
+    /// Slots - 1 (a power of two).
+    mask: usize,
+}
+
+impl<V: Zeroable> Array<V> {
+    fn empty() -> Self {
+        Array {
+            slots: Slots::empty(),
+            mask: 0,
+        }
+    }
+
+    /// `n` free slots (a power of two), or `None` when the kernel has no
+    /// memory for them.
+    fn zeroed(n: usize) -> Option<Self> {
+        Some(Array {
+            slots: Slots::zeroed(n)?,
+            mask: n - 1,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The home slot of hash `h`: the first slot of a line.
+    #[inline]
+    fn home(&self, h: usize) -> usize {
+        h & self.mask & !(SLOTS_PER_LINE - 1)
+    }
+
+    /// The slot holding `k`, probing from `home`.
+    #[inline]
+    fn probe(&self, home: usize, k: &Words) -> Option<usize> {
+        // The home line, its two slots compared without a branch between
+        // them (zero where a slot holds the key).
+        if let Some([a, b]) = self.slots.get(home..home + SLOTS_PER_LINE) {
+            let not_a = (a.key[0] ^ k[0]) | (a.key[1] ^ k[1]);
+            let not_b = (b.key[0] ^ k[0]) | (b.key[1] ^ k[1]);
+            if std::hint::select_unpredictable(not_a < not_b, not_a, not_b) == 0 {
+                return Some(home + usize::from(not_b == 0));
+            }
+            if a.is_free() | b.is_free() {
+                return None;
+            }
+        }
+        let mut i = home;
+        loop {
+            let s = self.slots.get(i)?;
+            if s.key == *k {
+                return Some(i);
+            }
+            if s.is_free() {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Starts loading the line a key homed at `home` is on.
+    #[inline]
+    fn prefetch(&self, home: usize) {
+        const { assert!(std::mem::size_of::<Slot<V>>() * SLOTS_PER_LINE == 64) };
+        if let Some(s) = self.slots.get(home) {
+            prefetch(s);
+        }
+    }
+
+    /// Puts `s` (homed at `home`) in the first free slot from there (the
+    /// array is never full); returns that slot.
+    #[inline]
+    fn place(&mut self, home: usize, s: Slot<V>) -> usize {
+        let mut i = home;
+        while self.slots.get(i).is_some_and(|s| !s.is_free()) {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = s;
+        i
+    }
+
+    /// Empties slot `i`, moving later keys of its probe run back so that
+    /// every key stays reachable from its home slot. A key moves only into
+    /// a slot at or cyclically after `i`, and never past a free slot.
+    fn remove_shifting(&mut self, seeds: &Seeds, mut i: usize) -> Option<Slot<V>> {
+        let removed = *self.slots.get(i).filter(|s| !s.is_free())?;
+        let mask = self.mask;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.slots[j];
+            if s.is_free() {
+                break;
+            }
+            // Slot j's key may fill the hole at i unless its home lies
+            // cyclically in (i, j].
+            let home = self.home(seeds.hash(&s.key) as usize);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
+                self.slots[i] = s;
+                i = j;
+            }
+        }
+        self.slots[i].key = [0, 0];
+        Some(removed)
+    }
+}
+
 /// The array a growing table is leaving.
 struct Old<V: Zeroable> {
-    slots: Slots<Slot<V>>,
-    mask: usize,
+    array: Array<V>,
     /// The free slot the moves started from.
     start: usize,
     /// Slots walked from `start`; between moves the slot after them is
@@ -119,13 +249,12 @@ impl<V: Zeroable> Old<V> {
     /// (if it is in the table at all).
     #[inline]
     fn holds(&self, home: usize) -> bool {
-        (home.wrapping_sub(self.start) & self.mask) >= self.done
+        (home.wrapping_sub(self.start) & self.array.mask) >= self.done
     }
 }
 
 pub(super) struct Table<V: Zeroable> {
-    slots: Slots<Slot<V>>,
-    mask: usize,
+    array: Array<V>,
     /// Keys in both arrays.
     len: usize,
     seeds: Seeds,
@@ -134,75 +263,21 @@ pub(super) struct Table<V: Zeroable> {
     /// Inserts to wait before asking for memory again after the kernel
     /// refused it (not a system call per refused flow).
     retry_grow: u32,
+    fill: Fill,
     /// Tests: act as if the kernel refused every new array.
     #[cfg(test)]
     refuse_memory: bool,
 }
 
-/// The slot holding `k` in `slots`, probing from `home`.
-#[inline]
-fn probe<V: Zeroable>(slots: &[Slot<V>], mask: usize, home: usize, k: &Words) -> Option<usize> {
-    let mut i = home;
-    loop {
-        let s = slots.get(i)?;
-        if s.key == *k {
-            return Some(i);
-        }
-        if s.is_free() {
-            return None;
-        }
-        i = (i + 1) & mask;
-    }
-}
-
-/// The first free slot from `home` on (the table is never full).
-#[inline]
-fn free_from<V: Zeroable>(slots: &[Slot<V>], mask: usize, home: usize) -> usize {
-    let mut i = home;
-    while slots.get(i).is_some_and(|s| !s.is_free()) {
-        i = (i + 1) & mask;
-    }
-    i
-}
-
-/// Empties slot `i` of `slots`, moving later keys of its probe run back so
-/// that every key stays reachable from its home slot. A key moves only into
-/// a slot at or cyclically after `i`, and never past a free slot.
-fn remove_shifting<V: Zeroable>(
-    slots: &mut [Slot<V>],
-    mask: usize,
-    seeds: &Seeds,
-    mut i: usize,
-) -> Option<Slot<V>> {
-    let removed = *slots.get(i).filter(|s| !s.is_free())?;
-    let mut j = i;
-    loop {
-        j = (j + 1) & mask;
-        let s = slots[j];
-        if s.is_free() {
-            break;
-        }
-        // Slot j's key may fill the hole at i unless its home lies
-        // cyclically in (i, j].
-        let home = seeds.hash(&s.key) as usize & mask;
-        if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
-            slots[i] = s;
-            i = j;
-        }
-    }
-    slots[i].key = [0, 0];
-    Some(removed)
-}
-
 impl<V: Zeroable> Table<V> {
-    pub fn new() -> Table<V> {
+    pub fn new(fill: Fill) -> Table<V> {
         Table {
-            slots: Slots::empty(),
-            mask: 0,
+            array: Array::empty(),
             len: 0,
             seeds: Seeds::random(),
             old: None,
             retry_grow: 0,
+            fill,
             #[cfg(test)]
             refuse_memory: false,
         }
@@ -212,10 +287,19 @@ impl<V: Zeroable> Table<V> {
         self.len
     }
 
+    /// Whether `keys` keys fit in the array as full as the table may be.
+    #[inline]
+    fn fits(&self, keys: usize) -> bool {
+        match self.fill {
+            Fill::Half => keys * 2 <= self.array.len(),
+            Fill::Quarter => keys * 4 <= self.array.len(),
+        }
+    }
+
     /// Slots, free or not, of both arrays while growing (sweeps walk them
     /// by index: the new array's first, then the old one's).
     pub fn slots(&self) -> usize {
-        self.slots.len() + self.old.as_ref().map_or(0, |o| o.slots.len())
+        self.array.len() + self.old.as_ref().map_or(0, |o| o.array.len())
     }
 
     /// Whether keys are still moving to a grown array.
@@ -227,9 +311,9 @@ impl<V: Zeroable> Table<V> {
     /// The key and value in slot `i`, if it holds one.
     #[inline]
     pub fn at(&self, i: usize) -> Option<&Slot<V>> {
-        let s = match i.checked_sub(self.slots.len()) {
-            None => self.slots.get(i),
-            Some(j) => self.old.as_ref()?.slots.get(j),
+        let s = match i.checked_sub(self.array.len()) {
+            None => self.array.slots.get(i),
+            Some(j) => self.old.as_ref()?.array.slots.get(j),
         };
         s.filter(|s| !s.is_free())
     }
@@ -238,10 +322,18 @@ impl<V: Zeroable> Table<V> {
     /// returned, with nothing inserted since).
     #[inline]
     pub fn value_mut(&mut self, i: usize) -> &mut V {
-        match (i.checked_sub(self.slots.len()), self.old.as_mut()) {
-            (Some(j), Some(o)) => &mut o.slots[j].value,
-            _ => &mut self.slots[i].value,
+        match (i.checked_sub(self.array.len()), self.old.as_mut()) {
+            (Some(j), Some(o)) => &mut o.array.slots[j].value,
+            _ => &mut self.array.slots[i].value,
         }
+    }
+
+    /// The old array, if `k` (hashed to `h`) would still be in it there.
+    #[inline]
+    fn old_home(&self, h: usize) -> Option<(&Array<V>, usize)> {
+        let o = self.old.as_ref()?;
+        let home = o.array.home(h);
+        o.holds(home).then_some((&o.array, home))
     }
 
     /// The slot holding `k`.
@@ -251,42 +343,26 @@ impl<V: Zeroable> Table<V> {
             return None;
         }
         let h = self.seeds.hash(k) as usize;
-        if let Some(o) = &self.old {
-            if o.holds(h & o.mask) {
-                if let Some(i) = probe(&o.slots, o.mask, h & o.mask, k) {
-                    return Some(self.slots.len() + i);
-                }
+        if let Some((old, home)) = self.old_home(h) {
+            if let Some(i) = old.probe(home, k) {
+                return Some(self.array.len() + i);
             }
         }
-        probe(&self.slots, self.mask, h & self.mask, k)
+        self.array.probe(self.array.home(h), k)
     }
 
-    /// Starts loading the home slot of `k` into the cache, so that a
-    /// lookup of `k` a little later finds it there instead of waiting for
-    /// memory. A home slot that ends its cache line has the next line asked
-    /// for too: about a third of the keys sit one slot or more past their
-    /// home, and for such a home that slot is on the next line (a miss the
-    /// lookup would wait for in full, one at a time). Only a hint: nothing
-    /// changes.
+    /// Starts loading the home line of `k` into the cache, so that a lookup
+    /// of `k` a little later finds it there instead of waiting for memory.
+    /// Only a hint: nothing changes.
     #[inline]
     pub fn prefetch(&self, k: &Words) {
         if self.len == 0 {
             return;
         }
         let h = self.seeds.hash(k) as usize;
-        let (slots, mask) = match &self.old {
-            Some(o) if o.holds(h & o.mask) => (&o.slots, o.mask),
-            _ => (&self.slots, self.mask),
-        };
-        let home = h & mask;
-        const { assert!(std::mem::size_of::<Slot<V>>() * SLOTS_PER_LINE == 64) };
-        if let Some(s) = slots.get(home) {
-            prefetch(s);
-        }
-        if home % SLOTS_PER_LINE == SLOTS_PER_LINE - 1 {
-            if let Some(s) = slots.get((home + 1) & mask) {
-                prefetch(s);
-            }
+        match self.old_home(h) {
+            Some((old, home)) => old.prefetch(home),
+            None => self.array.prefetch(self.array.home(h)),
         }
     }
 
@@ -296,41 +372,39 @@ impl<V: Zeroable> Table<V> {
     pub fn insert(&mut self, k: Words, value: V) -> Option<usize> {
         debug_assert!(k[1] != 0, "a key's second word is never zero");
         self.migrate(MIGRATE_STEP);
-        // At most half full, always (else no room for a new key): the
+        // Never fuller than its `Fill` (else no room for a new key): the
         // moves of a grow are paced for that.
-        let room = (self.len + 1) * 2 <= self.slots.len() || self.grow();
+        let room = self.fits(self.len + 1) || self.grow();
         let h = self.seeds.hash(&k) as usize;
-        if let Some(o) = &mut self.old {
-            if o.holds(h & o.mask) {
-                if let Some(i) = probe(&o.slots, o.mask, h & o.mask, &k) {
-                    o.slots[i].value = value;
-                    return Some(self.slots.len() + i);
-                }
+        if let Some((old, home)) = self.old_home(h) {
+            if let Some(i) = old.probe(home, &k) {
+                *self.value_mut(self.array.len() + i) = value;
+                return Some(self.array.len() + i);
             }
         }
-        if let Some(i) = probe(&self.slots, self.mask, h & self.mask, &k) {
-            self.slots[i].value = value;
+        let home = self.array.home(h);
+        if let Some(i) = self.array.probe(home, &k) {
+            self.array.slots[i].value = value;
             return Some(i);
         }
         if !room {
             return None;
         }
-        let i = free_from(&self.slots, self.mask, h & self.mask);
-        self.slots[i] = Slot { key: k, value };
+        let i = self.array.place(home, Slot { key: k, value });
         self.len += 1;
         Some(i)
     }
 
     /// Empties slot `i`, moving later keys of its probe run back (see
-    /// [`remove_shifting`]). A walk by index that looks at slot `i` again
-    /// after a removal misses no key of that array.
+    /// [`Array::remove_shifting`]). A walk by index that looks at slot `i`
+    /// again after a removal misses no key of that array.
     pub fn remove_at(&mut self, i: usize) -> Option<Slot<V>> {
-        let removed = match (i.checked_sub(self.slots.len()), self.old.as_mut()) {
+        let removed = match (i.checked_sub(self.array.len()), self.old.as_mut()) {
             // The old array's split stays at a free slot: a removal shifts
             // keys back within their run, never past a free slot.
-            (Some(j), Some(o)) => remove_shifting(&mut o.slots, o.mask, &self.seeds, j),
+            (Some(j), Some(o)) => o.array.remove_shifting(&self.seeds, j),
             (Some(_), None) => None,
-            (None, _) => remove_shifting(&mut self.slots, self.mask, &self.seeds, i),
+            (None, _) => self.array.remove_shifting(&self.seeds, i),
         }?;
         self.len -= 1;
         Some(removed)
@@ -346,30 +420,24 @@ impl<V: Zeroable> Table<V> {
     /// on to the end of that probe run); drops the old array when all have.
     pub fn migrate(&mut self, budget: usize) {
         let Table {
-            slots,
-            mask,
-            seeds,
-            old,
-            ..
+            array, seeds, old, ..
         } = self;
         let Some(o) = old else {
             return;
         };
-        let n = o.slots.len();
+        let n = o.array.len();
         let mut walked = 0;
         while o.done < n {
-            let i = (o.start + o.done) & o.mask;
-            let s = o.slots[i];
+            let i = (o.start + o.done) & o.array.mask;
+            let s = o.array.slots[i];
             if s.is_free() {
                 // Stop only between runs.
                 if walked >= budget {
                     return;
                 }
             } else {
-                o.slots[i].key = [0, 0];
-                let home = seeds.hash(&s.key) as usize & *mask;
-                let j = free_from(slots, *mask, home);
-                slots[j] = s;
+                o.array.slots[i].key = [0, 0];
+                array.place(array.home(seeds.hash(&s.key) as usize), s);
             }
             o.done += 1;
             walked += 1;
@@ -388,11 +456,11 @@ impl<V: Zeroable> Table<V> {
             return false;
         }
         self.migrate(usize::MAX);
-        let n = (self.slots.len() * 2).max(MIN_SLOTS);
+        let n = (self.array.len() * 2).max(MIN_SLOTS);
         #[cfg(test)]
-        let new = Slots::zeroed(n).filter(|_| !self.refuse_memory);
+        let new = Array::zeroed(n).filter(|_| !self.refuse_memory);
         #[cfg(not(test))]
-        let new = Slots::zeroed(n);
+        let new = Array::zeroed(n);
         let Some(new) = new else {
             self.retry_grow = RETRY_GROW;
             tracing::warn!(
@@ -402,16 +470,14 @@ impl<V: Zeroable> Table<V> {
             );
             return false;
         };
-        let old = std::mem::replace(&mut self.slots, new);
-        let old_mask = std::mem::replace(&mut self.mask, n - 1);
+        let old = std::mem::replace(&mut self.array, new);
         if self.len == 0 {
             return true;
         }
         // At most half full: there is a free slot to start from.
-        let start = old.iter().position(Slot::is_free).unwrap_or(0);
+        let start = old.slots.iter().position(Slot::is_free).unwrap_or(0);
         self.old = Some(Old {
-            slots: old,
-            mask: old_mask,
+            array: old,
             start,
             done: 0,
         });

@@ -88,7 +88,7 @@ fn slots_are_a_cache_line_half() {
 
 #[test]
 fn keys_are_found_after_growth_and_removals() {
-    let mut t: Table<u64> = Table::new();
+    let mut t: Table<u64> = Table::new(Fill::Half);
     for i in 0..1000 {
         t.insert(k(i), i * 2);
     }
@@ -107,7 +107,7 @@ fn keys_are_found_after_growth_and_removals() {
 
 #[test]
 fn growing_moves_keys_a_little_at_a_time_and_loses_none() {
-    let mut t: Table<u64> = Table::new();
+    let mut t: Table<u64> = Table::new(Fill::Half);
     let mut grew_at = None;
     for i in 0..20_000 {
         t.insert(k(i), i);
@@ -126,7 +126,7 @@ fn growing_moves_keys_a_little_at_a_time_and_loses_none() {
     let grew_at = grew_at.expect("the table grew past 1000 keys");
     // One insert moves a few slots, not the whole table.
     t.insert(k(grew_at + 20_000), 0);
-    let mut u: Table<u64> = Table::new();
+    let mut u: Table<u64> = Table::new(Fill::Half);
     let mut inserts_while_growing = 0;
     for i in 0..5000 {
         u.insert(k(i), i);
@@ -142,7 +142,7 @@ fn growing_moves_keys_a_little_at_a_time_and_loses_none() {
 
 #[test]
 fn while_growing_keys_are_updated_removed_and_added_where_they_belong() {
-    let mut t: Table<u64> = Table::new();
+    let mut t: Table<u64> = Table::new(Fill::Half);
     let mut i = 0;
     // Fill until a grow has just begun.
     while !(t.growing() && t.len() > 5000) {
@@ -207,7 +207,7 @@ fn while_growing_keys_are_updated_removed_and_added_where_they_belong() {
 
 #[test]
 fn without_memory_to_grow_new_keys_are_refused_and_the_rest_goes_on() {
-    let mut t: Table<u64> = Table::new();
+    let mut t: Table<u64> = Table::new(Fill::Half);
     for i in 0..32 {
         assert!(t.insert(k(i), i).is_some());
     }
@@ -244,8 +244,8 @@ proptest::proptest! {
     /// small table, so probe runs meet and wrap), the table holds what
     /// a model map holds.
     #[test]
-    fn matches_a_map(ops in proptest::collection::vec((proptest::bool::ANY, 0u64..200), 1..400)) {
-        let mut t: Table<u64> = Table::new();
+    fn matches_a_map(ops in proptest::collection::vec((proptest::bool::ANY, 0u64..200), 1..400), quarter in proptest::bool::ANY) {
+        let mut t: Table<u64> = Table::new(if quarter { Fill::Quarter } else { Fill::Half });
         let mut model = std::collections::HashMap::new();
         for (n, (add, key)) in ops.into_iter().enumerate() {
             if add {
@@ -266,7 +266,7 @@ proptest::proptest! {
     /// it sees every key (the sweep's walk).
     #[test]
     fn a_walk_with_removals_sees_every_key(keys in proptest::collection::hash_set(0u64..10_000, 1..300), drop_mod in 1u64..5) {
-        let mut t: Table<u64> = Table::new();
+        let mut t: Table<u64> = Table::new(Fill::Half);
         for &key in &keys {
             t.insert(k(key), key);
         }
