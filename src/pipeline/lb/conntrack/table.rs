@@ -17,7 +17,7 @@
 //! about one key in nine at half full, one in thirty at a quarter. So the
 //! flow table, looked up for every packet, is kept at most a quarter full
 //! ([`Fill::Quarter`]: at a million flows it has 4M slots, 128 MB; a hit
-//! costs about a quarter less than at half full). The reply index, looked
+//! costs a fifth to a third less than at half full). The reply index, looked
 //! up for replies only, stays at most half full ([`Fill::Half`]): a
 //! million flows take 192 MB in all.
 //!
@@ -106,10 +106,10 @@ const SLOTS_PER_LINE: usize = 2;
 const MIN_SLOTS: usize = 64;
 
 /// Old slots moved to the new array per insert while the table grows. The
-/// moves must end before the new array (twice the old one) is half full:
-/// the old one was at most half full when it grew, so the inserts left
-/// until then are about half its slots, and a little over two slots per
-/// insert would do.
+/// moves must end before the new array (twice the old one) is as full as
+/// the old one was when it grew (a half or a quarter): the inserts left
+/// until then are that share of the old slots, so two slots per insert
+/// would do for half full and four for a quarter.
 pub(super) const MIGRATE_STEP: usize = 8;
 
 /// Inserts that wait for room before a table the kernel refused memory to
@@ -447,7 +447,7 @@ impl<V: Zeroable> Table<V> {
 
     /// Gets an array twice the size (or the first one) and starts moving
     /// the keys to it; false if the kernel has no memory for it (then the
-    /// table stays as it is, half full, and new keys are refused; it asks
+    /// table stays as it is, as full as it may be, and new keys are refused; it asks
     /// again after [`RETRY_GROW`] more). A table still moving keys finishes
     /// first (it never does in practice: see [`MIGRATE_STEP`]).
     fn grow(&mut self) -> bool {
