@@ -328,7 +328,8 @@ impl<V: Zeroable> Table<V> {
         }
     }
 
-    /// The old array, if `k` (hashed to `h`) would still be in it there.
+    /// The old array and a key's home there, if a key hashed to `h` would
+    /// still be in it (not moved yet).
     #[inline]
     fn old_home(&self, h: usize) -> Option<(&Array<V>, usize)> {
         let o = self.old.as_ref()?;
