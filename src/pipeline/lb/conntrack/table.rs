@@ -17,7 +17,7 @@
 //! about one key in nine at half full, one in thirty at a quarter. So the
 //! flow table, looked up for every packet, is kept at most a quarter full
 //! ([`Fill::Quarter`]: at a million flows it has 4M slots, 128 MB; a hit
-//! costs a fifth to a third less than at half full). The reply index, looked
+//! costs about a quarter less than at half full). The reply index, looked
 //! up for replies only, stays at most half full ([`Fill::Half`]): a
 //! million flows take 192 MB in all.
 //!
