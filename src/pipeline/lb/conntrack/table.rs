@@ -22,15 +22,15 @@
 //! million flows take 192 MB in all.
 //!
 //! Growing never stalls: a full-size rehash of a million flows held the
-//! dataplane ~200 ms. When the table is as full as it may be it gets an array twice
-//! the size, and the keys move over a little at a time ([`MIGRATE_STEP`]
-//! slots per insert, more per expiry turn), whole probe runs at once, in
-//! order from a free slot. So the old array is split in two at a free
-//! slot: runs before the split have moved, runs after it have not, and a
-//! key is looked for in the old array exactly when its home there is
-//! after the split (and, if not found, in the new one: new keys always go
-//! to the new array). The moves end long before the new array is as full
-//! as the old one was.
+//! dataplane ~200 ms. When the table is as full as it may be it gets an
+//! array twice the size, and the keys move over a little at a time
+//! ([`MIGRATE_STEP`] slots per insert, more per expiry turn), whole probe
+//! runs at once, in order from a free slot. So the old array is split in
+//! two at a free slot: runs before the split have moved, runs after it
+//! have not, and a key is looked for in the old array exactly when its
+//! home there is after the split (and, if not found, in the new one: new
+//! keys always go to the new array). The moves end long before the new
+//! array is as full as the old one was.
 //!
 //! Keys come from the wire, so slots are found by a keyed hash
 //! ([`Seeds`]): a folded 64x64->128 multiply of the two key words xored
@@ -162,8 +162,9 @@ impl<V: Zeroable> Array<V> {
     /// The slot holding `k`, probing from `home`.
     #[inline]
     fn probe(&self, home: usize, k: &Words) -> Option<usize> {
+        let mut i = home;
         // The home line, its two slots compared without a branch between
-        // them (zero where a slot holds the key).
+        // them (zero where a slot holds the key); the walk goes on after it.
         if let Some([a, b]) = self.slots.get(home..home + SLOTS_PER_LINE) {
             let not_a = (a.key[0] ^ k[0]) | (a.key[1] ^ k[1]);
             let not_b = (b.key[0] ^ k[0]) | (b.key[1] ^ k[1]);
@@ -173,8 +174,8 @@ impl<V: Zeroable> Array<V> {
             if a.is_free() | b.is_free() {
                 return None;
             }
+            i = (home + SLOTS_PER_LINE) & self.mask;
         }
-        let mut i = home;
         loop {
             let s = self.slots.get(i)?;
             if s.key == *k {
@@ -448,9 +449,10 @@ impl<V: Zeroable> Table<V> {
 
     /// Gets an array twice the size (or the first one) and starts moving
     /// the keys to it; false if the kernel has no memory for it (then the
-    /// table stays as it is, as full as it may be, and new keys are refused; it asks
-    /// again after [`RETRY_GROW`] more). A table still moving keys finishes
-    /// first (it never does in practice: see [`MIGRATE_STEP`]).
+    /// table stays as it is, as full as it may be, and new keys are
+    /// refused; it asks again after [`RETRY_GROW`] more). A table still
+    /// moving keys finishes first (it never does in practice: see
+    /// [`MIGRATE_STEP`]).
     fn grow(&mut self) -> bool {
         if self.retry_grow > 0 {
             self.retry_grow -= 1;
