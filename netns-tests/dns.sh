@@ -499,7 +499,7 @@ mal_grew() { [ "$(counter 118 dns_malformed)" -ge $((MAL0 + 10)) ]; }
 if wait_until 1 mal_grew; then pass "  ... dns_malformed on .118 counted them: $MAL0 -> $(counter 118 dns_malformed)"
 else fail "  ... dns_malformed on .118 grew by at least 10: $MAL0 -> $(counter 118 dns_malformed)"; fi
 
-# --- burst: 2000 queries as fast as the socket takes them -----------------------
+# --- burst: 2000 queries as fast as the socket takes them ----------------------
 Q0=$(counter 118 dns_queries)
 burst() {
     ip netns exec mt-cl timeout 20 python3 - <<'EOF'
@@ -538,7 +538,9 @@ EOF
 }
 burst >"$TMP/burst.out" 2>&1
 BURST=$(sed -n 's/^sent [0-9]*, answered \([0-9]*\)$/\1/p' "$TMP/burst.out")
-check "burst of 2000 queries from cl, at least half answered: $(cat "$TMP/burst.out")" test "${BURST:-0}" -ge 1000
+# The agent's socket holds a whole burst (2 MB asked for), so a busy runtime
+# delays answers instead of losing queries; the default buffer held ~270.
+check "burst of 2000 queries from cl, at least 90% answered: $(cat "$TMP/burst.out")" test "${BURST:-0}" -ge 1800
 check "  ... then cl: web -> $VIP_WEB (UDP)" wait_until 2 expect_a cl web "$VIP_WEB"
 check "  ... then cl: rr -> $(ips r1 r2) (TCP)" expect_a cl rr "$(ips r1 r2)" +tcp
 check "  ... then w1 (.116): cl -> ${IP[cl]}" expect_a w1 cl "${IP[cl]}"
