@@ -370,6 +370,60 @@ wrk_errors() {
          /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
 }
 
+# median V...: the median of numbers (the mean of the middle two for an even
+# count); n/a if there is none or one is not a number.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ if ($1 !~ /^[0-9]*[.]?[0-9]+$/) bad = 1; v[NR] = $1 }
+        END { if (bad || NR == 0) { print "n/a"; exit }
+              if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# in_rounds CASE: measures CASE ROUNDS times on both sides, interleaved, so
+# that a machine that slows down or speeds up halfway (a shared VM's
+# neighbours: minutes-long phases that moved one baseline 2-4x) weighs on
+# both sides of a round alike. Round R calls `measure_side kernel CASE R` and
+# `measure_side mesh CASE R` (defined by the benchmark; each prints one
+# value, or fails), the kernel first in odd rounds and the mesh first in even
+# ones. Sets KVALS[CASE] and MVALS[CASE] (the values in round order, 0 for a
+# failed measurement, with a FAIL line) and RATIOS[CASE] (mesh / kernel per
+# round); round_result sums them up.
+in_rounds() {
+    local c=$1 r side v k m
+    KVALS[$c]='' MVALS[$c]='' RATIOS[$c]=''
+    for ((r = 1; r <= ROUNDS; r++)); do
+        local order=(kernel mesh)
+        [ $((r % 2)) -eq 1 ] || order=(mesh kernel)
+        for side in "${order[@]}"; do
+            if v=$(measure_side "$side" "$c" "$r"); then :; else v=0; fail "$side $c round $r: no result"; fi
+            if [ "$side" = kernel ]; then k=$v; else m=$v; fi
+        done
+        KVALS[$c]+="${KVALS[$c]:+ }$k" MVALS[$c]+="${MVALS[$c]:+ }$m"
+        RATIOS[$c]+="${RATIOS[$c]:+ }$(ratio "$m" "$k")"
+    done
+}
+
+# round_result CASE [FORMAT]: "KERNEL MESH RATIO": the medians of CASE's
+# kernel values and mesh values (printf FORMAT, default %.0f) and of its
+# rounds' ratios (%.2f). A failed round's n/a ratio makes the ratio n/a: a bar
+# is not judged on the rounds that happened to work.
+round_result() {
+    local f=${2:-%.0f} k m r
+    # shellcheck disable=SC2086 # the value lists split on purpose
+    k=$(median ${KVALS[$1]}) m=$(median ${MVALS[$1]}) r=$(median ${RATIOS[$1]})
+    [ "$k" = n/a ] || k=$(printf "$f" "$k")
+    [ "$m" = n/a ] || m=$(printf "$f" "$m")
+    [ "$r" = n/a ] || r=$(printf %.2f "$r")
+    echo "$k $m $r"
+}
+
+# bench_rounds: ROUNDS from the environment (default 3; --smoke makes it 2
+# unless set), checked to be 1 to 20.
+bench_rounds() {
+    ROUNDS=${ROUNDS:-3}
+    if ! [[ $ROUNDS =~ ^[0-9]+$ ]] || [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 20 ]; then
+        echo "$0: ROUNDS must be 1 to 20, not '$ROUNDS'" >&2; exit 2; fi
+}
+
 # bench_duration ARGS...: DURATION from the environment (default 10 s;
 # --smoke: 2 s), checked to be a positive integer; any other argument is a
 # usage error.
@@ -378,12 +432,13 @@ bench_duration() {
     local arg
     for arg in "$@"; do
         case $arg in
-            --smoke) DURATION=2 ;;
+            --smoke) DURATION=2 ROUNDS=${ROUNDS:-2} ;;
             *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
         esac
     done
     if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 1 ]; then
         echo "$0: DURATION must be a positive integer, not '$DURATION'" >&2; exit 2; fi
+    bench_rounds
 }
 
 # kernel_overlay_up IDS...: the kernel's own overlay, for baselines: on each

@@ -2,16 +2,18 @@
 # scripts/bench-ingress.sh: HTTP from an outside client to a published port on a host
 # without tasks, mesh routing mesh vs a Swarm-like kernel routing mesh, in one run.
 #
-#   both:    mt-out (.10) --wrk--> http://192.168.100.116:8000/   (.116 runs no task)
-#   kernel:  nftables on .116 (conntrack + NAT in the kernel, as Swarm's ingress does):
-#              ip daddr 192.168.100.116 tcp dport 8000
+#   both:    mt-out (.10) --wrk--> .116 (a host that runs no task)
+#   kernel:  http://192.168.100.116:8001/, nftables on .116 (conntrack + NAT in the
+#            kernel, as Swarm's ingress does):
+#              ip daddr 192.168.100.116 tcp dport 8001
 #                dnat to numgen inc mod 2 map { 0 : 10.199.0.11, 1 : 10.199.0.12 } : 80
 #              oifname "mt-kbr" ct status dnat masquerade      (source -> 10.199.0.1)
 #            then mt-kbr -- mt-kvx (kernel vxlan, VNI 100, UDP 4790) to the task
-#   mesh:    the agents, service web published with `--publish 8000:80`: ip rules on
-#            .116 steer the port into the agent's TUN, the agent picks a task (rr)
-#            per new connection, rewrites only the destination and sends it over its
-#            VXLAN (UDP 4789); the task's host sends the replies back through .116
+#   mesh:    http://192.168.100.116:8000/, the agents, service web published with
+#            `--publish 8000:80`: ip rules on .116 steer the port into the agent's
+#            TUN, the agent picks a task (rr) per new connection, rewrites only the
+#            destination and sends it over its VXLAN (UDP 4789); the task's host
+#            sends the replies back through .116
 #
 #   mt-out .10: wrk
 #      |
@@ -25,34 +27,38 @@
 #  |                 mt-br0 in mt-ul, 192.168.100.0/24, eth0 of each             |
 #  +-----------------------------------------------------------------------------+
 #
-#   The two systems share the hosts and the address wrk connects to, so they run
-#   one after the other and never coexist: first the kernel one (no agent running),
-#   which is then removed entirely (nftables table, vxlan, bridge, its task
-#   namespaces), then the mesh one. Every task, kernel ktN and mesh wN alike, is
-#   the same nginx (one worker, keep-alive without a request limit) answering its
-#   own name to GET /; task 1 runs on .117, task 2 on .118. Before measuring, 4
-#   curls to /client (one new connection each) must be answered by each task
-#   exactly twice; nginx logs only those requests (access_log if=, so logging does
-#   not weigh on the measurement), in the format "$remote_addr $request_uri", and
-#   the address there is the client address the task saw: the mesh must keep
-#   192.168.100.10 (else FAIL); the kernel shows .116's overlay-side address.
-#   (In the mesh run the kernel of .116 does not track these flows: the agent's
-#   nftables table `mesh` marks the published ports notrack.)
+#   The two systems share the hosts, each on its own port, so that their runs can
+#   interleave: a slow phase of this shared machine then weighs on both alike.
+#   (While the kernel's runs go, the idle agents sleep; .116's kernel also passes
+#   the agent's ip rules and its prerouting chain for ICMP errors.) Every task,
+#   kernel ktN and mesh wN alike, is the same nginx (one worker, keep-alive
+#   without a request limit) answering its own name to GET /; task 1 runs on
+#   .117, task 2 on .118. Before measuring, 4 curls to /client (one new
+#   connection each) through each system must be answered by each of its tasks
+#   exactly twice; nginx logs only those requests (access_log if=, so logging
+#   does not weigh on the measurement), in the format "$remote_addr
+#   $request_uri", and the address there is the client address the task saw:
+#   the mesh must keep 192.168.100.10 (else FAIL); the kernel shows .116's
+#   overlay-side address.
 #
-#   Two cases per system, `wrk -t1 -c16 -d DURATION`:
+#   Two cases, `wrk -t1 -c16 -d DURATION` per run:
 #     ingress-keepalive  16 keep-alive connections: requests/s
 #     ingress-close      -H "Connection: close": every request a new connection
 #                        through the routing mesh (new connections/s)
-#   Shown: requests/s, wrk's errors (socket errors + non-2xx; more than 1 % of
-#   the requests is a FAIL), and the CPU seconds (utime + stime from
-#   /proc/PID/stat) the three mesh agents used meanwhile. ratio = mesh / kernel
-#   (higher is better). The last lines are machine-readable:
-#     RESULT case=ingress-keepalive kernel=RPS mesh=RPS ratio=R
-#     RESULT case=ingress-close kernel=RPS mesh=RPS ratio=R
+#   Each case runs ROUNDS rounds of one kernel run and one mesh run, the kernel
+#   first in odd rounds and the mesh first in even ones (lib.sh: in_rounds).
+#   Shown: the median requests/s of each side, the median of the rounds' ratios
+#   mesh / kernel (higher is better) and each round's, wrk's errors (socket
+#   errors + non-2xx; more than 1 % of one run's requests is a FAIL), and the
+#   CPU seconds (utime + stime from /proc/PID/stat) the three mesh agents used
+#   per mesh run. The last lines are machine-readable:
+#     RESULT case=ingress-keepalive kernel=RPS mesh=RPS ratio=R rounds=R,R,R
+#     RESULT case=ingress-close kernel=RPS mesh=RPS ratio=R rounds=R,R,R
 #     RESULT client-address kernel=IP mesh=IP kept=yes|no
 #
 # Usage: scripts/bench-ingress.sh [--smoke]
-#   DURATION=10 (seconds per wrk run); --smoke: 2 s runs, to keep the script working.
+#   DURATION=10 (seconds per wrk run), ROUNDS=3; --smoke: 2 s runs, 2 rounds,
+#   to keep the script working.
 #   Needs wrk, nginx (Debian nginx-light), nft (nftables), curl, jq.
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
@@ -65,11 +71,12 @@ for b in wrk nginx nft curl jq; do
 done
 
 TASKS=2
-PUB=8000                                      # the published port
+PUB=8000                                      # the mesh's published port
+KPUB=8001                                     # the kernel routing mesh's port
 ENTRY=$UNDERLAY.116                           # the host wrk connects to (no task)
 CLIENT=$UNDERLAY.10                           # mt-out
 KGW=10.199.0.1                                # .116's address on the kernel overlay
-LIFE=$((4 * (DURATION + 20) + 300))           # upper bound for every server we start
+LIFE=$((4 * ROUNDS * (DURATION + 20) + 300))  # upper bound for every server we start
 
 # task_host N: the host id of task N (1 on .117, 2 on .118).
 task_host() { echo $((116 + $1)); }
@@ -82,13 +89,13 @@ spread() {
         sort | uniq -c | awk '{ print $2 ":" $1 }' | tr '\n' ' '
 }
 
-# expect_spread LABEL PREFIX: every task PREFIX1..PREFIXN answers exactly twice
-# in 2 x TASKS curls from mt-out to /client on .116, else stop here (the numbers
-# would mean nothing).
+# expect_spread LABEL PREFIX PORT: every task PREFIX1..PREFIXN answers exactly
+# twice in 2 x TASKS curls from mt-out to /client on .116:PORT, else stop here
+# (the numbers would mean nothing).
 expect_spread() {
-    local label=$1 prefix=$2 want='' i got
+    local label=$1 prefix=$2 port=$3 want='' i got
     for ((i = 1; i <= TASKS; i++)); do want+="$prefix$i:2 "; done
-    got=$(spread mt-out "http://$ENTRY:$PUB/client" $((2 * TASKS)))
+    got=$(spread mt-out "http://$ENTRY:$port/client" $((2 * TASKS)))
     if [ "$got" = "$want" ]; then pass "$label: $((2 * TASKS)) new connections spread evenly: $got"
     else die "$label: $((2 * TASKS)) new connections: got '$got', want '$want'"; fi
 }
@@ -109,31 +116,29 @@ logged() {
     done
 }
 
-get_ok() { ip netns exec mt-out curl -s -m 3 -o /dev/null "http://$ENTRY:$PUB/"; }
+# get_ok PORT: GET / on .116:PORT from mt-out is answered.
+get_ok() { ip netns exec mt-out curl -s -m 3 -o /dev/null "http://$ENTRY:$1/"; }
 
 CASES=(ingress-keepalive ingress-close)
 declare -A CASE_ARGS=([ingress-keepalive]="" [ingress-close]="Connection: close")
 declare -A CASE_LABEL=([ingress-keepalive]="keep-alive         req/s" [ingress-close]="Connection: close  conn/s")
-declare -A KV=() MV=() CPU=()
+declare -A KVALS=() MVALS=() RATIOS=()
 
-# measure SYSTEM: both cases with wrk from mt-out to .116:PUB, results in KV or
-# MV; for mesh also the agents' CPU seconds in CPU.
-measure() {
-    local sys=$1 c out t0 t1 args
-    for c in "${CASES[@]}"; do
-        args=()
-        [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
-        t0=
-        [ "$sys" = mesh ] && { t0=$(agent_ticks) || t0=; }
-        if out=$(wrk_rps "$TMP/wrk-$sys-$c.txt" mt-out "http://$ENTRY:$PUB/" "${args[@]}"); then :; else
-            out=0; fail "$sys wrk $c: no result"; fi
-        if [ "$sys" = kernel ]; then KV[$c]=$out; continue; fi
-        MV[$c]=$out
-        t1=$(agent_ticks) || t1=
-        if [ -n "$t0" ] && [ -n "$t1" ]; then
-            CPU[$c]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')
-        else CPU[$c]=n/a; fi
-    done
+# measure_side kernel|mesh CASE ROUND (for in_rounds): wrk's requests/s from
+# mt-out to .116 (kernel: KPUB, mesh: PUB); the mesh agents' CPU ticks during a
+# mesh run go to a line of $TMP/ticks-CASE (a subshell runs it).
+measure_side() {
+    local side=$1 c=$2 r=$3 args=() t0 t1 out
+    [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
+    if [ "$side" = kernel ]; then
+        wrk_rps "$TMP/wrk-kernel-$c-$r.txt" mt-out "http://$ENTRY:$KPUB/" "${args[@]}"
+        return
+    fi
+    t0=$(agent_ticks) || t0=
+    out=$(wrk_rps "$TMP/wrk-mesh-$c-$r.txt" mt-out "http://$ENTRY:$PUB/" "${args[@]}") || return 1
+    t1=$(agent_ticks) || t1=
+    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
+    echo "$out"
 }
 
 # --- kernel: VXLAN + bridge on every host, VNI 100 on UDP 4790 -----------------------
@@ -153,7 +158,7 @@ nsx mt-h116 nft -f - <<EOF || die "setup: nftables DNAT + masquerade on .116"
 table ip mt_ingress {
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
-        ip daddr $ENTRY tcp dport $PUB dnat to numgen inc mod $TASKS map { $KMAP } : 80
+        ip daddr $ENTRY tcp dport $KPUB dnat to numgen inc mod $TASKS map { $KMAP } : 80
     }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
@@ -161,34 +166,13 @@ table ip mt_ingress {
     }
 }
 EOF
-note "kernel: $ENTRY:$PUB -> numgen inc mod $TASKS map { $KMAP } :80, masquerade to $KGW (nftables on .116)"
+note "kernel: $ENTRY:$KPUB -> numgen inc mod $TASKS map { $KMAP } :80, masquerade to $KGW (nftables on .116)"
 
-wait_until 5 get_ok || die "setup: curl $ENTRY:$PUB from mt-out (kernel)"
-expect_spread "kernel $ENTRY:$PUB" kt
+wait_until 5 get_ok "$KPUB" || die "setup: curl $ENTRY:$KPUB from mt-out (kernel)"
+expect_spread "kernel $ENTRY:$KPUB" kt "$KPUB"
 wait_until 3 logged kt || die "kernel: the tasks did not log the /client requests"
 KSEEN=$(seen_by kt)
 note "kernel: the tasks saw the client as $KSEEN"
-measure kernel
-
-# --- remove the kernel routing mesh entirely ---------------------------------------------
-for ((n = 1; n <= TASKS; n++)); do
-    stop_pid "${NGINX_PID[kt$n]}"
-    ip netns del "mt-kt$n" 2>/dev/null
-done
-nsx mt-h116 nft delete table ip mt_ingress || die "teardown: nftables table on .116"
-for id in 116 117 118; do
-    ip -n "mt-h$id" link del mt-kvx
-    ip -n "mt-h$id" link del mt-kbr
-done
-nsx mt-h116 sysctl -qw net.ipv4.ip_forward=0
-kernel_gone() {
-    local id
-    [ -z "$(nsx mt-h116 nft list ruleset)" ] || return 1
-    for id in 116 117 118; do ! ip -n "mt-h$id" link show mt-kbr >/dev/null 2>&1 || return 1; done
-    ! get_ok
-}
-wait_until 3 kernel_gone || die "teardown: the kernel routing mesh is not gone (nftables, links, or .116:$PUB still answers)"
-note "kernel: removed (nftables table, vxlan, bridge, task namespaces)"
 
 # --- mesh: three agents, network web, service web published on 8000 -----------------------
 start_cluster 116 117 118
@@ -212,7 +196,7 @@ done
 # agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
 agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 
-wait_until 5 get_ok || die "setup: curl $ENTRY:$PUB from mt-out (mesh)"
+wait_until 5 get_ok "$PUB" || die "setup: curl $ENTRY:$PUB from mt-out (mesh)"
 # The cluster view names every task a moment before .116's dataplane tables
 # have them: wait until TASKS new connections in a row reach TASKS tasks.
 all_serve() {
@@ -220,25 +204,44 @@ all_serve() {
         sort -u | grep -c .)" = "$TASKS" ]
 }
 wait_until 5 all_serve || die "setup: not every task answers through $ENTRY:$PUB (mesh)"
-expect_spread "mesh $ENTRY:$PUB" w
+expect_spread "mesh $ENTRY:$PUB" w "$PUB"
 wait_until 3 logged w || die "mesh: the tasks did not log the /client requests"
 MSEEN=$(seen_by w)
 note "mesh: the tasks saw the client as $MSEEN"
 if [ "$MSEEN" = "$CLIENT" ]; then pass "mesh: every task logged the real client $CLIENT"
 else fail "mesh: the tasks logged '$MSEEN', not the real client $CLIENT"; fi
-measure mesh
+# Both systems still answer with the other one set up.
+wait_until 3 get_ok "$KPUB" || die "setup: curl $ENTRY:$KPUB from mt-out (kernel) stopped working once the mesh ran"
+
+# --- measure ---------------------------------------------------------------------------------
+for c in "${CASES[@]}"; do in_rounds "$c"; done
+
+# cpu_s CASE: the mesh agents' CPU seconds per mesh run of CASE (mean over rounds).
+cpu_s() {
+    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
+    awk -v hz="$CLK_TCK" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
+}
+# errors CASE SIDE: wrk's errors summed over the rounds.
+errors() {
+    local f e=0
+    for f in "$TMP/wrk-$2-$1-"*.txt; do e=$((e + $(wrk_errors "$f"))); done
+    echo "$e"
+}
 
 # --- report ----------------------------------------------------------------------------------
-row() { printf '  %-26s %-13s %-13s %-7s %-16s %s\n' "$@"; }
+row() { printf '  %-26s %-9s %-9s %-7s %-20s %-12s %s\n' "$@"; }
 echo
-echo "HTTP GET / from the outside client $CLIENT to $ENTRY:$PUB (a host with no task),"
-echo "$TASKS nginx tasks on .117 and .118: wrk -t1 -c16 -d${DURATION}s"
-echo "kernel = nftables DNAT (numgen inc) + masquerade on .116 + kernel vxlan;"
-echo "mesh = mesh-agent routing mesh (--publish $PUB:80); ratio = mesh / kernel"
-row case kernel mesh ratio "errors k/m" "mesh agents CPU s"
+echo "HTTP GET / from the outside client $CLIENT to $ENTRY (a host with no task),"
+echo "$TASKS nginx tasks on .117 and .118: wrk -t1 -c16 -d${DURATION}s, $ROUNDS rounds per case,"
+echo "kernel and mesh interleaved (kernel first in odd rounds)"
+echo "kernel = nftables DNAT (numgen inc) + masquerade on .116 + kernel vxlan (port $KPUB);"
+echo "mesh = mesh-agent routing mesh (--publish $PUB:80)"
+echo "kernel, mesh: medians of the rounds; ratio: median of the rounds' mesh / kernel"
+row case kernel mesh ratio "rounds' ratios" "errors k/m" "mesh agents CPU s/run"
 for c in "${CASES[@]}"; do
-    row "${CASE_LABEL[$c]}" "${KV[$c]}" "${MV[$c]}" "$(ratio "${MV[$c]}" "${KV[$c]}")" \
-        "$(wrk_errors "$TMP/wrk-kernel-$c.txt")/$(wrk_errors "$TMP/wrk-mesh-$c.txt")" "${CPU[$c]}"
+    read -r k m r <<<"$(round_result "$c")"
+    row "${CASE_LABEL[$c]}" "$k" "$m" "$r" "${RATIOS[$c]// /,}" \
+        "$(errors "$c" kernel)/$(errors "$c" mesh)" "$(cpu_s "$c")"
 done
 # kept SEEN: what became of the client address, as the tasks logged it.
 kept() { if [ "$1" = "$CLIENT" ]; then echo kept; elif [ "$1" = "$KGW" ]; then echo "lost: .116's overlay address"
@@ -247,7 +250,8 @@ KEPT=no; [ "$MSEEN" = "$CLIENT" ] && KEPT=yes
 echo "client address seen by the tasks: kernel ${KSEEN:-none} ($(kept "$KSEEN")), mesh ${MSEEN:-none} ($(kept "$MSEEN"))"
 echo
 for c in "${CASES[@]}"; do
-    echo "RESULT case=$c kernel=${KV[$c]} mesh=${MV[$c]} ratio=$(ratio "${MV[$c]}" "${KV[$c]}")"
+    read -r k m r <<<"$(round_result "$c")"
+    echo "RESULT case=$c kernel=$k mesh=$m ratio=$r rounds=${RATIOS[$c]// /,}"
 done
 echo "RESULT client-address kernel=${KSEEN:-none} mesh=${MSEEN:-none} kept=$KEPT"
 finish

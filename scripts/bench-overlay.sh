@@ -16,19 +16,24 @@
 #   (b) kernel vxlan    iperf3 kc1 <-> kc2,  ping kc1 -> kc2
 #   (c) mesh            iperf3 c1 <-> c2,    ping c1 -> c2
 #
-#   (b) and (c) each run four iperf3 cases, kernel then mesh per case:
+#   (b) and (c) each run four iperf3 cases and the ping:
 #     1x-fwd  one stream, 1 -> 2          4x-fwd  -P 4, 1 -> 2
 #     1x-rev  one stream, 2 -> 1 (-R)     4x-rev  -P 4, 2 -> 1 (-R)
-#   Throughput is the receiver's sum (iperf3 -J end.sum_received). For every mesh
-#   measurement the CPU seconds (utime + stime from /proc/PID/stat, / CLK_TCK) used
-#   by both mesh-agent processes is shown next to it. ratio = mesh / kernel vxlan
-#   (throughput: higher is better; RTT: lower is better). The last lines are
-#   machine-readable, one per case:
-#     RESULT case=1x-fwd kernel=GBPS mesh=GBPS ratio=R cpu=S
-#     RESULT case=rtt kernel=MS mesh=MS ratio=R
+#     rtt     20 echoes 50 ms apart, the average
+#   Each case runs ROUNDS rounds of one kernel run and one mesh run, the kernel
+#   first in odd rounds and the mesh first in even ones (lib.sh: in_rounds), so
+#   a slow phase of this shared machine weighs on both sides alike. Shown: each
+#   side's median, the median of the rounds' ratios mesh / kernel vxlan
+#   (throughput: higher is better; RTT: lower is better) and each round's.
+#   Throughput is the receiver's sum (iperf3 -J end.sum_received). Next to it,
+#   the CPU seconds (utime + stime from /proc/PID/stat, / CLK_TCK) both mesh-agent
+#   processes used per mesh run. The last lines are machine-readable, one per case:
+#     RESULT case=1x-fwd kernel=GBPS mesh=GBPS ratio=R cpu=S rounds=R,R,R
+#     RESULT case=rtt kernel=MS mesh=MS ratio=R rounds=R,R,R
 #
 # Usage: scripts/bench-overlay.sh [--smoke] [--kernel-only] [--busy-poll US]
-#   DURATION=10 (seconds per iperf3 run); --smoke: 2 s runs, to keep the script working;
+#   DURATION=10 (seconds per iperf3 run), ROUNDS=3; --smoke: 2 s runs, 2 rounds,
+#   to keep the script working;
 #   --kernel-only: (a) and (b) only, no mesh binaries needed (mesh columns n/a);
 #   --busy-poll US: the agents run with `--busy-poll US` (default: the agent's own,
 #   200 us), to see what polling longer buys in RTT and costs in CPU (the ping
@@ -43,13 +48,14 @@ BUSY_POLL=default
 usage() { echo "usage: $0 [--smoke] [--kernel-only] [--busy-poll US]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
-        --smoke) DURATION=2 ;;
+        --smoke) DURATION=2 ROUNDS=${ROUNDS:-2} ;;
         --kernel-only) MESH= ;;
         --busy-poll) [[ ${2:-} =~ ^[0-9]+$ ]] || usage; BUSY_POLL=$2; AGENT_ARGS="--busy-poll $2"; shift ;;
         *) usage ;;
     esac
     shift
 done
+bench_rounds
 [ -n "$MESH" ] && need_bins
 
 testbed_up 116 117
@@ -81,17 +87,6 @@ rtt_ms() {
 # agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
 agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 
-# mesh_measure VAR CPUVAR LABEL CMD...: measure VAR LABEL CMD..., and CPUVAR =
-# CPU seconds both mesh agents used meanwhile (n/a if an agent is gone).
-mesh_measure() {
-    local cpuvar=$2 t0 t1; t0=$(agent_ticks) || t0=
-    measure "$1" "${@:3}"
-    t1=$(agent_ticks) || t1=
-    if [ -n "$t0" ] && [ -n "$t1" ]; then
-        printf -v "$cpuvar" %s "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')"
-    else printf -v "$cpuvar" n/a; fi
-}
-
 # measure VAR LABEL CMD...: VAR=$(CMD), or a FAIL line and VAR=0.
 measure() {
     local var=$1 label=$2 out; shift 2
@@ -122,44 +117,69 @@ if [ -n "$MESH" ]; then
 fi
 
 # --- measure --------------------------------------------------------------------
-# Per case kernel vxlan first, then mesh, so both see the same machine load.
-CASES=(1x-fwd 1x-rev 4x-fwd 4x-rev)
+# Each case in ROUNDS rounds, kernel vxlan and mesh interleaved (lib.sh: in_rounds).
+CASES=(1x-fwd 1x-rev 4x-fwd 4x-rev rtt)
 declare -A CASE_ARGS=([1x-fwd]="" [1x-rev]="-R" [4x-fwd]="-P 4" [4x-rev]="-P 4 -R")
 declare -A CASE_LABEL=([1x-fwd]="1 stream   c1->c2" [1x-rev]="1 stream   c2->c1 (-R)"
-                       [4x-fwd]="4 streams  c1->c2" [4x-rev]="4 streams  c2->c1 (-R)")
-declare -A KV=() MV=() CPU=()
+                       [4x-fwd]="4 streams  c1->c2" [4x-rev]="4 streams  c2->c1 (-R)"
+                       [rtt]="ping RTT   c1->c2")
+declare -A KVALS=() MVALS=() RATIOS=()
+
+# measure_side kernel|mesh CASE ROUND (for in_rounds): Gbit/s, or the RTT in ms
+# for rtt; the mesh agents' CPU ticks during a mesh run go to a line of
+# $TMP/ticks-CASE (a subshell runs it). Without mesh binaries the mesh is n/a.
+measure_side() {
+    local side=$1 c=$2 args t0 t1 out
+    read -ra args <<<"${CASE_ARGS[$c]:-}"
+    if [ "$side" = kernel ]; then
+        if [ "$c" = rtt ]; then rtt_ms mt-kc1 10.199.0.2
+        else iperf_gbps mt-kc2 10.199.0.2 mt-kc1 "${args[@]}"; fi
+        return
+    fi
+    [ -n "$MESH" ] || { echo n/a; return 0; }
+    t0=$(agent_ticks) || t0=
+    if [ "$c" = rtt ]; then out=$(rtt_ms mt-c1 "$C2") || return 1
+    else out=$(iperf_gbps mt-c2 "$C2" mt-c1 "${args[@]}") || return 1; fi
+    t1=$(agent_ticks) || t1=
+    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
+    echo "$out"
+}
+
+# cpu_s CASE: both mesh agents' CPU seconds per mesh run of CASE (mean over rounds).
+cpu_s() {
+    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
+    awk -v hz="$CLK_TCK" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
+}
 
 measure BARE "bare underlay iperf3" iperf_gbps mt-h117 "$UNDERLAY.117" mt-h116
-for c in "${CASES[@]}"; do
-    read -ra args <<<"${CASE_ARGS[$c]}"
-    measure "KV[$c]" "kernel vxlan iperf3 $c" iperf_gbps mt-kc2 10.199.0.2 mt-kc1 "${args[@]}"
-    if [ -n "$MESH" ]; then
-        mesh_measure "MV[$c]" "CPU[$c]" "mesh iperf3 $c" iperf_gbps mt-c2 "$C2" mt-c1 "${args[@]}"
-    else MV[$c]=n/a CPU[$c]=n/a; fi
-done
-measure KVX_RTT "kernel vxlan ping" rtt_ms mt-kc1 10.199.0.2
-if [ -n "$MESH" ]; then
-    mesh_measure MESH_RTT RTT_CPU "mesh ping" rtt_ms mt-c1 "$C2"
-else MESH_RTT=n/a RTT_CPU=n/a; fi
+for c in "${CASES[@]}"; do in_rounds "$c"; done
 
 # with_unit VALUE UNIT: "VALUE UNIT", or n/a as is.
 with_unit() { if [ "$1" = n/a ]; then echo n/a; else echo "$1 $2"; fi; }
-row() { printf '  %-24s %-15s %-15s %-7s %s\n' "$@"; }
+row() { printf '  %-24s %-13s %-13s %-6s %-20s %s\n' "$@"; }
 
 echo
 echo "overlay across two hosts: iperf3 TCP -t $DURATION (receiver sum), ping RTT (average"
-echo "of 20 echoes 50 ms apart); ratio = mesh / kernel vxlan; agents' --busy-poll: $BUSY_POLL"
+echo "of 20 echoes 50 ms apart); $ROUNDS rounds per case, kernel vxlan and mesh interleaved"
+echo "(kernel first in odd rounds); kernel, mesh: medians of the rounds; ratio: median of"
+echo "the rounds' mesh / kernel vxlan; agents' --busy-poll: $BUSY_POLL"
 printf '  %-24s %s\n' "bare underlay .116->.117" "$(with_unit "$BARE" Gbit/s)   (1 stream, no overlay)"
-row case "kernel vxlan" mesh ratio "mesh agents CPU s"
+row case "kernel vxlan" mesh ratio "rounds' ratios" "mesh agents CPU s/run"
+declare -A RES=()
 for c in "${CASES[@]}"; do
-    row "${CASE_LABEL[$c]}" "$(with_unit "${KV[$c]}" Gbit/s)" "$(with_unit "${MV[$c]}" Gbit/s)" \
-        "$(ratio "${MV[$c]}" "${KV[$c]}")" "${CPU[$c]}"
+    if [ "$c" = rtt ]; then RES[$c]=$(round_result "$c" %.3f) unit=ms
+    else RES[$c]=$(round_result "$c" %.2f) unit=Gbit/s; fi
+    read -r k m r <<<"${RES[$c]}"
+    row "${CASE_LABEL[$c]}" "$(with_unit "$k" $unit)" "$(with_unit "$m" $unit)" "$r" \
+        "${RATIOS[$c]// /,}" "$(cpu_s "$c")"
 done
-row "ping RTT   c1->c2" "$(with_unit "$KVX_RTT" ms)" "$(with_unit "$MESH_RTT" ms)" \
-    "$(ratio "$MESH_RTT" "$KVX_RTT")" "$RTT_CPU"
 echo
 for c in "${CASES[@]}"; do
-    echo "RESULT case=$c kernel=${KV[$c]} mesh=${MV[$c]} ratio=$(ratio "${MV[$c]}" "${KV[$c]}") cpu=${CPU[$c]}"
+    read -r k m r <<<"${RES[$c]}"
+    if [ "$c" = rtt ]; then
+        echo "RESULT case=rtt kernel=$k mesh=$m ratio=$r rounds=${RATIOS[$c]// /,}"
+    else
+        echo "RESULT case=$c kernel=$k mesh=$m ratio=$r cpu=$(cpu_s "$c") rounds=${RATIOS[$c]// /,}"
+    fi
 done
-echo "RESULT case=rtt kernel=$KVX_RTT mesh=$MESH_RTT ratio=$(ratio "$MESH_RTT" "$KVX_RTT")"
 finish

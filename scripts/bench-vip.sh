@@ -23,19 +23,24 @@
 #   Before measuring, 2 x TASKS curls (one new connection each) through each VIP
 #   must be answered by every task exactly twice (rr / numgen inc).
 #
-#   Two cases, each kernel first then mesh, `wrk -t1 -c16 -d DURATION`:
+#   Two cases, `wrk -t1 -c16 -d DURATION` per run:
 #     vip-keepalive  16 keep-alive connections: requests/s
 #     vip-close      -H "Connection: close": every request a new connection
 #                    through the balancer (new connections/s)
-#   Shown: requests/s, wrk's errors (socket errors + non-2xx; more than 1 % of
-#   the requests is a FAIL), and the CPU seconds (utime + stime from
-#   /proc/PID/stat) the three mesh agents used meanwhile. ratio = mesh / kernel
-#   (higher is better). The last lines are machine-readable:
-#     RESULT case=vip-keepalive kernel=RPS mesh=RPS ratio=R
-#     RESULT case=vip-close kernel=RPS mesh=RPS ratio=R
+#   Each case runs ROUNDS rounds of one kernel run and one mesh run, the kernel
+#   first in odd rounds and the mesh first in even ones (lib.sh: in_rounds), so
+#   a slow phase of this shared machine weighs on both sides alike.
+#   Shown: the median requests/s of each side, the median of the rounds'
+#   ratios mesh / kernel (higher is better) and each round's, wrk's errors
+#   (socket errors + non-2xx; more than 1 % of one run's requests is a FAIL),
+#   and the CPU seconds (utime + stime from /proc/PID/stat) the three mesh
+#   agents used per mesh run. The last lines are machine-readable:
+#     RESULT case=vip-keepalive kernel=RPS mesh=RPS ratio=R rounds=R,R,R
+#     RESULT case=vip-close kernel=RPS mesh=RPS ratio=R rounds=R,R,R
 #
 # Usage: scripts/bench-vip.sh [--smoke]
-#   DURATION=10 (seconds per wrk run); --smoke: 2 s runs, to keep the script working.
+#   DURATION=10 (seconds per wrk run), ROUNDS=3; --smoke: 2 s runs, 2 rounds,
+#   to keep the script working.
 #   TASKS=2 (tasks of service web, 1..8).
 #   Needs wrk, nginx (Debian nginx-light), nft (nftables), curl, jq.
 
@@ -51,7 +56,7 @@ for b in wrk nginx nft curl jq; do
 done
 
 KVIP=10.199.0.100                             # the kernel side's virtual IP
-LIFE=$((4 * (DURATION + 20) + 300))           # upper bound for every server we start
+LIFE=$((4 * ROUNDS * (DURATION + 20) + 300))  # upper bound for every server we start
 
 # task_host N: the host id of task N (odd on .117, even on .118).
 task_host() { echo $((117 + ($1 + 1) % 2)); }
@@ -140,32 +145,53 @@ agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
 CASES=(vip-keepalive vip-close)
 declare -A CASE_ARGS=([vip-keepalive]="" [vip-close]="Connection: close")
 declare -A CASE_LABEL=([vip-keepalive]="keep-alive         req/s" [vip-close]="Connection: close  conn/s")
-declare -A KV=() MV=() CPU=()
-for c in "${CASES[@]}"; do
-    args=()
-    [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
-    if out=$(wrk_rps "$TMP/wrk-kernel-$c.txt" mt-kclient "http://$KVIP:80/" "${args[@]}"); then
-        KV[$c]=$out; else KV[$c]=0; fail "kernel wrk $c: no result"; fi
-    t0=$(agent_ticks) || t0=
-    if out=$(wrk_rps "$TMP/wrk-mesh-$c.txt" mt-client "http://$VIP:80/" "${args[@]}"); then
-        MV[$c]=$out; else MV[$c]=0; fail "mesh wrk $c: no result"; fi
-    t1=$(agent_ticks) || t1=
-    if [ -n "$t0" ] && [ -n "$t1" ]; then
-        CPU[$c]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')
-    else CPU[$c]=n/a; fi
-done
+declare -A KVALS=() MVALS=() RATIOS=()
 
-row() { printf '  %-26s %-13s %-13s %-7s %-16s %s\n' "$@"; }
+# measure_side kernel|mesh CASE ROUND (for in_rounds): wrk's requests/s; the
+# mesh agents' CPU ticks meanwhile go to a line of $TMP/ticks-CASE (a subshell runs it).
+measure_side() {
+    local side=$1 c=$2 r=$3 args=() t0 t1 out
+    [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
+    if [ "$side" = kernel ]; then
+        wrk_rps "$TMP/wrk-kernel-$c-$r.txt" mt-kclient "http://$KVIP:80/" "${args[@]}"
+        return
+    fi
+    t0=$(agent_ticks) || t0=
+    out=$(wrk_rps "$TMP/wrk-mesh-$c-$r.txt" mt-client "http://$VIP:80/" "${args[@]}") || return 1
+    t1=$(agent_ticks) || t1=
+    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
+    echo "$out"
+}
+
+for c in "${CASES[@]}"; do in_rounds "$c"; done
+
+# cpu_s CASE: the mesh agents' CPU seconds per mesh run of CASE (mean over rounds).
+cpu_s() {
+    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
+    awk -v hz="$CLK_TCK" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
+}
+# errors CASE SIDE: wrk's errors summed over the rounds.
+errors() {
+    local f e=0
+    for f in "$TMP/wrk-$2-$1-"*.txt; do e=$((e + $(wrk_errors "$f"))); done
+    echo "$e"
+}
+
+row() { printf '  %-26s %-9s %-9s %-7s %-20s %-12s %s\n' "$@"; }
 echo
-echo "HTTP GET / through a VIP to $TASKS nginx tasks on other hosts: wrk -t1 -c16 -d${DURATION}s"
-echo "kernel = nftables DNAT (numgen inc) + kernel vxlan; mesh = mesh-agent VIP; ratio = mesh / kernel"
-row case kernel mesh ratio "errors k/m" "mesh agents CPU s"
+echo "HTTP GET / through a VIP to $TASKS nginx tasks on other hosts: wrk -t1 -c16 -d${DURATION}s,"
+echo "$ROUNDS rounds per case, kernel and mesh interleaved (kernel first in odd rounds)"
+echo "kernel = nftables DNAT (numgen inc) + kernel vxlan; mesh = mesh-agent VIP"
+echo "kernel, mesh: medians of the rounds; ratio: median of the rounds' mesh / kernel"
+row case kernel mesh ratio "rounds' ratios" "errors k/m" "mesh agents CPU s/run"
 for c in "${CASES[@]}"; do
-    row "${CASE_LABEL[$c]}" "${KV[$c]}" "${MV[$c]}" "$(ratio "${MV[$c]}" "${KV[$c]}")" \
-        "$(wrk_errors "$TMP/wrk-kernel-$c.txt")/$(wrk_errors "$TMP/wrk-mesh-$c.txt")" "${CPU[$c]}"
+    read -r k m r <<<"$(round_result "$c")"
+    row "${CASE_LABEL[$c]}" "$k" "$m" "$r" "${RATIOS[$c]// /,}" \
+        "$(errors "$c" kernel)/$(errors "$c" mesh)" "$(cpu_s "$c")"
 done
 echo
 for c in "${CASES[@]}"; do
-    echo "RESULT case=$c kernel=${KV[$c]} mesh=${MV[$c]} ratio=$(ratio "${MV[$c]}" "${KV[$c]}")"
+    read -r k m r <<<"$(round_result "$c")"
+    echo "RESULT case=$c kernel=$k mesh=$m ratio=$r rounds=${RATIOS[$c]// /,}"
 done
 finish
