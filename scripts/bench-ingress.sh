@@ -143,6 +143,8 @@ measure_side() {
 
 # --- kernel: VXLAN + bridge on every host, VNI 100 on UDP 4790 -----------------------
 testbed_up 116 117 118
+# The client reuses TIME_WAIT ports, as load generators do (bench-vip.sh says why).
+nsx mt-out sysctl -qw net.ipv4.tcp_tw_reuse=1 || die "setup: tcp_tw_reuse in mt-out"
 kernel_overlay_up 116 117 118
 ip -n mt-h116 addr add "$KGW/24" dev mt-kbr
 nsx mt-h116 sysctl -qw net.ipv4.ip_forward=1
