@@ -62,12 +62,14 @@ impl Memo {
             .is_some_and(|f| (f[0] & 0x3f) | f[1] != 0);
         self.src == src && datagram.get(..KEY_LEN) == Some(&self.key[..]) && !fragment
     }
+}
 
+impl Way {
     /// Strips the VXLAN header of a datagram that [`Memo::matches`], and
     /// checks the inner IPv4 header as switching would.
     #[inline]
     pub(super) fn decap(&self, pkt: &mut Packet<'_>) -> Result<(), DropReason> {
-        encap::decap(pkt, self.way.agent)?;
+        encap::decap(pkt, self.agent)?;
         let ip = pkt.bytes().get(ethernet::HEADER_LEN..).unwrap_or_default();
         ipv4::Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
         Ok(())

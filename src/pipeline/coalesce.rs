@@ -108,6 +108,7 @@ impl Coalescer {
     /// pseudo-header sum only. Returns true if it joined or started a run;
     /// false if the caller must write it itself, after this call has flushed
     /// what was pending for that port, so order is kept.
+    #[inline]
     pub fn offer(
         &mut self,
         port: PortId,
@@ -117,6 +118,24 @@ impl Coalescer {
         sink: &mut impl Sink,
     ) -> bool {
         self.clock += 1;
+        // Most often, from another agent, the next segment of the run the
+        // last one joined: that much is inlined into the caller's loop.
+        if partial && self.extend(self.last, port, frame, at) {
+            return true;
+        }
+        self.offer_rest(port, frame, at, partial, sink)
+    }
+
+    /// The rest of [`Coalescer::offer`] (the clock has moved on).
+    #[inline(never)]
+    fn offer_rest(
+        &mut self,
+        port: PortId,
+        frame: &[u8],
+        at: Part,
+        partial: bool,
+        sink: &mut impl Sink,
+    ) -> bool {
         // A run leaves with a fresh partial checksum that the container's
         // kernel takes on trust, so a segment that came with its checksum
         // complete (from a plain VTEP, whose outer UDP checksum is often
@@ -126,8 +145,7 @@ impl Coalescer {
             self.flush_port(port, sink);
             return false;
         }
-        // Most often, the next segment of the run the last one joined.
-        if self.extend(self.last, port, frame, at) {
+        if !partial && self.extend(self.last, port, frame, at) {
             return true;
         }
         let Some(l) = coalescable(frame) else {
