@@ -501,6 +501,12 @@ else fail "  ... dns_malformed on .118 grew by at least 10: $MAL0 -> $(counter 1
 
 # --- burst: 2000 queries as fast as the socket takes them ----------------------
 Q0=$(counter 118 dns_queries)
+# The buffer is asked past net.core.rmem_max (SO_RCVBUFFORCE), so it holds
+# whatever that is on the machine: rb is what the kernel granted (doubled).
+dns_rb() { ip netns exec mt-cl ss -Hulmn 'sport = :53' | grep -o 'rb[0-9]*' | head -n 1 | tr -d rb; }
+RB=$(dns_rb)
+check "cl's 127.0.0.11:53 socket holds a burst: receive buffer ${RB:-?} bytes (>= 2 MB; net.core.rmem_max is $(cat /proc/sys/net/core/rmem_max))" \
+    test "${RB:-0}" -ge $((2 << 20))
 burst() {
     ip netns exec mt-cl timeout 20 python3 - <<'EOF'
 import select, socket, struct, time

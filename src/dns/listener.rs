@@ -19,20 +19,17 @@ pub struct Sockets {
     tcp: std::net::TcpListener,
 }
 
-/// Room for a burst of queries while the runtime is busy elsewhere: about
-/// 2000 small datagrams (each costs ~1 KB of kernel memory queued). The
-/// default (208 KB) held ~270, and a container starting many lookups at once
-/// lost the rest on a loaded host. The kernel caps it at net.core.rmem_max.
+/// Room for a burst of queries while the runtime is busy elsewhere: a few
+/// thousand small datagrams (each costs well under 1 KB of kernel memory
+/// queued). The default (208 KB) held ~270, and a container starting many
+/// lookups at once lost the rest on a loaded host.
 const UDP_RECV_BUFFER: usize = 2 << 20;
 
 /// Binds 127.0.0.11:53 (UDP and TCP) in the calling thread's namespace
 /// (`lo` must be up). Call it on a thread inside the container's namespace.
 pub fn bind_here() -> std::io::Result<Sockets> {
     let udp = std::net::UdpSocket::bind(SocketAddr::V4(DNS_ADDR))?;
-    // Best effort: a smaller buffer only drops more of a burst.
-    if let Err(e) = socket2::SockRef::from(&udp).set_recv_buffer_size(UDP_RECV_BUFFER) {
-        tracing::debug!(error = %e, "could not enlarge the DNS socket's receive buffer");
-    }
+    crate::io::udp::set_buffer(&udp, crate::io::udp::Buffer::Receive, UDP_RECV_BUFFER);
     let tcp = std::net::TcpListener::bind(SocketAddr::V4(DNS_ADDR))?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
