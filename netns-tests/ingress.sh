@@ -169,7 +169,7 @@ table ip mt_theirs {
 }
 NFT
 check "a client behind a 1280-byte link gets a 100 kB answer through .116 (the path MTU error reaches the task)" \
-    wait_until 13 big_ok
+    wait_until 30 big_ok
 theirs_kept() {
     ip netns exec mt-h116 nft list chain ip mt_theirs after | grep -Eq 'counter packets [1-9]'
 }

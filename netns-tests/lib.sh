@@ -85,12 +85,16 @@ track() { PIDS+=("$@"); }                     # track PID...: stopped on exit
 # gone PID: the process has exited (a zombie counts as gone).
 gone() { ! grep -qs '^State:[[:space:]]*[^Z]' "/proc/$1/status"; }
 
-# stop_pid PID [SIG]: SIG (default TERM), up to 3 s to go, then KILL, then reap.
+# stop_pid PID [SIG]: SIG (default TERM), up to 10 s to go (3 after KILL), then
+# KILL, then reap.
 # Only ever pids this script started.
 stop_pid() {
-    local pid=$1
-    gone "$pid" || kill "-${2:-TERM}" "$pid" 2>/dev/null
-    wait_until 3 gone "$pid" || kill -KILL "$pid" 2>/dev/null
+    local pid=$1 sig=${2:-TERM} grace=10
+    [ "$sig" = KILL ] && grace=3
+    gone "$pid" || kill "-$sig" "$pid" 2>/dev/null
+    # A TERM'd agent removes its rules, nftables table and listeners first:
+    # on a loaded machine that can take seconds, and a KILL would skip it.
+    wait_until "$grace" gone "$pid" || kill -KILL "$pid" 2>/dev/null
     wait "$pid"
     return 0
 } 2>/dev/null                                 # also bash's "Killed" job notice
