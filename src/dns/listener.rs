@@ -29,7 +29,7 @@ const UDP_RECV_BUFFER: usize = 2 << 20;
 /// (`lo` must be up). Call it on a thread inside the container's namespace.
 pub fn bind_here() -> std::io::Result<Sockets> {
     let udp = std::net::UdpSocket::bind(SocketAddr::V4(DNS_ADDR))?;
-    crate::io::udp::set_buffer(&udp, crate::io::udp::Buffer::Receive, UDP_RECV_BUFFER);
+    crate::io::sockopt::set_buffer(&udp, crate::io::sockopt::Buffer::Receive, UDP_RECV_BUFFER);
     let tcp = std::net::TcpListener::bind(SocketAddr::V4(DNS_ADDR))?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;

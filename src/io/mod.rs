@@ -5,10 +5,12 @@
 //!   (`recvmmsg`/`sendmmsg`).
 //! - [`tun`]: the ingress TUN in the host's namespace: published ports,
 //!   egress and the host's traffic to containers.
+//! - [`sockopt`]: socket buffers asked past the system's cap.
 //! - [`driver`]: the dataplane thread: epoll over the TAPs and the socket,
 //!   bounded work per wake-up, buffers allocated once.
 
 pub mod driver;
+pub mod sockopt;
 pub mod tap;
 pub mod tun;
 pub mod udp;

@@ -10,6 +10,7 @@
 //! Plain datagrams go out with `sendmmsg`. The scratch arrays for all of it
 //! are allocated once ([`Batch`]); the datagrams stay in the caller's buffers.
 
+use super::sockopt::{self, Buffer};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -56,8 +57,8 @@ impl Underlay {
     /// grants. Sends wait for room, briefly (see `sendmmsg`); receives never do.
     pub fn bind(addr: SocketAddrV4) -> std::io::Result<Underlay> {
         let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        set_buffer(&sock, Buffer::Receive, 4 << 20);
-        set_buffer(&sock, Buffer::Send, 4 << 20);
+        sockopt::set_buffer(&sock, Buffer::Receive, 4 << 20);
+        sockopt::set_buffer(&sock, Buffer::Send, 4 << 20);
         sock.bind(&SocketAddr::V4(addr).into())?;
         let gro = set_udp_option(&sock, libc::UDP_GRO, 1);
         if !gro {
@@ -337,42 +338,6 @@ impl Underlay {
 }
 
 /// Sets the SOL_UDP int option `name` to `value`; false if the kernel refused.
-/// A socket's kernel buffer, for [`set_buffer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Buffer {
-    Receive,
-    Send,
-}
-
-/// Asks for `bytes` of the socket's receive or send buffer. The agent runs
-/// with CAP_NET_ADMIN, so it asks past net.core.[rw]mem_max (`SO_*BUFFORCE`),
-/// whose default (208 KB on a stock kernel) is far too small for a burst;
-/// without the capability it gets up to that cap. Best effort: a smaller
-/// buffer only drops more of a burst, so a refusal is logged, not an error.
-pub fn set_buffer(sock: &impl AsRawFd, which: Buffer, bytes: usize) {
-    let (force, plain) = match which {
-        Buffer::Receive => (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        Buffer::Send => (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    };
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |name| {
-        // SAFETY: setsockopt with a valid int option value of 4 bytes.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                name,
-                (&value as *const libc::c_int).cast(),
-                4,
-            ) == 0
-        }
-    };
-    if !set(force) && !set(plain) {
-        let e = std::io::Error::last_os_error();
-        tracing::debug!(?which, bytes, error = %e, "could not set a socket buffer's size");
-    }
-}
-
 fn set_udp_option(sock: &Socket, name: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: setsockopt with a valid int option value of 4 bytes.
     let r = unsafe {
