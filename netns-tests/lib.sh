@@ -348,6 +348,36 @@ cpu_ticks() {
     echo "$t"
 }
 
+# mesh_pids IDS...: MESH_PIDS = the mesh-agent processes of hosts .IDS (stops
+# here if one is missing).
+mesh_pids() {
+    local id pid
+    MESH_PIDS=()
+    for id in "$@"; do
+        pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
+        MESH_PIDS+=("$pid")
+    done
+}
+
+# ticked CASE CMD...: runs CMD (which prints one value) and prints its value;
+# the CPU ticks the mesh agents (MESH_PIDS) used meanwhile go to a line of
+# $TMP/ticks-CASE (a file: in_rounds measures in a subshell). Fails if CMD does.
+ticked() {
+    local c=$1 t0 t1 out; shift
+    t0=$(cpu_ticks "${MESH_PIDS[@]}") || t0=
+    out=$("$@") || return 1
+    t1=$(cpu_ticks "${MESH_PIDS[@]}") || t1=
+    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
+    echo "$out"
+}
+
+# cpu_per_run CASE: the mesh agents' CPU seconds per `ticked` run of CASE
+# (the mean over its rounds), or n/a.
+cpu_per_run() {
+    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
+    awk -v hz="$(getconf CLK_TCK)" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
+}
+
 # ratio A B: A / B, or n/a unless both are positive numbers.
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { n = "^[0-9]*[.]?[0-9]+$"
@@ -372,6 +402,14 @@ wrk_rps() {
 wrk_errors() {
     awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
          /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$1" 2>/dev/null || echo n/a
+}
+
+# wrk_errors_sum PREFIX: wrk's errors (wrk_errors) summed over the files
+# PREFIX*.txt, one per run.
+wrk_errors_sum() {
+    local f e=0
+    for f in "$1"*.txt; do e=$((e + $(wrk_errors "$f"))); done
+    echo "$e"
 }
 
 # median V...: the median of numbers (the mean of the middle two for an even

@@ -63,7 +63,6 @@
 
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
-CLK_TCK=$(getconf CLK_TCK)
 bench_duration "$@"
 need_bins
 for b in wrk nginx nft curl jq; do
@@ -125,20 +124,15 @@ declare -A CASE_LABEL=([ingress-keepalive]="keep-alive         req/s" [ingress-c
 declare -A KVALS=() MVALS=() RATIOS=()
 
 # measure_side kernel|mesh CASE ROUND (for in_rounds): wrk's requests/s from
-# mt-out to .116 (kernel: KPUB, mesh: PUB); the mesh agents' CPU ticks during a
-# mesh run go to a line of $TMP/ticks-CASE (a subshell runs it).
+# mt-out to .116 (kernel: KPUB; mesh: PUB, with the agents' CPU: lib.sh ticked).
 measure_side() {
-    local side=$1 c=$2 r=$3 args=() t0 t1 out
+    local side=$1 c=$2 r=$3 args=()
     [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
     if [ "$side" = kernel ]; then
         wrk_rps "$TMP/wrk-kernel-$c-$r.txt" mt-out "http://$ENTRY:$KPUB/" "${args[@]}"
-        return
+    else
+        ticked "$c" wrk_rps "$TMP/wrk-mesh-$c-$r.txt" mt-out "http://$ENTRY:$PUB/" "${args[@]}"
     fi
-    t0=$(agent_ticks) || t0=
-    out=$(wrk_rps "$TMP/wrk-mesh-$c-$r.txt" mt-out "http://$ENTRY:$PUB/" "${args[@]}") || return 1
-    t1=$(agent_ticks) || t1=
-    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
-    echo "$out"
 }
 
 # --- kernel: VXLAN + bridge on every host, VNI 100 on UDP 4790 -----------------------
@@ -190,13 +184,7 @@ replicas() { [ "$(mctl 116 service ls --format json | jq -r '.[] | select(.name 
 wait_until 5 replicas || die "setup: web does not have $TASKS tasks on .116"
 note "mesh: $ENTRY:$PUB -> web:80, $TASKS tasks (rr, mesh-agent on .116)"
 
-MESH_PIDS=()
-for id in 116 117 118; do
-    pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
-    MESH_PIDS+=("$pid")
-done
-# agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
-agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
+mesh_pids 116 117 118
 
 wait_until 5 get_ok "$PUB" || die "setup: curl $ENTRY:$PUB from mt-out (mesh)"
 # The cluster view names every task a moment before .116's dataplane tables
@@ -218,17 +206,6 @@ wait_until 3 get_ok "$KPUB" || die "setup: curl $ENTRY:$KPUB from mt-out (kernel
 # --- measure ---------------------------------------------------------------------------------
 for c in "${CASES[@]}"; do in_rounds "$c"; done
 
-# cpu_s CASE: the mesh agents' CPU seconds per mesh run of CASE (mean over rounds).
-cpu_s() {
-    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
-    awk -v hz="$CLK_TCK" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
-}
-# errors CASE SIDE: wrk's errors summed over the rounds.
-errors() {
-    local f e=0
-    for f in "$TMP/wrk-$2-$1-"*.txt; do e=$((e + $(wrk_errors "$f"))); done
-    echo "$e"
-}
 
 # --- report ----------------------------------------------------------------------------------
 row() { printf '  %-26s %-9s %-9s %-7s %-20s %-12s %s\n' "$@"; }
@@ -240,10 +217,12 @@ echo "kernel = nftables DNAT (numgen inc) + masquerade on .116 + kernel vxlan (p
 echo "mesh = mesh-agent routing mesh (--publish $PUB:80)"
 echo "kernel, mesh: medians of the rounds; ratio: median of the rounds' mesh / kernel"
 row case kernel mesh ratio "rounds' ratios" "errors k/m" "mesh agents CPU s/run"
+declare -A RES=()
 for c in "${CASES[@]}"; do
-    read -r k m r <<<"$(round_result "$c")"
+    RES[$c]=$(round_result "$c")
+    read -r k m r <<<"${RES[$c]}"
     row "${CASE_LABEL[$c]}" "$k" "$m" "$r" "${RATIOS[$c]// /,}" \
-        "$(errors "$c" kernel)/$(errors "$c" mesh)" "$(cpu_s "$c")"
+        "$(wrk_errors_sum "$TMP/wrk-kernel-$c-")/$(wrk_errors_sum "$TMP/wrk-mesh-$c-")" "$(cpu_per_run "$c")"
 done
 # kept SEEN: what became of the client address, as the tasks logged it.
 kept() { if [ "$1" = "$CLIENT" ]; then echo kept; elif [ "$1" = "$KGW" ]; then echo "lost: .116's overlay address"
@@ -252,7 +231,7 @@ KEPT=no; [ "$MSEEN" = "$CLIENT" ] && KEPT=yes
 echo "client address seen by the tasks: kernel ${KSEEN:-none} ($(kept "$KSEEN")), mesh ${MSEEN:-none} ($(kept "$MSEEN"))"
 echo
 for c in "${CASES[@]}"; do
-    read -r k m r <<<"$(round_result "$c")"
+    read -r k m r <<<"${RES[$c]}"
     echo "RESULT case=$c kernel=$k mesh=$m ratio=$r rounds=${RATIOS[$c]// /,}"
 done
 echo "RESULT client-address kernel=${KSEEN:-none} mesh=${MSEEN:-none} kept=$KEPT"

@@ -42,7 +42,6 @@
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
 DURATION=${DURATION:-10}
-CLK_TCK=$(getconf CLK_TCK)
 MESH=1
 BUSY_POLL=default
 usage() { echo "usage: $0 [--smoke] [--kernel-only] [--busy-poll US]" >&2; exit 2; }
@@ -84,9 +83,6 @@ rtt_ms() {
         awk -F/ '/^rtt/ { print $5; ok = 1 } END { exit !ok }'
 }
 
-# agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
-agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
-
 # measure VAR LABEL CMD...: VAR=$(CMD), or a FAIL line and VAR=0.
 measure() {
     local var=$1 label=$2 out; shift 2
@@ -109,11 +105,7 @@ if [ -n "$MESH" ]; then
     attach 116 c1 bench >/dev/null || die "setup: attach c1 on .116"
     C2=$(attach 117 c2 bench) || die "setup: attach c2 on .117"
     wait_until 5 ping_ok mt-c1 "$C2" || die "setup: mesh c1 -> c2 does not ping"
-    MESH_PIDS=()
-    for id in 116 117; do
-        pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
-        MESH_PIDS+=("$pid")
-    done
+    mesh_pids 116 117
 fi
 
 # --- measure --------------------------------------------------------------------
@@ -126,29 +118,17 @@ declare -A CASE_LABEL=([1x-fwd]="1 stream   c1->c2" [1x-rev]="1 stream   c2->c1 
 declare -A KVALS=() MVALS=() RATIOS=()
 
 # measure_side kernel|mesh CASE ROUND (for in_rounds): Gbit/s, or the RTT in ms
-# for rtt; the mesh agents' CPU ticks during a mesh run go to a line of
-# $TMP/ticks-CASE (a subshell runs it). Without mesh binaries the mesh is n/a.
+# for rtt (for the mesh, with the agents' CPU: lib.sh ticked). Without mesh
+# binaries the mesh is n/a.
 measure_side() {
-    local side=$1 c=$2 args t0 t1 out
+    local side=$1 c=$2 args
     read -ra args <<<"${CASE_ARGS[$c]:-}"
     if [ "$side" = kernel ]; then
         if [ "$c" = rtt ]; then rtt_ms mt-kc1 10.199.0.2
         else iperf_gbps mt-kc2 10.199.0.2 mt-kc1 "${args[@]}"; fi
-        return
-    fi
-    [ -n "$MESH" ] || { echo n/a; return 0; }
-    t0=$(agent_ticks) || t0=
-    if [ "$c" = rtt ]; then out=$(rtt_ms mt-c1 "$C2") || return 1
-    else out=$(iperf_gbps mt-c2 "$C2" mt-c1 "${args[@]}") || return 1; fi
-    t1=$(agent_ticks) || t1=
-    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
-    echo "$out"
-}
-
-# cpu_s CASE: both mesh agents' CPU seconds per mesh run of CASE (mean over rounds).
-cpu_s() {
-    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
-    awk -v hz="$CLK_TCK" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
+    elif [ -z "$MESH" ]; then echo n/a
+    elif [ "$c" = rtt ]; then ticked "$c" rtt_ms mt-c1 "$C2"
+    else ticked "$c" iperf_gbps mt-c2 "$C2" mt-c1 "${args[@]}"; fi
 }
 
 measure BARE "bare underlay iperf3" iperf_gbps mt-h117 "$UNDERLAY.117" mt-h116
@@ -171,7 +151,7 @@ for c in "${CASES[@]}"; do
     else RES[$c]=$(round_result "$c" %.2f) unit=Gbit/s; fi
     read -r k m r <<<"${RES[$c]}"
     row "${CASE_LABEL[$c]}" "$(with_unit "$k" $unit)" "$(with_unit "$m" $unit)" "$r" \
-        "${RATIOS[$c]// /,}" "$(cpu_s "$c")"
+        "${RATIOS[$c]// /,}" "$(cpu_per_run "$c")"
 done
 echo
 for c in "${CASES[@]}"; do
@@ -179,7 +159,7 @@ for c in "${CASES[@]}"; do
     if [ "$c" = rtt ]; then
         echo "RESULT case=rtt kernel=$k mesh=$m ratio=$r rounds=${RATIOS[$c]// /,}"
     else
-        echo "RESULT case=$c kernel=$k mesh=$m ratio=$r cpu=$(cpu_s "$c") rounds=${RATIOS[$c]// /,}"
+        echo "RESULT case=$c kernel=$k mesh=$m ratio=$r cpu=$(cpu_per_run "$c") rounds=${RATIOS[$c]// /,}"
     fi
 done
 finish

@@ -16,7 +16,7 @@
 #   NAME: overlay, dns, vip, ingress (scripts/bench-NAME.sh); ARGS go to every
 #   run (--smoke, --busy-poll US, ...; DURATION and AGENT_ARGS pass through
 #   the environment). Example: scripts/bench-repeat.sh 3 ingress
-set -uo pipefail
+. "$(dirname "$0")/../netns-tests/lib.sh"     # median; TMP, removed on exit
 
 usage() { echo "usage: $0 N overlay|dns|vip|ingress [ARGS...]" >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -27,8 +27,7 @@ SCRIPT="$(cd "$(dirname "$0")" && pwd)/bench-$NAME.sh"
 case $NAME in overlay | dns | vip | ingress) ;; *) usage ;; esac
 [ -f "$SCRIPT" ] || { echo "$0: $SCRIPT not found" >&2; exit 2; }
 
-OUT=$(mktemp -d /tmp/mt-bench-repeat.XXXXXX)
-trap 'rm -rf "$OUT"' EXIT
+OUT=$TMP
 failed=0
 for ((i = 1; i <= N; i++)); do
     echo "== bench-$NAME run $i of $N"
@@ -62,8 +61,7 @@ while read -r c list; do
     IFS=, read -ra rs <<<"$list"
     sorted=$(printf '%s\n' "${rs[@]}" | sort -g)
     k=${#rs[@]}
-    median=$(printf '%s\n' "$sorted" | awk -v k="$k" '{ v[NR] = $1 } END {
-        if (k % 2) printf "%.2f", v[(k + 1) / 2]; else printf "%.2f", (v[k / 2] + v[k / 2 + 1]) / 2 }')
+    median=$(printf %.2f "$(median "${rs[@]}")")
     min=$(printf '%s\n' "$sorted" | head -n 1)
     max=$(printf '%s\n' "$sorted" | tail -n 1)
     printf '  %-22s median %-6s min %-6s max %-6s runs: %s\n' "$c" "$median" "$min" "$max" "${list//,/ }"

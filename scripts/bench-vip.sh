@@ -47,7 +47,6 @@
 . "$(dirname "$0")/../netns-tests/lib.sh"
 
 TASKS=${TASKS:-2}
-CLK_TCK=$(getconf CLK_TCK)
 bench_duration "$@"
 if ! [[ $TASKS =~ ^[1-8]$ ]]; then echo "$0: TASKS must be 1..8, not '$TASKS'" >&2; exit 2; fi
 need_bins
@@ -145,49 +144,26 @@ expect_spread "mesh $VIP" mt-client "$VIP" w
 
 # --- measure --------------------------------------------------------------------------
 
-MESH_PIDS=()
-for id in 116 117 118; do
-    pid=$(agent_pid "$id") || die "setup: no mesh-agent process for .$id"
-    MESH_PIDS+=("$pid")
-done
-
-# agent_ticks: CPU clock ticks the mesh agents have used (lib.sh: cpu_ticks).
-agent_ticks() { cpu_ticks "${MESH_PIDS[@]}"; }
+mesh_pids 116 117 118
 
 CASES=(vip-keepalive vip-close)
 declare -A CASE_ARGS=([vip-keepalive]="" [vip-close]="Connection: close")
 declare -A CASE_LABEL=([vip-keepalive]="keep-alive         req/s" [vip-close]="Connection: close  conn/s")
 declare -A KVALS=() MVALS=() RATIOS=()
 
-# measure_side kernel|mesh CASE ROUND (for in_rounds): wrk's requests/s; the
-# mesh agents' CPU ticks meanwhile go to a line of $TMP/ticks-CASE (a subshell runs it).
+# measure_side kernel|mesh CASE ROUND (for in_rounds): wrk's requests/s (for
+# the mesh, with the agents' CPU: lib.sh ticked).
 measure_side() {
-    local side=$1 c=$2 r=$3 args=() t0 t1 out
+    local side=$1 c=$2 r=$3 args=()
     [ -z "${CASE_ARGS[$c]}" ] || args=(-H "${CASE_ARGS[$c]}")
     if [ "$side" = kernel ]; then
         wrk_rps "$TMP/wrk-kernel-$c-$r.txt" mt-kclient "http://$KVIP:80/" "${args[@]}"
-        return
+    else
+        ticked "$c" wrk_rps "$TMP/wrk-mesh-$c-$r.txt" mt-client "http://$VIP:80/" "${args[@]}"
     fi
-    t0=$(agent_ticks) || t0=
-    out=$(wrk_rps "$TMP/wrk-mesh-$c-$r.txt" mt-client "http://$VIP:80/" "${args[@]}") || return 1
-    t1=$(agent_ticks) || t1=
-    [ -z "$t0" ] || [ -z "$t1" ] || echo $((t1 - t0)) >>"$TMP/ticks-$c"
-    echo "$out"
 }
 
 for c in "${CASES[@]}"; do in_rounds "$c"; done
-
-# cpu_s CASE: the mesh agents' CPU seconds per mesh run of CASE (mean over rounds).
-cpu_s() {
-    [ -s "$TMP/ticks-$1" ] || { echo n/a; return; }
-    awk -v hz="$CLK_TCK" '{ t += $1; n++ } END { printf "%.2f", t / n / hz }' "$TMP/ticks-$1"
-}
-# errors CASE SIDE: wrk's errors summed over the rounds.
-errors() {
-    local f e=0
-    for f in "$TMP/wrk-$2-$1-"*.txt; do e=$((e + $(wrk_errors "$f"))); done
-    echo "$e"
-}
 
 row() { printf '  %-26s %-9s %-9s %-7s %-20s %-12s %s\n' "$@"; }
 echo
@@ -196,14 +172,16 @@ echo "$ROUNDS rounds per case, kernel and mesh interleaved (kernel first in odd 
 echo "kernel = nftables DNAT (numgen inc) + kernel vxlan; mesh = mesh-agent VIP"
 echo "kernel, mesh: medians of the rounds; ratio: median of the rounds' mesh / kernel"
 row case kernel mesh ratio "rounds' ratios" "errors k/m" "mesh agents CPU s/run"
+declare -A RES=()
 for c in "${CASES[@]}"; do
-    read -r k m r <<<"$(round_result "$c")"
+    RES[$c]=$(round_result "$c")
+    read -r k m r <<<"${RES[$c]}"
     row "${CASE_LABEL[$c]}" "$k" "$m" "$r" "${RATIOS[$c]// /,}" \
-        "$(errors "$c" kernel)/$(errors "$c" mesh)" "$(cpu_s "$c")"
+        "$(wrk_errors_sum "$TMP/wrk-kernel-$c-")/$(wrk_errors_sum "$TMP/wrk-mesh-$c-")" "$(cpu_per_run "$c")"
 done
 echo
 for c in "${CASES[@]}"; do
-    read -r k m r <<<"$(round_result "$c")"
+    read -r k m r <<<"${RES[$c]}"
     echo "RESULT case=$c kernel=$k mesh=$m ratio=$r rounds=${RATIOS[$c]// /,}"
 done
 finish
